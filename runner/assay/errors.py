@@ -1,0 +1,67 @@
+"""The one error hierarchy of assay.
+
+Every error carries a hint (what to do next) and says whether retrying can help. The pod entrypoint
+turns non-retryable errors into EXIT_PERMANENT so the operator's podFailurePolicy fails the job at
+once instead of burning retries. Classes also derive from the matching builtin, so callers that only
+know ``FileNotFoundError`` or ``ValueError`` still catch them.
+"""
+
+from __future__ import annotations
+
+#: Exit code of a runner that hit a deterministic error (bad handler, corrupt shard, bad spec).
+#: The operator's podFailurePolicy fails the Job on it at once.
+EXIT_PERMANENT = 3
+#: Exit code of a runner that hit an error worth retrying (store unreachable, throttled).
+EXIT_RETRYABLE = 1
+
+
+class AssayError(Exception):
+    """Base class. ``hint`` tells the user what to do; ``retryable`` tells machines whether to retry."""
+
+    retryable = False
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class SpecError(AssayError, ValueError):
+    """A manifest (EvaluationJob, dataset.yaml, model.yaml) is invalid; names the field."""
+
+
+class StorageError(AssayError, OSError):
+    """The object store refused or failed a request."""
+
+
+class TransientStorageError(StorageError):
+    """The store failed in a way that a later retry may fix (5xx, timeouts, throttling)."""
+
+    retryable = True
+
+
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """No object (or bucket) at that URI."""
+
+
+class AccessDenied(StorageError, PermissionError):
+    """The credentials do not allow this request."""
+
+
+class IntegrityError(AssayError, ValueError):
+    """Stored bytes do not match their recorded digest or shape (corrupt or truncated object)."""
+
+
+class UnsafeArchiveError(IntegrityError):
+    """An archive member would escape its folder, or is a link or device."""
+
+
+class HandlerError(AssayError, RuntimeError):
+    """The user's handler failed to import, load or predict."""
+
+
+class EvaluationError(AssayError, RuntimeError):
+    """The results do not match the dataset (missing or duplicated samples) or the evaluator failed."""

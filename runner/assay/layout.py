@@ -1,0 +1,45 @@
+"""Names of the objects a job writes to its output store: one place, shared by runner, CLI and operator.
+
+    <output>/results/shard-000003.parquet   predictions of one shard, one row per sample
+    <output>/progress/ppl-0001.json         progress of ppl worker 1 (rewritten every few seconds)
+    <output>/logs/ppl-0001.log              log of ppl worker 1, copied before the process ends
+    <output>/metrics.json                   every metric, with the full arrays
+    <output>/summary.txt                    the readable metrics table
+"""
+
+from __future__ import annotations
+
+from assay import storage
+
+METRICS = "metrics.json"
+SUMMARY = "summary.txt"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def results_uri(output_uri: str, shard_index: int) -> str:
+    return storage.join(output_uri, "results", f"{shard_name(shard_index)}.parquet")
+
+
+def progress_uri(output_uri: str, worker_index: int) -> str:
+    return storage.join(output_uri, "progress", f"ppl-{worker_index:04d}.json")
+
+
+def log_uri(output_uri: str, role: str, worker_index: int | None = None) -> str:
+    name = role if worker_index is None else f"{role}-{worker_index:04d}"
+    return storage.join(output_uri, "logs", f"{name}.log")
+
+
+def metrics_uri(output_uri: str) -> str:
+    return storage.join(output_uri, METRICS)
+
+
+def summary_uri(output_uri: str) -> str:
+    return storage.join(output_uri, SUMMARY)
+
+
+def shards_of_worker(shard_count: int, worker_index: int, worker_count: int) -> list[int]:
+    """Worker i takes shards i, i+N, i+2N, ...: shares differ by at most one shard."""
+    return list(range(worker_index, shard_count, worker_count))

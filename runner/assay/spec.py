@@ -1,0 +1,287 @@
+"""The EvaluationJob manifest: schema validation against the CRD, and typed models shared by the CLI,
+the local runner, the operator and the pods.
+
+``crds/evaluationjob.yaml`` is the single source of the manifest's rules. ``load_job`` validates a
+manifest against that schema (with the CRD's defaults applied, unknown fields rejected as
+``kubectl --validate=strict`` would), then parses it into the pydantic models below, which mirror the
+schema field for field (``tests/unit/test_spec.py`` fails on drift).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from assay.errors import SpecError
+
+API_VERSION = "assay.dev/v1alpha1"
+KIND = "EvaluationJob"
+
+
+def crd_path() -> Path:
+    """The CRD file: inside the installed package, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "crds" / "evaluationjob.yaml", here.parents[1] / "crds" / "evaluationjob.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("crds/evaluationjob.yaml is missing from this installation")
+
+
+@functools.cache
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(crd_path().read_text())
+
+
+def job_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the served version."""
+    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def apply_defaults(obj: Any, schema: dict[str, Any]) -> Any:
+    """Fill in the schema's ``default`` values the way the API server does (objects present or defaulted)."""
+    if not isinstance(obj, dict) or schema.get("type") != "object":
+        if isinstance(obj, list) and "items" in schema:
+            return [apply_defaults(item, schema["items"]) for item in obj]
+        return obj
+    out = dict(obj)
+    for name, sub in schema.get("properties", {}).items():
+        if name not in out and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+        if name in out:
+            out[name] = apply_defaults(out[name], sub)
+    return out
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """Copy of an OpenAPI schema for jsonschema: objects without preserve-unknown-fields reject unknown keys."""
+    s = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes")}
+    if "properties" in s:
+        s["properties"] = {k: _strict(v) for k, v in s["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in s:
+            s["additionalProperties"] = False
+    if isinstance(s.get("items"), dict):
+        s["items"] = _strict(s["items"])
+    if isinstance(s.get("additionalProperties"), dict):
+        s["additionalProperties"] = _strict(s["additionalProperties"])
+    return s
+
+
+def _field_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_manifest(doc: Any, source: str = "manifest") -> dict[str, Any]:
+    """Validate an EvaluationJob document against the CRD; return it with defaults applied.
+
+    Raises SpecError naming the first bad field and what it accepts.
+    """
+    import jsonschema
+
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: expected a YAML mapping (an EvaluationJob), got {type(doc).__name__}")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+        raise SpecError(
+            f"{source}: apiVersion/kind is {doc.get('apiVersion')!r}/{doc.get('kind')!r}",
+            f"an evaluation manifest starts with 'apiVersion: {API_VERSION}' and 'kind: {KIND}'",
+        )
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not _is_dns_label(name):
+        raise SpecError(f"{source}: metadata.name {name!r} is not a valid name",
+                        "use lowercase letters, digits and '-', at most 53 characters, starting with a letter")
+    schema = job_schema()
+    doc = apply_defaults(doc, schema)
+    validator = jsonschema.Draft7Validator(_strict(schema))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if errors:
+        err = errors[0]
+        field = _field_path(err.path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            allowed = ", ".join(sorted(err.schema.get("properties", {})))
+            raise SpecError(f"{source}: unknown field {field}.{extra[0]}" if err.path
+                            else f"{source}: unknown field {extra[0]}", f"fields allowed here: {allowed}")
+        raise SpecError(f"{source}: {field}: {err.message}",
+                        _describe(err.schema) or "see crds/evaluationjob.yaml for the schema")
+    return doc
+
+
+def _describe(schema: dict[str, Any]) -> str:
+    bits = []
+    if "enum" in schema:
+        bits.append("one of " + ", ".join(map(str, schema["enum"])))
+    if "minimum" in schema or "maximum" in schema:
+        bits.append(f"between {schema.get('minimum', '-inf')} and {schema.get('maximum', 'inf')}")
+    if schema.get("description"):
+        bits.append(schema["description"])
+    return "; ".join(bits)
+
+
+def _is_dns_label(name: str) -> bool:
+    # 53 leaves room for the "-ppl"/"-cmp" suffixes and the pod-name hash within 63 characters.
+    import re
+
+    return bool(re.fullmatch(r"[a-z]([-a-z0-9]{0,51}[a-z0-9])?", name))
+
+
+# ------------------------------------------------------------------------------------------ typed models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+
+class UriRef(_Model):
+    uri: str
+
+
+class NameRef(_Model):
+    name: str
+
+
+class Runtime(_Model):
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="imagePullPolicy")
+    image_pull_secrets: list[NameRef] = Field(default_factory=list, alias="imagePullSecrets")
+    env: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Ppl(_Model):
+    workers: int = 1
+    batch_size: int = Field(4, alias="batchSize")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    prefetch: int = 2
+    max_retries_per_shard: int = Field(3, alias="maxRetriesPerShard")
+    resources: dict[str, Any] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    priority_class_name: str | None = Field(None, alias="priorityClassName")
+
+
+class Cmp(_Model):
+    resources: dict[str, Any] = Field(default_factory=dict)
+
+
+class Storage(_Model):
+    endpoint: str | None = None
+    region: str | None = None
+    secret_ref: NameRef | None = Field(None, alias="secretRef")
+
+
+class JobSpec(_Model):
+    model: UriRef
+    dataset: UriRef
+    output: UriRef
+    evaluator: Literal["coco", "classification", "handler"] | None = None
+    runtime: Runtime = Field(default_factory=Runtime)
+    ppl: Ppl = Field(default_factory=Ppl)
+    cmp: Cmp = Field(default_factory=Cmp)
+    storage: Storage = Field(default_factory=Storage)
+    active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds")
+    pending_deadline_seconds: int = Field(600, alias="pendingDeadlineSeconds")
+    ttl_seconds_after_finished: int | None = Field(None, alias="ttlSecondsAfterFinished")
+    suspend: bool = False
+    retry_token: str | None = Field(None, alias="retryToken")
+    queue_name: str | None = Field(None, alias="queueName")
+
+
+class EvaluationJob(_Model):
+    name: str
+    namespace: str = "default"
+    spec: JobSpec
+
+    @classmethod
+    def from_manifest(cls, doc: dict[str, Any], source: str = "manifest") -> EvaluationJob:
+        doc = validate_manifest(doc, source)
+        meta = doc.get("metadata") or {}
+        return cls(name=meta["name"], namespace=meta.get("namespace") or "default", spec=JobSpec(**doc["spec"]))
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self.spec.model_dump(by_alias=True, exclude_none=True),
+        }
+
+
+def load_job(path: str | os.PathLike) -> EvaluationJob:
+    """Read and validate an EvaluationJob YAML file."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text()
+    except FileNotFoundError as exc:
+        raise SpecError(f"no such file: {source}", "pass the path of an EvaluationJob YAML file") from exc
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML: {exc}") from exc
+    if len(docs) != 1:
+        raise SpecError(f"{source}: expected exactly one YAML document, found {len(docs)}")
+    return EvaluationJob.from_manifest(docs[0], source)
+
+
+class RunContext(_Model):
+    """What one ppl or cmp process needs to know, built from a job spec (locally) or the environment (pods)."""
+
+    job_name: str
+    model_uri: str
+    dataset_uri: str
+    output_uri: str
+    evaluator: str | None = None
+    worker_index: int = 0
+    worker_count: int = 1
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "fp32"
+    prefetch: int = 2
+
+    @classmethod
+    def for_worker(cls, job: EvaluationJob, index: int) -> RunContext:
+        s = job.spec
+        return cls(job_name=job.name, model_uri=s.model.uri, dataset_uri=s.dataset.uri, output_uri=s.output.uri,
+                   evaluator=s.evaluator, worker_index=index, worker_count=s.ppl.workers,
+                   batch_size=s.ppl.batch_size, device=s.ppl.device, precision=s.ppl.precision,
+                   prefetch=s.ppl.prefetch)
+
+    #: Environment variables carrying a RunContext into a pod (the operator sets them; __main__ reads them).
+    ENV: ClassVar[dict[str, str]] = {
+        "job_name": "ASSAY_JOB_NAME", "model_uri": "ASSAY_MODEL_URI", "dataset_uri": "ASSAY_DATASET_URI",
+        "output_uri": "ASSAY_OUTPUT_URI", "evaluator": "ASSAY_EVALUATOR", "worker_index": "JOB_COMPLETION_INDEX",
+        "worker_count": "ASSAY_WORKERS", "batch_size": "ASSAY_BATCH_SIZE", "device": "ASSAY_DEVICE",
+        "precision": "ASSAY_PRECISION", "prefetch": "ASSAY_PREFETCH",
+    }
+
+    def to_env(self) -> dict[str, str]:
+        """Environment for a pod; worker_index is left to Kubernetes (JOB_COMPLETION_INDEX)."""
+        return {var: str(getattr(self, f)) for f, var in self.ENV.items()
+                if f != "worker_index" and getattr(self, f) is not None}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> RunContext:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f, var in cls.ENV.items():
+            if var in env and env[var] != "":
+                values[f] = env[var]
+        missing = [cls.ENV[f] for f in ("job_name", "model_uri", "dataset_uri", "output_uri") if f not in values]
+        if missing:
+            raise SpecError(f"runner environment lacks {', '.join(missing)}",
+                            "the operator sets these; to run by hand use `assay run job.yaml`")
+        try:
+            return cls(**values)
+        except Exception as exc:  # pydantic ValidationError: name the variable
+            raise SpecError(f"bad runner environment: {exc}") from exc
