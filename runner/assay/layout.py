@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from assay import storage
 
+#: Every dataset and model version folder holds this file, written last (its presence means complete).
+MANIFEST = "manifest.json"
+#: ``<store>/<kind>/<name>/LATEST`` holds the newest version's folder name.
+LATEST = "LATEST"
 METRICS = "metrics.json"
 SUMMARY = "summary.txt"
 
@@ -43,3 +47,26 @@ def summary_uri(output_uri: str) -> str:
 def shards_of_worker(shard_count: int, worker_index: int, worker_count: int) -> list[int]:
     """Worker i takes shards i, i+N, i+2N, ...: shares differ by at most one shard."""
     return list(range(worker_index, shard_count, worker_count))
+
+
+def resolve_version(uri: str, what: str, hint: str) -> str:
+    """The version folder for ``uri``: itself if it holds a manifest, else the one its LATEST names."""
+    from assay.errors import ObjectNotFound
+
+    if storage.exists(storage.join(uri, MANIFEST)):
+        return uri
+    latest = storage.join(uri, LATEST)
+    if storage.exists(latest):
+        return storage.join(uri, storage.read_text(latest).strip())
+    raise ObjectNotFound(f"no {what} at {uri} (no {MANIFEST} or {LATEST} there)", hint)
+
+
+def version_folders(store: str, kind: str) -> list[str]:
+    """URIs of every complete version folder under ``<store>/<kind>`` (``datasets`` or ``models``)."""
+    root = storage.join(store, kind)
+    out = []
+    for name in storage.list_names(root):
+        parts = name.split("/")
+        if len(parts) == 3 and parts[2] == MANIFEST:
+            out.append(storage.join(root, parts[0], parts[1]))
+    return out

@@ -112,7 +112,9 @@ def validate_manifest(doc: Any, source: str = "manifest") -> dict[str, Any]:
             allowed = ", ".join(sorted(err.schema.get("properties", {})))
             raise SpecError(f"{source}: unknown field {field}.{extra[0]}" if err.path
                             else f"{source}: unknown field {extra[0]}", f"fields allowed here: {allowed}")
-        raise SpecError(f"{source}: {field}: {err.message}",
+        message = (f"{err.instance!r} is not a valid value (it must match {err.validator_value})"
+                   if err.validator == "pattern" else err.message)
+        raise SpecError(f"{source}: {field}: {message}",
                         _describe(err.schema) or "see crds/evaluationjob.yaml for the schema")
     return doc
 
@@ -216,6 +218,20 @@ class EvaluationJob(_Model):
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": self.spec.model_dump(by_alias=True, exclude_none=True),
         }
+
+
+def with_local_uris_relative_to(job: EvaluationJob, folder: Path) -> EvaluationJob:
+    """Resolve relative local paths in model/dataset/output URIs against ``folder`` (the manifest's)."""
+
+    def fix(ref: UriRef) -> UriRef:
+        uri = ref.uri
+        if "://" in uri or os.path.isabs(uri):
+            return ref
+        return UriRef(uri=os.path.normpath(os.path.join(folder, uri)))
+
+    s = job.spec
+    spec = s.model_copy(update={"model": fix(s.model), "dataset": fix(s.dataset), "output": fix(s.output)})
+    return job.model_copy(update={"spec": spec})
 
 
 def load_job(path: str | os.PathLike) -> EvaluationJob:

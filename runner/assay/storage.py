@@ -318,6 +318,10 @@ def delete(uri: str) -> None:
     _retrying(uri, lambda: _s3().delete_object(Bucket=loc.bucket, Key=loc.path))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_local_file(path: str) -> Iterator[str]:
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -325,6 +329,7 @@ def atomic_local_file(path: str) -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a store is shared like any folder
     try:
         yield tmp
         with open(tmp, "rb+") as f:

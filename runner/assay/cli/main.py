@@ -21,12 +21,11 @@ def app() -> None:
 
 
 def _register() -> None:
-    from assay.cli import dataset, demo, job, model, run
+    from assay.cli import dataset, job, model, run
 
     app.add_command(dataset.dataset)
     app.add_command(model.model)
     app.add_command(run.run)
-    app.add_command(demo.demo)
     app.add_command(job.job)
 
 

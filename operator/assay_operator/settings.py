@@ -1,0 +1,58 @@
+"""Typed operator settings, read once from ``ASSAY_OPERATOR_*`` environment variables.
+
+A bad value fails at startup with the variable's name and what it accepts (pydantic-settings).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASSAY_OPERATOR_", frozen=True, extra="ignore")
+
+    #: Runner image used when an EvaluationJob sets no spec.runtime.image.
+    runner_image: str = "ghcr.io/assay-dev/assay-runner:0.1.0"
+    #: Namespaces to watch (comma-separated); empty watches the whole cluster.
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Watch namespaces and CRDs for changes (kopf's scanning). Off: the namespaces given at start are
+    #: assumed to exist and a CRD installed later needs an operator restart (kmock-based tests need it off).
+    api_scanning: bool = True
+    #: Seconds between two reconciliations of one EvaluationJob (reads progress, pods, child Jobs).
+    resync_seconds: float = Field(10.0, gt=0)
+    #: Seconds a pod may sit in ImagePullBackOff, ErrImagePull or CreateContainerConfigError before the
+    #: job fails (short: these rarely heal, and the user wants the reason now, not after the pending deadline).
+    fail_fast_seconds: float = Field(60.0, ge=0)
+    #: At most this many summary metrics are copied into status.results (etcd objects must stay small).
+    max_result_keys: int = Field(32, ge=1, le=256)
+    #: Pod retries of the cmp Job (the runner's exit code 3 still fails it at once).
+    cmp_backoff_limit: int = Field(2, ge=0, le=20)
+    #: Size limits of the job pods' writable emptyDir volumes (the root filesystem is read-only).
+    tmp_size_limit: str = "2Gi"
+    cache_size_limit: str = "20Gi"
+    #: Service account of the job pods; its token is never mounted (pods get no API access).
+    pod_service_account: str | None = None
+    #: User and group id the job pods run as (the runner image's non-root user).
+    run_as_user: int = Field(1000, ge=1)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings
+
+
+@functools.cache
+def load() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

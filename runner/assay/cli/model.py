@@ -1,0 +1,59 @@
+"""`assay model build|info|list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from assay.cli._output import emit, format_option, store_option, table
+
+
+@click.group()
+def model() -> None:
+    """Build and inspect model packages."""
+
+
+@model.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@store_option
+@format_option
+def build(config: Path, store: str, fmt: str) -> None:
+    """Package the code and weights named by CONFIG (model.yaml) into the store.
+
+    Example: assay model build examples/pennfudan/model.yaml --store s3://bucket/assay
+    """
+    from assay import packages
+
+    cfg = packages.load_config(config)
+    m = packages.build(cfg, store, log=lambda s: click.echo(s, err=True))
+    emit(fmt, {"name": m.name, "version": m.version, "uri": m.uri},
+         f"model {m.name} version {m.version}\nuri: {m.uri}")
+
+
+@model.command()
+@click.argument("uri")
+@format_option
+def info(uri: str, fmt: str) -> None:
+    """Show a model package's manifest."""
+    from dataclasses import asdict
+
+    from assay.packages import load_manifest
+
+    m = load_manifest(uri)
+    rows = [{"file": f["path"], "bytes": f["bytes"], "sha256": f["sha256"][:16]} for f in m.files]
+    human = (f"name: {m.name}\nversion: {m.version}\nuri: {m.uri}\nhandler: {m.handler}\n"
+             f"evaluator: {m.evaluator}\ndesc: {m.desc}\n\n" + table(rows, ["file", "bytes", "sha256"]))
+    emit(fmt, asdict(m), human)
+
+
+@model.command("list")
+@store_option
+@format_option
+def list_(store: str, fmt: str) -> None:
+    """List the model packages in a store."""
+    from assay.packages import list_models
+
+    rows = [{"name": m.name, "version": m.version, "files": len(m.files), "bytes": m.package_bytes,
+             "evaluator": m.evaluator, "uri": m.uri} for m in list_models(store)]
+    emit(fmt, rows, table(rows, ["name", "version", "files", "bytes", "evaluator", "uri"]))

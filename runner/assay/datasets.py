@@ -1,0 +1,186 @@
+"""Building datasets from a dataset.yaml, and listing them in a store.
+
+dataset.yaml keeps the fields of Starwhale's (name, data_dir, data_filter, label_filter, process, desc,
+tag, attr.volume_size). ``process`` names the source that yields samples: a built-in (``pennfudan``)
+or a user class ``"module:Class"`` imported from the dataset.yaml's folder. A source is constructed
+as ``Class(data_dir, data_files, label_files)`` and iterated for ``assay.shards.Sample`` objects, and
+has a ``label_schema`` attribute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assay import storage
+from assay.config_files import read_mapping
+from assay.errors import SpecError
+from assay.layout import LATEST, MANIFEST, version_folders
+from assay.shards import DatasetManifest, Sample, ShardWriter, load_manifest
+
+BUILTIN_SOURCES = {"pennfudan": "assay.sources.pennfudan:PennFudanSource"}
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_EXT = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)*")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    data_dir: Path
+    data_filter: str
+    label_filter: str | None
+    process: str
+    desc: str = ""
+    tag: list[str] = field(default_factory=list)
+    volume_size: int = 64 << 20
+    base_dir: Path = Path(".")
+
+
+def parse_size(text: str | int) -> int:
+    """'8M', '64MB', '1.5G', '4096' -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not m:
+        raise SpecError(f"attr.volume_size {text!r} is not a size", "write e.g. 8M, 64MB or 1G")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def load_config(path: str | Path) -> DatasetConfig:
+    path = Path(path)
+    doc = read_mapping(path, "dataset.yaml", "name, data_dir, data_filter, process",
+                       {"name", "data_dir", "data_filter", "label_filter", "process", "desc", "tag", "attr",
+                        "pip_req"})
+    for req in ("name", "data_dir", "data_filter", "process"):
+        if not doc.get(req):
+            raise SpecError(f"{path}: field {req!r} is required")
+    name = str(doc["name"])
+    if not _NAME.fullmatch(name):
+        raise SpecError(f"{path}: name {name!r} is not valid", "use lowercase letters, digits, '.', '_' and '-'")
+    base = path.parent.resolve()
+    data_dir = (base / str(doc["data_dir"])).resolve()
+    attr = doc.get("attr") or {}
+    if not isinstance(attr, dict):
+        raise SpecError(f"{path}: attr must be a mapping (e.g. volume_size: 8M)")
+    tag = doc.get("tag") or []
+    return DatasetConfig(name=name, data_dir=data_dir, data_filter=str(doc["data_filter"]),
+                         label_filter=doc.get("label_filter"), process=str(doc["process"]),
+                         desc=str(doc.get("desc") or ""), tag=[str(t) for t in tag],
+                         volume_size=parse_size(attr.get("volume_size", "64M")), base_dir=base)
+
+
+def load_source(config: DatasetConfig, data_dir: Path | None = None):
+    """Instantiate the sample source named by ``process`` over the filtered files."""
+    data_dir = Path(data_dir or config.data_dir)
+    if not data_dir.is_dir():
+        raise SpecError(f"data_dir {data_dir} does not exist", "fix data_dir in dataset.yaml or pass --data-dir")
+    data_files = sorted(data_dir.glob(config.data_filter))
+    label_files = sorted(data_dir.glob(config.label_filter)) if config.label_filter else []
+    if not data_files:
+        raise SpecError(f"data_filter {config.data_filter!r} matches no file under {data_dir}")
+    target = BUILTIN_SOURCES.get(config.process, config.process)
+    cls = import_object(target, config.base_dir, "process")
+    return cls(data_dir, data_files, label_files)
+
+
+def import_object(target: str, base_dir: Path, what: str):
+    """Import ``module:attr``, looking in ``base_dir`` first (user code next to its yaml)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise SpecError(f"{what} {target!r} is not of the form 'module:Class'")
+    if str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"{what}: cannot import module {module_name!r} ({exc})",
+                        f"put {module_name.replace('.', '/')}.py next to the yaml file, or install it") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise SpecError(f"{what}: module {module_name!r} has no {attr!r}") from exc
+
+
+def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=print) -> DatasetManifest:
+    """Write the dataset's shards, labels and manifest under ``<store>/datasets/<name>/<version>``.
+
+    Shards are staged on local disk (streamed, never held in memory), the version is the digest of
+    their content, and uploads skip objects that already exist with the same digest (a rerun resumes).
+    """
+    source = load_source(config, data_dir)
+    label_schema = dict(getattr(source, "label_schema", {}) or {})
+    with tempfile.TemporaryDirectory(prefix="assay-dataset-") as tmp:
+        staging = Path(tmp)
+        shards, seen = [], set()
+        writer: ShardWriter | None = None
+        position = 0
+        for sample in source:
+            _check_sample(sample, seen)
+            if writer is None:
+                writer = ShardWriter(staging, len(shards), position)
+            writer.add(position, sample)
+            position += 1
+            if writer.size >= config.volume_size:
+                shards.append(writer.close())
+                writer = None
+        if writer is not None:
+            shards.append(writer.close())
+        if not shards:
+            raise SpecError(f"source {config.process!r} yielded no samples")
+        version = content_version(config.name, label_schema, shards)
+        manifest = DatasetManifest(name=config.name, version=version, samples=position,
+                                   label_schema=label_schema, shards=shards, desc=config.desc, tag=config.tag,
+                                   uri=storage.join(store, "datasets", config.name, version))
+        _upload(manifest, staging, log)
+    return manifest
+
+
+def _check_sample(sample: Sample, seen: set[str]) -> None:
+    if not isinstance(sample, Sample):
+        raise SpecError(f"the dataset source yielded {type(sample).__name__}, expected assay.shards.Sample")
+    if not sample.id or not isinstance(sample.id, str):
+        raise SpecError("a sample has no id", "give every Sample a stable string id (e.g. the file stem)")
+    if sample.id in seen:
+        raise SpecError(f"sample id {sample.id!r} occurs twice", "sample ids must be unique within a dataset")
+    seen.add(sample.id)
+    for ext in sample.files:
+        if not _EXT.fullmatch(ext) or ext == "json":
+            raise SpecError(f"sample {sample.id!r}: file extension {ext!r} is not allowed",
+                            "use lowercase extensions such as 'png' or 'mask.png' ('json' is reserved)")
+
+
+def content_version(name: str, label_schema: dict[str, Any], shards) -> str:
+    doc = {"name": name, "label_schema": label_schema,
+           "shards": [[s.sha256, s.labels_sha256, s.samples] for s in shards]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _upload(manifest: DatasetManifest, staging: Path, log) -> None:
+    existing = set(storage.list_names(manifest.uri))
+    for shard in manifest.shards:
+        for suffix in (".tar", ".labels.json"):
+            name = shard.name + suffix
+            if name in existing and storage.size(storage.join(manifest.uri, name)) == (staging / name).stat().st_size:
+                continue  # same version means same content: already uploaded by an earlier run
+            storage.upload(staging / name, storage.join(manifest.uri, name))
+        log(f"  {shard.name}: {shard.samples} samples, {shard.bytes / 1e6:.1f} MB")
+    # the manifest is the commit point: written only after every shard is in place
+    storage.write_text(storage.join(manifest.uri, MANIFEST), manifest.to_json())
+    storage.write_text(storage.join(store_name_folder(manifest.uri), LATEST), manifest.version)
+
+
+def store_name_folder(version_uri: str) -> str:
+    """``<store>/datasets/<name>/<version>`` -> ``<store>/datasets/<name>``."""
+    return version_uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def list_datasets(store: str) -> list[DatasetManifest]:
+    """Every complete dataset version under ``<store>/datasets``."""
+    return [load_manifest(uri) for uri in version_folders(store, "datasets")]

@@ -1,0 +1,56 @@
+"""Runner logging: to stderr (JSON lines in pods, plain text locally) and to a file that is copied to
+the output store when the process ends, so a worker's log outlives its pod."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from assay import layout, storage
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, **static):
+        super().__init__()
+        self.static = static
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage(), **self.static}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+@contextlib.contextmanager
+def setup_logging(ctx, role: str, worker: int | None, json_format: bool = False,
+                  stream=None, upload: bool = True) -> Iterator[Path]:
+    """Log the ``assay`` loggers to ``stream`` and a temp file; upload the file on exit (if ``upload``)."""
+    static = {"job": ctx.job_name, "role": role}
+    if worker is not None:
+        static["worker"] = worker
+    fmt: logging.Formatter = (JsonFormatter(**static) if json_format else
+                              logging.Formatter(f"%(asctime)s %(levelname)s [{role}"
+                                                f"{'' if worker is None else f' {worker}'}] %(message)s"))
+    root = logging.getLogger("assay")
+    root.setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="assay-log-") as tmp:
+        path = Path(tmp) / "run.log"
+        handlers = [logging.StreamHandler(stream or sys.stderr), logging.FileHandler(path)]
+        for h in handlers:
+            h.setFormatter(fmt)
+            root.addHandler(h)
+        try:
+            yield path
+        finally:
+            for h in handlers:
+                root.removeHandler(h)
+                h.close()
+            if upload:
+                with contextlib.suppress(Exception):  # a store that is down must not mask the real error
+                    storage.upload(path, layout.log_uri(ctx.output_uri, role, worker))

@@ -1,0 +1,306 @@
+"""COCO-style box and instance-mask AP: the ``coco`` evaluator.
+
+This module owns the translation from assay's per-sample labels and predictions to pycocotools'
+in-memory ground-truth and result objects, and the extraction of COCOeval's numbers into a
+``MetricsReport``. Matching and averaging are pycocotools' own (COCOeval is run exactly as its
+users run it: ground truth, ``loadRes`` on result dicts, evaluate, accumulate, summarize), so the
+numbers equal a direct pycocotools run bit for bit. pycocotools is imported only when scoring.
+
+Label (ground truth) of one sample::
+
+    {"width": W, "height": H, "objects": [{"category_id": 1, "bbox": [x, y, w, h], "area": a,
+      "iscrowd": 0, "segmentation": {"size": [H, W], "counts": "<compressed RLE>"}}]}
+
+Prediction of one sample (numpy arrays, N may be 0)::
+
+    {"boxes": float (N, 4) x1 y1 x2 y2, "scores": float (N,), "labels": int (N,),
+     "masks": optional list of N RLE dicts {"size": [H, W], "counts": bytes | str}
+              (or an object with ``to_coco()`` returning that list, like ``assay.handler.RLEMasks``)}
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+import io
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from assay.errors import EvaluationError, SpecError
+from assay.metrics.registry import Evaluator, MetricsReport, register
+
+#: Names of COCOeval's 12 summary stats, in ``COCOeval.stats`` order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+class _Presence:
+    """Whether an optional field (masks, segmentation) is given everywhere or nowhere.
+
+    Half-present data would make segm AP silently skip or miscount samples, so mixing fails early.
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self.first_with: str | None = None
+        self.first_without: str | None = None
+
+    def note(self, sample_id: str, present: bool) -> None:
+        if present and self.first_with is None:
+            self.first_with = sample_id
+        if not present and self.first_without is None:
+            self.first_without = sample_id
+        if self.first_with is not None and self.first_without is not None:
+            raise EvaluationError(
+                f"{self.what} is given for sample '{self.first_with}' but not for '{self.first_without}'",
+                hint="give it for every sample (instance segmentation) or for none (boxes only)")
+
+    @property
+    def everywhere(self) -> bool:
+        return self.first_with is not None
+
+
+@register
+class CocoEvaluator(Evaluator):
+    """bbox AP (always) and segm AP (when ground truth and predictions both carry masks)."""
+
+    name = "coco"
+
+    def __init__(self, label_schema: dict[str, Any]):
+        super().__init__(label_schema)
+        self.categories = _parse_categories(label_schema)
+        self._cat_ids = {c["id"] for c in self.categories}
+        self._sample_ids: list[str] = []  # position i holds the sample of COCO image id i + 1
+        self._seen: set[str] = set()
+        self._images: list[dict[str, Any]] = []
+        self._gt: list[dict[str, Any]] = []
+        self._box_dets: list[dict[str, Any]] = []
+        self._mask_dets: list[dict[str, Any]] = []
+        self._gt_segm = _Presence("ground-truth segmentation")
+        self._pred_masks = _Presence("prediction 'masks'")
+        self._unknown_category_dets = 0
+
+    def update(self, sample_id: str, label: dict[str, Any], prediction: dict[str, Any]) -> None:
+        if sample_id in self._seen:
+            raise EvaluationError(f"duplicate sample id '{sample_id}'",
+                                  hint="each sample must be scored once; look for overlapping shards")
+        image_id = len(self._images) + 1
+        try:
+            image = {"id": image_id, "width": int(label["width"]), "height": int(label["height"])}
+            size = [image["height"], image["width"]]
+            gt = [self._gt_annotation(sample_id, o, image_id, size) for o in label.get("objects", [])]
+            boxes, masks, unknown = self._detections(sample_id, prediction, image_id, size)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise EvaluationError(f"sample '{sample_id}': malformed label or prediction ({exc!r})",
+                                  hint="see assay.metrics.coco for the expected dicts") from exc
+        for ann in gt:
+            self._gt_segm.note(sample_id, "segmentation" in ann)
+        # An empty prediction without a 'masks' key says nothing about whether the model makes masks.
+        if masks is not None or boxes or unknown:
+            self._pred_masks.note(sample_id, masks is not None)
+        self._seen.add(sample_id)
+        self._sample_ids.append(sample_id)
+        self._images.append(image)
+        self._gt.extend(gt)
+        self._box_dets.extend(boxes)
+        self._mask_dets.extend(masks or [])
+        self._unknown_category_dets += unknown
+
+    def _gt_annotation(self, sample_id: str, obj: dict[str, Any], image_id: int,
+                       size: list[int]) -> dict[str, Any]:
+        category_id = int(obj["category_id"])
+        if category_id not in self._cat_ids:
+            raise EvaluationError(f"sample '{sample_id}': ground-truth category_id {category_id} is not "
+                                  f"in the label schema", hint=f"known ids: {sorted(self._cat_ids)}")
+        x, y, w, h = (float(v) for v in obj["bbox"])
+        ann: dict[str, Any] = {"image_id": image_id, "category_id": category_id, "bbox": [x, y, w, h],
+                               "iscrowd": int(obj.get("iscrowd", 0))}
+        segm = obj.get("segmentation")
+        if segm is not None:
+            if isinstance(segm, dict) and [int(v) for v in segm["size"]] != size:
+                raise EvaluationError(f"sample '{sample_id}': segmentation size {segm['size']} is not "
+                                      f"the image's [height, width] {size}")
+            ann["segmentation"] = segm
+        ann["area"] = float(obj["area"]) if "area" in obj else _default_area(ann)
+        return ann
+
+    def _detections(self, sample_id: str, prediction: dict[str, Any], image_id: int,
+                    size: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int]:
+        """Result dicts for bbox and (when masks are given) segm, and how many had an unknown label."""
+        boxes, scores, labels = _check_arrays(sample_id, prediction)
+        masks = prediction.get("masks")
+        if masks is not None:
+            masks = _check_masks(sample_id, masks, len(boxes), size)
+        # COCOeval only scores the ground truth's categories, so dropping other labels changes no number.
+        known = np.array([int(c) in self._cat_ids for c in labels], dtype=bool)
+        # Subtract in float64, not in the model's float32: integer-pixel boxes (ground truth fed back
+        # as predictions) then round-trip exactly, and the numbers match a float64 reference conversion.
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
+        box_dets, mask_dets = [], []
+        for i in np.flatnonzero(known).tolist():
+            common = {"image_id": image_id, "category_id": int(labels[i]), "score": float(scores[i])}
+            box_dets.append({**common, "bbox": xywh[i]})
+            if masks is not None:
+                mask_dets.append({**common, "segmentation": masks[i]})
+        return box_dets, (mask_dets if masks is not None else None), int((~known).sum())
+
+    def compute(self) -> MetricsReport:
+        if not self._images:
+            raise EvaluationError("the coco evaluator got no samples",
+                                  hint="check that the shards are not empty")
+        gt = _ground_truth(self._images, self._gt, self.categories)
+        iou_types = {"bbox": self._box_dets}
+        if self._gt_segm.everywhere and self._pred_masks.everywhere:
+            iou_types["segm"] = self._mask_dets
+        summary: dict[str, float] = {}
+        full: dict[str, Any] = {
+            "engine": f"pycocotools {metadata.version('pycocotools')}",
+            "iou_types": list(iou_types),
+            "sample_ids": list(self._sample_ids),
+            "num_images": len(self._images),
+            "num_ground_truth": len(self._gt),
+            "num_detections": len(self._box_dets),
+            "ignored_detections_unknown_category": self._unknown_category_dets,
+            "categories": [dict(c) for c in self.categories],
+            "stat_names": list(STAT_NAMES),
+            # COCOeval's 101 recall thresholds, the x axis of every precision curve below.
+            "recall_thresholds": np.linspace(0.0, 1.0, 101).round(2).tolist(),
+        }
+        for iou_type, dets in iou_types.items():
+            stats, per_category, curves = _evaluate(gt, dets, iou_type, self.categories)
+            summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats)})
+            full[f"{iou_type}/stats"] = stats
+            full[f"{iou_type}/per_category"] = per_category
+            full[f"{iou_type}/precision_iou50"] = curves
+        return MetricsReport(evaluator=self.name, summary=summary,
+                             headline=("bbox/AP", summary["bbox/AP"]), full=full)
+
+
+def _parse_categories(label_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    cats = label_schema.get("categories") if isinstance(label_schema, dict) else None
+    if not isinstance(cats, list) or not cats:
+        raise SpecError("label_schema.categories must be a non-empty list for the coco evaluator",
+                        hint='e.g. categories: [{"id": 1, "name": "pedestrian"}]')
+    try:
+        parsed = [{"id": int(c["id"]), "name": str(c["name"])} for c in cats]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpecError(f"label_schema.categories: each entry needs an integer id and a name ({exc!r})",
+                        hint='e.g. {"id": 1, "name": "pedestrian"}') from exc
+    ids, names = [c["id"] for c in parsed], [c["name"] for c in parsed]
+    if len(set(ids)) != len(ids) or len(set(names)) != len(names):
+        raise SpecError("label_schema.categories: ids and names must be unique",
+                        hint=f"got ids {ids} and names {names}")
+    if min(ids) < 1:
+        raise SpecError("label_schema.categories: ids must be >= 1 (COCO reserves 0)")
+    return parsed
+
+
+def _check_arrays(sample_id: str, prediction: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes = np.asarray(prediction["boxes"], dtype=np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    scores = np.asarray(prediction["scores"], dtype=np.float64)
+    labels = np.asarray(prediction["labels"])
+    n = len(boxes)
+    problem = None
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        problem = f"boxes must have shape (N, 4), got {boxes.shape}"
+    elif scores.shape != (n,) or labels.shape != (n,):
+        problem = f"scores {scores.shape} and labels {labels.shape} must have shape ({n},) like the boxes"
+    elif n and labels.dtype.kind not in "iu":
+        problem = f"labels must be integers, got dtype {labels.dtype}"
+    elif not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        problem = "boxes and scores must be finite"
+    elif (boxes[:, 2:] < boxes[:, :2]).any():
+        problem = "boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1"
+    if problem:
+        raise EvaluationError(f"sample '{sample_id}': {problem}",
+                              hint="see assay.metrics.coco for the format")
+    return boxes, scores, labels
+
+
+def _check_masks(sample_id: str, masks: Any, n: int, size: list[int]) -> list[dict[str, Any]]:
+    # Results files give masks back as assay.handler.RLEMasks; take anything with its to_coco()
+    # rather than import the handler layer from here.
+    if hasattr(masks, "to_coco"):
+        masks = masks.to_coco()
+    if len(masks) != n:
+        raise EvaluationError(f"sample '{sample_id}': {len(masks)} masks for {n} boxes")
+    out = []
+    for m in masks:
+        if [int(v) for v in m["size"]] != size:
+            raise EvaluationError(f"sample '{sample_id}': mask size {list(m['size'])} is not the image's "
+                                  f"[height, width] {size}", hint="masks must be full-image RLEs")
+        out.append({"size": size, "counts": m["counts"]})
+    return out
+
+
+def _default_area(ann: dict[str, Any]) -> float:
+    segm = ann.get("segmentation")
+    if isinstance(segm, dict):
+        from pycocotools import mask as mask_utils
+
+        return float(mask_utils.area(segm))
+    return ann["bbox"][2] * ann["bbox"][3]
+
+
+def _ground_truth(images: list[dict[str, Any]], anns: list[dict[str, Any]],
+                  categories: list[dict[str, Any]]) -> Any:
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    # Fresh dicts each time: COCOeval writes into annotations, and compute() may run twice.
+    gt.dataset = {"images": [dict(i) for i in images], "categories": [dict(c) for c in categories],
+                  "annotations": [{**a, "id": i} for i, a in enumerate(anns, start=1)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def _load_results(gt: Any, dets: list[dict[str, Any]]) -> Any:
+    from pycocotools.coco import COCO
+
+    if dets:
+        # loadRes adds id, area (and bbox for masks) to each dict; copies keep ours reusable.
+        return gt.loadRes([dict(d) for d in dets])
+    # loadRes indexes anns[0], so no detections at all needs an empty result set built by hand.
+    res = COCO()
+    res.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
+                   "annotations": []}
+    res.createIndex()
+    return res
+
+
+def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str,
+              categories: list[dict[str, Any]]) -> tuple[list[float], dict[str, Any], dict[str, list[float]]]:
+    """COCOeval's 12 stats, per-category AP/AR, and per-category precision curves at IoU 0.5."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, _load_results(gt, dets), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) for s in ev.stats]
+    precision = ev.eval["precision"]  # [iou, recall, category, area, maxDets]; -1 where no ground truth
+    recall = ev.eval["recall"]  # [iou, category, area, maxDets]
+    t50, t75 = (int(np.flatnonzero(ev.params.iouThrs == t)[0]) for t in (0.5, 0.75))
+    names = {c["id"]: c["name"] for c in categories}
+    num_gt = Counter(a["category_id"] for a in gt.dataset["annotations"])
+    per_category: dict[str, Any] = {}
+    curves: dict[str, list[float]] = {}
+    for k, cid in enumerate(ev.params.catIds):
+        # Area "all" (index 0) and the largest maxDets (index -1), as COCOeval's AP and AR100.
+        per_category[names[cid]] = {
+            "AP": _mean_valid(precision[:, :, k, 0, -1]), "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
+            "AP75": _mean_valid(precision[t75, :, k, 0, -1]), "AR100": _mean_valid(recall[:, k, 0, -1]),
+            "num_ground_truth": num_gt[cid]}
+        curves[names[cid]] = precision[t50, :, k, 0, -1].round(6).tolist()
+    return stats, per_category, curves
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean over entries COCOeval filled in; -1 (its own convention) when there are none."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else -1.0

@@ -1,0 +1,213 @@
+"""The model package format: build from model.yaml, verify, unpack, and load the handler.
+
+    <store>/models/<name>/<version>/package.tar     model.yaml, the handler code, the weight files
+    <store>/models/<name>/<version>/manifest.json   name, version, handler, evaluator, every file's sha256
+    <store>/models/<name>/LATEST
+
+model.yaml keeps Starwhale's fields (name, model: [weight files], run.handler — ``run.ppl`` is accepted
+as its old name — desc, tag) and adds ``run.evaluator`` (coco, classification, or handler) and ``code``
+(globs of code files, default every ``*.py`` beside model.yaml). The version is the package's digest.
+Weights are never unpickled: handlers load them with ``torch.load(weights_only=True)`` or safetensors.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assay import archive, storage
+from assay.config_files import read_mapping
+from assay.errors import IntegrityError, SpecError
+from assay.layout import LATEST, MANIFEST, resolve_version, version_folders
+
+FORMAT = "assay.model/v1"
+PACKAGE = "package.tar"
+EVALUATORS = ("coco", "classification", "handler")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    weights: list[str]
+    code: list[str]
+    handler: str
+    evaluator: str | None
+    desc: str = ""
+    tag: list[str] = field(default_factory=list)
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    name: str
+    version: str
+    handler: str
+    evaluator: str | None
+    files: list[dict[str, Any]]
+    package_bytes: int
+    package_sha256: str
+    desc: str = ""
+    tag: list[str] = field(default_factory=list)
+    uri: str = ""
+
+    def to_json(self) -> str:
+        doc = {"format": FORMAT, **asdict(self)}
+        doc.pop("uri")
+        return json.dumps(doc, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, uri: str) -> ModelManifest:
+        try:
+            doc = json.loads(text)
+            if doc.pop("format", None) != FORMAT:
+                raise ValueError(f"format is not {FORMAT!r}")
+            return cls(**doc, uri=uri)
+        except (ValueError, TypeError) as exc:
+            raise IntegrityError(f"{uri}: not a valid model manifest ({exc})",
+                                 "rebuild the package with `assay model build`") from exc
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    doc = read_mapping(path, "model.yaml", "name, model, run.handler",
+                       {"name", "model", "code", "run", "desc", "tag", "config", "version"})
+    name = str(doc.get("name") or "")
+    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name != name.lower():
+        raise SpecError(f"{path}: name {name!r} is missing or not valid",
+                        "use lowercase letters, digits, '.', '_' and '-'")
+    run = doc.get("run") or {}
+    if not isinstance(run, dict):
+        raise SpecError(f"{path}: run must be a mapping with a handler: module:Class")
+    handler = run.get("handler") or run.get("ppl")
+    if not handler or ":" not in str(handler):
+        raise SpecError(f"{path}: run.handler is missing or not 'module:Class'",
+                        "e.g. run: {handler: handler:MaskRCNNHandler, evaluator: coco}")
+    evaluator = run.get("evaluator")
+    if evaluator is not None and evaluator not in EVALUATORS:
+        raise SpecError(f"{path}: run.evaluator {evaluator!r} is unknown", f"use one of {', '.join(EVALUATORS)}")
+    weights = doc.get("model") or []
+    if isinstance(weights, str):
+        weights = [weights]
+    code = doc.get("code") or ["*.py"]
+    return ModelConfig(name=name, weights=[str(w) for w in weights], code=[str(c) for c in code],
+                       handler=str(handler), evaluator=evaluator, desc=str(doc.get("desc") or ""),
+                       tag=[str(t) for t in doc.get("tag") or []], base_dir=path.parent.resolve())
+
+
+def _package_files(config: ModelConfig) -> list[str]:
+    base = config.base_dir
+    names = {"model.yaml"} if (base / "model.yaml").is_file() else set()
+    for pattern in config.code:
+        for p in glob.glob(pattern, root_dir=base, recursive=True):
+            if "__pycache__" not in p and not any(part.startswith(".") for part in Path(p).parts):
+                if (base / p).is_file():
+                    names.add(Path(p).as_posix())
+    for w in config.weights:
+        if not (base / w).is_file():
+            raise SpecError(f"weight file {w!r} listed in model.yaml does not exist under {base}",
+                            "train or download the weights first, or fix the path")
+        names.add(Path(w).as_posix())
+    for n in names:
+        archive.check_member_name(n, "model.yaml")
+    return sorted(names)
+
+
+def build(config: ModelConfig, store: str, log=print) -> ModelManifest:
+    """Pack code and weights into a deterministic tar and upload it with its manifest."""
+    files = _package_files(config)
+    with tempfile.TemporaryDirectory(prefix="assay-model-") as tmp:
+        tar_path = Path(tmp) / PACKAGE
+        entries = []
+        with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name in files:
+                data = (config.base_dir / name).read_bytes()
+                archive.add_bytes(tar, name, data)
+                entries.append({"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        digest = archive.sha256_file(tar_path)
+        version = digest[:16]
+        uri = storage.join(store, "models", config.name, version)
+        manifest = ModelManifest(name=config.name, version=version, handler=config.handler,
+                                 evaluator=config.evaluator, files=entries, package_bytes=tar_path.stat().st_size,
+                                 package_sha256=digest, desc=config.desc, tag=config.tag, uri=uri)
+        if not storage.exists(storage.join(uri, MANIFEST)):
+            storage.upload(tar_path, storage.join(uri, PACKAGE))
+            storage.write_text(storage.join(uri, MANIFEST), manifest.to_json())  # commit point
+        storage.write_text(storage.join(store, "models", config.name, LATEST), version)
+    log(f"  {len(files)} files, {manifest.package_bytes / 1e6:.1f} MB")
+    return manifest
+
+
+def load_manifest(uri: str) -> ModelManifest:
+    folder = resolve_version(uri, "model package", "build one with `assay model build model.yaml --store STORE`")
+    return ModelManifest.from_json(storage.read_text(storage.join(folder, MANIFEST)), folder)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ASSAY_CACHE_DIR") or Path.home() / ".cache" / "assay")
+
+
+def unpack(manifest: ModelManifest, cache_dir: Path | None = None) -> Path:
+    """Download, verify and extract the package once per machine; return its folder."""
+    final = Path(cache_dir or cache_root()) / "models" / manifest.name / manifest.version
+    if (final / ".verified").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".unpack-", dir=final.parent) as tmp:
+        tar_path = Path(tmp) / PACKAGE
+        pkg_uri = storage.join(manifest.uri, PACKAGE)
+        storage.download(pkg_uri, tar_path)
+        if archive.sha256_file(tar_path) != manifest.package_sha256:
+            raise IntegrityError(f"{pkg_uri}: digest does not match its manifest",
+                                 "the package is corrupt or was replaced; rebuild it with `assay model build`")
+        out = Path(tmp) / "pkg"
+        names = set(archive.extract_all(tar_path, out, pkg_uri))
+        for entry in manifest.files:
+            if entry["path"] not in names:
+                raise IntegrityError(f"{pkg_uri}: file {entry['path']} listed in the manifest is missing")
+            if archive.sha256_file(out / entry["path"]) != entry["sha256"]:
+                raise IntegrityError(f"{pkg_uri}: file {entry['path']} does not match its digest")
+        (out / ".verified").write_text(manifest.package_sha256)
+        try:
+            os.replace(out, final)
+        except OSError:  # another worker on this machine finished first: theirs is identical
+            if not (final / ".verified").is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(out, final)
+    return final
+
+
+def load_handler_class(manifest: ModelManifest, package_dir: Path):
+    """Import the handler class named by the manifest from the unpacked package."""
+    from assay.errors import HandlerError
+    from assay.handler import Handler
+
+    module_name, _, attr = manifest.handler.partition(":")
+    if str(package_dir) not in sys.path:
+        sys.path.insert(0, str(package_dir))
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and Path(package_dir) not in Path(getattr(loaded, "__file__", "") or "/").parents:
+        del sys.modules[module_name]  # another package's module of the same name: import ours instead
+    try:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except Exception as exc:  # noqa: BLE001 - user code: any failure is a handler error
+        raise HandlerError(f"cannot import handler {manifest.handler!r} from {manifest.uri}: {exc!r}",
+                           "check run.handler in model.yaml and that the code imports") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Handler)):
+        raise HandlerError(f"{manifest.handler} is not a subclass of assay.handler.Handler")
+    return cls
+
+
+def list_models(store: str) -> list[ModelManifest]:
+    return [load_manifest(uri) for uri in version_folders(store, "models")]

@@ -1,0 +1,140 @@
+"""Per-shard prediction files: Parquet, one row per sample, lossless and without pickle.
+
+Columns: ``sample_id`` (string), then per prediction field:
+- arrays: ``<field>`` as a list of the array's own dtype (flattened) and ``<field>.shape``;
+- RLE masks: ``<field>.rle`` (list of binary COCO counts) and ``<field>.size`` ([H, W]);
+- scalars and strings: ``<field>`` as a plain column.
+The field kinds and dtypes are in the file's metadata, so even empty arrays come back with their dtype
+and shape. Any Parquet reader (pandas, DuckDB, Spark) can query the files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assay.errors import HandlerError, IntegrityError
+from assay.handler import RLEMasks
+
+META_KEY = b"assay"
+_SUFFIXES = (".shape", ".rle", ".size")
+
+
+def to_storable(value: Any) -> Any:
+    """Tensors to CPU numpy; numpy scalars to Python; everything else as is."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: keep the values in float32
+            value = value.float()
+        value = value.numpy()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _kind(value: Any, field: str) -> tuple[str, str | None]:
+    if isinstance(value, RLEMasks):
+        return "rle", None
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise HandlerError(f"prediction field {field!r} has dtype {value.dtype}; only numeric arrays are stored")
+        return "array", value.dtype.str
+    if isinstance(value, bool | int | float | str):
+        return "scalar", type(value).__name__
+    raise HandlerError(f"prediction field {field!r} is a {type(value).__name__}",
+                       "return tensors, numpy arrays, scalars, strings or assay.handler.rle_encode(...) masks")
+
+
+def encode_table(ids: list[str], predictions: list[dict[str, Any]], metadata: dict[str, Any]):
+    """Build the Arrow table for one shard."""
+    import pyarrow as pa
+
+    rows = [{k: to_storable(v) for k, v in p.items()} for p in predictions]
+    fields: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name == "sample_id" or name.endswith(_SUFFIXES):
+                raise HandlerError(f"prediction field name {name!r} is reserved")
+            kind, dtype = _kind(value, name)
+            seen = fields.setdefault(name, {"kind": kind, "dtype": dtype})
+            if (seen["kind"], seen["dtype"]) != (kind, dtype):
+                raise HandlerError(f"prediction field {name!r} changes type between samples "
+                                   f"({seen['kind']} {seen['dtype']} vs {kind} {dtype})")
+    columns: dict[str, Any] = {"sample_id": pa.array(ids, pa.string())}
+    for name, spec in fields.items():
+        values = [row.get(name) for row in rows]
+        if spec["kind"] == "array":
+            dtype = np.dtype(spec["dtype"])
+            columns[name] = pa.array([None if v is None else v.reshape(-1) for v in values],
+                                     pa.list_(pa.from_numpy_dtype(dtype)))
+            columns[f"{name}.shape"] = pa.array([None if v is None else list(v.shape) for v in values],
+                                                pa.list_(pa.int64()))
+        elif spec["kind"] == "rle":
+            columns[f"{name}.rle"] = pa.array([None if v is None else list(v.counts) for v in values],
+                                              pa.list_(pa.binary()))
+            columns[f"{name}.size"] = pa.array([None if v is None else list(v.size) for v in values],
+                                               pa.list_(pa.int32()))
+        else:
+            columns[name] = pa.array(values)
+    table = pa.table(columns)
+    meta = {"fields": fields, **metadata, "samples": len(ids)}
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+
+def write_local(path: str | Path, ids: list[str], predictions: list[dict[str, Any]], metadata: dict[str, Any]):
+    import pyarrow.parquet as pq
+
+    if len(ids) != len(predictions):
+        raise HandlerError(f"{len(predictions)} predictions for {len(ids)} samples")
+    pq.write_table(encode_table(ids, predictions, metadata), str(path), compression="zstd")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(str(path)).metadata or {}
+        return json.loads(meta[META_KEY])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is corrupt
+        raise IntegrityError(f"{path}: not an assay results file ({exc})") from exc
+
+
+def read_local(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+    """(sample ids, predictions, metadata) of a results file, with arrays restored exactly."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(str(path))
+        meta = json.loads((table.schema.metadata or {})[META_KEY])
+    except Exception as exc:  # noqa: BLE001
+        raise IntegrityError(f"{path}: not a readable assay results file ({exc})",
+                             "delete it; the ppl worker will recompute the shard") from exc
+    ids = table.column("sample_id").to_pylist()
+    preds: list[dict[str, Any]] = [{} for _ in ids]
+    for name, spec in meta["fields"].items():
+        if spec["kind"] == "array":
+            _restore_arrays(table, name, np.dtype(spec["dtype"]), preds)
+        elif spec["kind"] == "rle":
+            counts = table.column(f"{name}.rle").to_pylist()
+            sizes = table.column(f"{name}.size").to_pylist()
+            for p, c, s in zip(preds, counts, sizes, strict=True):
+                if c is not None:
+                    p[name] = RLEMasks((int(s[0]), int(s[1])), tuple(c))
+        else:
+            for p, v in zip(preds, table.column(name).to_pylist(), strict=True):
+                if v is not None:
+                    p[name] = v
+    return ids, preds, meta
+
+
+def _restore_arrays(table, name: str, dtype: np.dtype, preds: list[dict[str, Any]]) -> None:
+    col = table.column(name).combine_chunks()
+    shapes = table.column(f"{name}.shape").to_pylist()
+    flat = col.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    offsets = col.offsets.to_numpy()
+    for i, (p, shape) in enumerate(zip(preds, shapes, strict=True)):
+        if shape is not None:
+            p[name] = flat[offsets[i]:offsets[i + 1]].reshape(shape).copy()

@@ -1,0 +1,227 @@
+"""The ppl (inference) worker: predict every sample of this worker's shards, one results file per shard.
+
+The model is loaded once per worker. A background thread downloads and verifies shards and decodes
+samples (handler.decode, in a small thread pool) into batches while the model predicts the previous
+ones. A shard whose results file already exists and matches this model, dataset and shard is skipped,
+so a killed worker that is started again recomputes only unfinished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from assay import layout, packages, results, shards, storage
+from assay.errors import HandlerError, IntegrityError
+from assay.spec import RunContext
+
+log = logging.getLogger("assay.ppl")
+
+#: Seconds between progress-object writes (the operator reads them on a timer).
+PROGRESS_INTERVAL = float(os.environ.get("ASSAY_PROGRESS_INTERVAL", "2"))
+
+
+@dataclass
+class PplSummary:
+    shards_total: int
+    shards_skipped: int
+    shards_done: int
+    samples_done: int
+    samples_per_second: float
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from assay.errors import SpecError
+
+        raise SpecError("spec.ppl.device is cuda but no GPU is visible", "use device: auto or cpu, or request a GPU")
+    return torch.device(name)
+
+
+def results_match(uri: str, dataset: shards.DatasetManifest, model: packages.ModelManifest, index: int) -> bool:
+    """True when ``uri`` holds complete results of shard ``index`` for this dataset and model."""
+    if not storage.exists(uri):
+        return False
+    with tempfile.TemporaryDirectory(prefix="assay-check-") as tmp:
+        path = Path(tmp) / "r.parquet"
+        storage.download(uri, path)
+        try:
+            meta = results.read_metadata(path)
+        except IntegrityError:
+            return False
+    info = dataset.shards[index]
+    return (meta.get("dataset_version") == dataset.version and meta.get("model_version") == model.version
+            and meta.get("shard_sha256") == info.sha256 and meta.get("samples") == info.samples)
+
+
+class _Progress:
+    def __init__(self, ctx: RunContext, samples_total: int, shards_total: int):
+        self.ctx, self.samples_total, self.shards_total = ctx, samples_total, shards_total
+        self.samples_done = self.shards_done = self.computed = 0
+        self.started = time.monotonic()
+        self.last_write = 0.0
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.computed / elapsed if elapsed > 0 else 0.0
+
+    def write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < PROGRESS_INTERVAL:
+            return
+        self.last_write = now
+        doc = {"worker": self.ctx.worker_index, "samplesDone": self.samples_done,
+               "samplesTotal": self.samples_total, "samplesPerSecond": round(self.rate(), 3),
+               "shardsDone": self.shards_done, "shardsTotal": self.shards_total,
+               "updatedAt": datetime.now(UTC).isoformat(timespec="seconds")}
+        storage.write_text(layout.progress_uri(self.ctx.output_uri, self.ctx.worker_index), json.dumps(doc))
+
+
+_END = object()
+
+
+def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queue, stop: threading.Event,
+             decode_threads: int) -> None:
+    """Background thread: fetch each shard, decode its samples, put ("batch", shard, ids, inputs) items."""
+    try:
+        with ThreadPoolExecutor(decode_threads, thread_name_prefix="assay-decode") as pool:
+            for index in todo:
+                uri = dataset.shard_uri(index)
+                with shards.fetch_shard(dataset, index) as path:
+                    chunk: list[shards.Sample] = []
+                    for sample in shards.iter_shard_samples(path, uri):
+                        chunk.append(sample)
+                        if len(chunk) == batch_size:
+                            out.put(("batch", index, [s.id for s in chunk], list(pool.map(handler.decode, chunk))))
+                            chunk = []
+                        if stop.is_set():
+                            return
+                    if chunk:  # the last, shorter batch is predicted too (the seed dropped it)
+                        out.put(("batch", index, [s.id for s in chunk], list(pool.map(handler.decode, chunk))))
+                out.put(("end", index, None, None))
+        out.put((_END, None, None, None))
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        out.put(("error", None, None, exc))
+
+
+def run(ctx: RunContext) -> PplSummary:
+    dataset = shards.load_manifest(ctx.dataset_uri)
+    model = packages.load_manifest(ctx.model_uri)
+    mine = layout.shards_of_worker(len(dataset.shards), ctx.worker_index, ctx.worker_count)
+    progress = _Progress(ctx, sum(dataset.shards[i].samples for i in mine), len(mine))
+    todo = []
+    for i in mine:
+        if results_match(layout.results_uri(ctx.output_uri, i), dataset, model, i):
+            progress.samples_done += dataset.shards[i].samples
+            progress.shards_done += 1
+            log.info("shard %d: results exist and match, skipped", i)
+        else:
+            todo.append(i)
+    log.info("worker %d/%d: %d shards (%d to compute), dataset %s@%s, model %s@%s", ctx.worker_index,
+             ctx.worker_count, len(mine), len(todo), dataset.name, dataset.version, model.name, model.version)
+    progress.write(force=True)
+    if todo:
+        _predict_shards(ctx, dataset, model, todo, progress)
+    progress.write(force=True)
+    return PplSummary(len(mine), len(mine) - len(todo), len(todo), progress.computed, progress.rate())
+
+
+def _load_handler(ctx: RunContext, model: packages.ModelManifest):
+    device = pick_device(ctx.device)
+    package_dir = packages.unpack(model)
+    handler = packages.load_handler_class(model, package_dir)()
+    t0 = time.monotonic()
+    try:
+        handler.load(package_dir, device)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise HandlerError(f"handler {model.handler}.load() failed: {exc!r}",
+                           "check the weight files and the handler code of the model package") from exc
+    log.info("model %s loaded on %s in %.1fs", model.name, device, time.monotonic() - t0)
+    return handler, device
+
+
+def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -> None:
+    handler, device = _load_handler(ctx, model)
+    autocast = _autocast(device, ctx.precision)
+    q: queue.Queue = queue.Queue(maxsize=max(1, ctx.prefetch))
+    stop = threading.Event()
+    threads = max(1, min(4, (os.cpu_count() or 2) // max(1, ctx.worker_count)))
+    producer = threading.Thread(target=_produce, name="assay-prefetch", daemon=True,
+                                args=(dataset, todo, handler, ctx.batch_size, q, stop, threads))
+    producer.start()
+    ids: list[str] = []
+    preds: list[dict[str, Any]] = []
+    try:
+        while True:
+            kind, index, batch_ids, payload = q.get()
+            if kind is _END:
+                break
+            if kind == "error":
+                raise payload
+            if kind == "end":
+                _write_shard(ctx, dataset, model, index, ids, preds)
+                progress.shards_done += 1
+                progress.write(force=True)
+                log.info("shard %d: %d samples written (%.2f samples/s)", index, len(ids), progress.rate())
+                ids, preds = [], []
+                continue
+            with autocast:
+                out = _predict(handler, payload)
+            if len(out) != len(batch_ids):
+                raise HandlerError(f"{model.handler}.predict returned {len(out)} predictions for "
+                                   f"{len(batch_ids)} inputs (shard {index})", "return one dict per input")
+            ids.extend(batch_ids)
+            preds.extend({k: results.to_storable(v) for k, v in p.items()} for p in out)
+            progress.samples_done += len(batch_ids)
+            progress.computed += len(batch_ids)
+            progress.write()
+    finally:
+        stop.set()
+
+
+def _predict(handler, batch):
+    try:
+        out = handler.predict(batch)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise HandlerError(f"handler predict() failed: {exc!r}") from exc
+    if not isinstance(out, list | tuple) or not all(isinstance(p, dict) for p in out):
+        raise HandlerError("handler predict() must return a list of dicts, one per input")
+    return out
+
+
+def _autocast(device, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _write_shard(ctx, dataset, model, index: int, ids: list[str], preds: list[dict[str, Any]]) -> None:
+    info = dataset.shards[index]
+    if len(ids) != info.samples or len(set(ids)) != len(ids):
+        raise IntegrityError(f"shard {index}: read {len(ids)} samples ({len(set(ids))} distinct), "
+                             f"manifest says {info.samples}", "the shard is corrupt; rebuild the dataset")
+    meta = {"dataset_version": dataset.version, "model_version": model.version, "shard": info.name,
+            "shard_sha256": info.sha256, "worker": ctx.worker_index}
+    with tempfile.TemporaryDirectory(prefix="assay-results-") as tmp:
+        path = Path(tmp) / f"{info.name}.parquet"
+        results.write_local(path, ids, preds, meta)
+        storage.upload(path, layout.results_uri(ctx.output_uri, index))

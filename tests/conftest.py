@@ -1,0 +1,99 @@
+"""Shared fixtures: the real PennFudanPed copy, a built test split, the oracle model, a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+PENNFUDAN = REPO.parent / "shared" / "data" / "PennFudanPed"
+
+
+def write_dataset_yaml(folder: Path, data_dir: Path, volume: str = "2M", name: str = "pennfudan",
+                       data_filter: str = "PNGImages/*6.png", label_filter: str = "PedMasks/*6_mask.png") -> Path:
+    path = folder / "dataset.yaml"
+    path.write_text(f"name: {name}\ndata_dir: {data_dir}\ndata_filter: '{data_filter}'\n"
+                    f"label_filter: '{label_filter}'\nprocess: pennfudan\nattr:\n  volume_size: {volume}\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pennfudan_dir() -> Path:
+    if not (PENNFUDAN / "PNGImages").is_dir():
+        pytest.skip(f"the PennFudanPed copy is not at {PENNFUDAN}")
+    return PENNFUDAN
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="session")
+def test_split(pennfudan_dir, store, tmp_path_factory):
+    """The seed's 17-image test split, built into a local store in 3 shards."""
+    from assay import datasets
+
+    cfg = datasets.load_config(write_dataset_yaml(tmp_path_factory.mktemp("ds"), pennfudan_dir))
+    return datasets.build(cfg, store, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def oracle_model(store):
+    from assay import packages
+
+    return packages.build(packages.load_config(FIXTURES / "oracle" / "model.yaml"), store, log=lambda s: None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ASSAY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto S3 server over real HTTP on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """Environment pointing boto3 at the moto server; yields a boto3 client for setup."""
+    import boto3
+
+    from assay import storage
+
+    for k, v in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "ASSAY_STORAGE_RETRY_DELAY": "0.01"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
+    storage.reset_clients()
+    yield boto3.client("s3", endpoint_url=moto_endpoint)
+    storage.reset_clients()
+
+
+def job_manifest(name: str, model_uri: str, dataset_uri: str, output_uri: str, workers: int = 2,
+                 batch_size: int = 4) -> dict:
+    return {"apiVersion": "assay.dev/v1alpha1", "kind": "EvaluationJob", "metadata": {"name": name},
+            "spec": {"model": {"uri": model_uri}, "dataset": {"uri": dataset_uri}, "output": {"uri": output_uri},
+                     "ppl": {"workers": workers, "batchSize": batch_size, "device": "cpu"}}}
+
+
+os.environ.setdefault("ASSAY_PROGRESS_INTERVAL", "0.2")

@@ -1,0 +1,173 @@
+"""Pure manifest builders: EvaluationJob spec -> ppl Indexed Job and cmp Job dicts (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from assay.errors import EXIT_PERMANENT
+from assay.spec import EvaluationJob, JobSpec
+from assay_operator import manifests
+from assay_operator.settings import Settings
+
+SETTINGS = Settings(runner_image="ghcr.io/assay/runner:default")
+
+
+def job(name: str = "eval", **spec: Any) -> EvaluationJob:
+    base: dict[str, Any] = {"model": {"uri": "s3://m/model"}, "dataset": {"uri": "s3://d/data"},
+                            "output": {"uri": "s3://o/eval"}}
+    base.update(spec)
+    return EvaluationJob(name=name, namespace="evals", spec=JobSpec(**base))
+
+
+def pod_spec(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def env_of(obj: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in pod_spec(obj)["containers"][0]["env"]}
+
+
+class TestNamesAndLabels:
+    def test_child_names_are_deterministic(self) -> None:
+        assert manifests.ppl_job_name("eval") == "eval-ppl"
+        assert manifests.cmp_job_name("eval") == "eval-cmp"
+        assert manifests.build_ppl_job(job(), SETTINGS)["metadata"]["name"] == "eval-ppl"
+
+    def test_labels_select_the_job_and_role_and_reach_the_pods(self) -> None:
+        ppl = manifests.build_ppl_job(job(), SETTINGS)
+        assert ppl["metadata"]["labels"]["assay.dev/job"] == "eval"
+        assert ppl["metadata"]["labels"]["assay.dev/role"] == "ppl"
+        assert ppl["spec"]["template"]["metadata"]["labels"] == ppl["metadata"]["labels"]
+        assert manifests.pod_selector("eval", "cmp") == "assay.dev/job=eval,assay.dev/role=cmp"
+
+    def test_retry_token_is_recorded_on_the_child(self) -> None:
+        ppl = manifests.build_ppl_job(job(retryToken="2"), SETTINGS)
+        assert ppl["metadata"]["annotations"][manifests.RETRY_TOKEN_ANNOTATION] == "2"
+
+
+class TestPplJob:
+    def test_indexed_job_with_one_index_per_worker(self) -> None:
+        spec = manifests.build_ppl_job(job(ppl={"workers": 8, "maxRetriesPerShard": 5}), SETTINGS)["spec"]
+        assert spec["completionMode"] == "Indexed"
+        assert spec["completions"] == spec["parallelism"] == 8
+        assert spec["backoffLimitPerIndex"] == 5 and "backoffLimit" not in spec
+        assert spec["podReplacementPolicy"] == "Failed"
+        assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+    def test_permanent_exit_code_fails_the_job_and_disruptions_do_not_count(self) -> None:
+        rules = manifests.build_ppl_job(job(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+        assert rules[0]["action"] == "FailJob"
+        assert rules[0]["onExitCodes"] == {"containerName": "runner", "operator": "In", "values": [EXIT_PERMANENT]}
+        assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+
+    def test_runner_command_image_and_context(self) -> None:
+        ppl = manifests.build_ppl_job(job(ppl={"workers": 3, "batchSize": 16, "device": "cuda"}), SETTINGS)
+        c = pod_spec(ppl)["containers"][0]
+        assert c["command"] == ["python", "-m", "assay.runner", "ppl"]
+        assert c["image"] == "ghcr.io/assay/runner:default"
+        env = {k: v.get("value") for k, v in env_of(ppl).items()}
+        assert env["ASSAY_MODEL_URI"] == "s3://m/model" and env["ASSAY_OUTPUT_URI"] == "s3://o/eval"
+        assert (env["ASSAY_WORKERS"], env["ASSAY_BATCH_SIZE"], env["ASSAY_DEVICE"]) == ("3", "16", "cuda")
+        assert "JOB_COMPLETION_INDEX" not in env  # Kubernetes sets it per index
+
+    def test_spec_image_overrides_the_default(self) -> None:
+        ppl = manifests.build_ppl_job(job(runtime={"image": "mine:1", "imagePullPolicy": "Always",
+                                                   "imagePullSecrets": [{"name": "reg"}]}), SETTINGS)
+        assert pod_spec(ppl)["containers"][0]["image"] == "mine:1"
+        assert pod_spec(ppl)["containers"][0]["imagePullPolicy"] == "Always"
+        assert pod_spec(ppl)["imagePullSecrets"] == [{"name": "reg"}]
+
+    def test_placement_and_resources(self) -> None:
+        ppl = manifests.build_ppl_job(job(ppl={
+            "resources": {"limits": {"nvidia.com/gpu": 1}}, "nodeSelector": {"gpu": "a100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}], "priorityClassName": "batch"}),
+            SETTINGS)
+        ps = pod_spec(ppl)
+        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+        assert ps["nodeSelector"] == {"gpu": "a100"} and ps["priorityClassName"] == "batch"
+        assert ps["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+    def test_deadline_is_set_only_when_given(self) -> None:
+        assert "activeDeadlineSeconds" not in manifests.build_ppl_job(job(), SETTINGS)["spec"]
+        assert manifests.build_ppl_job(job(activeDeadlineSeconds=60), SETTINGS)["spec"]["activeDeadlineSeconds"] == 60
+
+    @pytest.mark.parametrize(("spec", "suspended"), [({}, False), ({"suspend": True}, True),
+                                                      ({"queueName": "q"}, True)])
+    def test_created_suspended_when_asked_or_queued(self, spec: dict, suspended: bool) -> None:
+        ppl = manifests.build_ppl_job(job(**spec), SETTINGS)
+        assert ppl["spec"]["suspend"] is suspended
+        assert ("kueue.x-k8s.io/queue-name" in ppl["metadata"]["labels"]) is bool(spec.get("queueName"))
+
+
+class TestCredentialsAndEnv:
+    def test_s3_credentials_only_by_secret_reference(self) -> None:
+        env = env_of(manifests.build_ppl_job(job(storage={"endpoint": "http://minio:9000", "region": "eu",
+                                                          "secretRef": {"name": "s3"}}), SETTINGS))
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000" and env["AWS_REGION"]["value"] == "eu"
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            assert "value" not in env[key]
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "s3"
+            assert env[key]["valueFrom"]["secretKeyRef"]["key"] == key
+        assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+        assert "optional" not in env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
+
+    def test_no_secret_no_credential_variables(self) -> None:
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL"} & set(env_of(manifests.build_ppl_job(job(), SETTINGS)))
+
+    def test_user_env_replaces_ours(self) -> None:
+        ppl = manifests.build_ppl_job(job(runtime={"env": [{"name": "HOME", "value": "/x"}]}), SETTINGS)
+        env = pod_spec(ppl)["containers"][0]["env"]
+        assert [e["value"] for e in env if e["name"] == "HOME"] == ["/x"]
+
+
+class TestPodSecurity:
+    def test_restricted_pod_security(self) -> None:
+        ps = pod_spec(manifests.build_ppl_job(job(), SETTINGS))
+        assert ps["automountServiceAccountToken"] is False
+        assert ps["securityContext"]["runAsNonRoot"] is True and ps["securityContext"]["runAsUser"] == 1000
+        assert ps["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = ps["containers"][0]["securityContext"]
+        assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+    def test_writable_tmp_and_cache_with_home_inside(self) -> None:
+        ppl = manifests.build_ppl_job(job(), SETTINGS)
+        mounts = {m["mountPath"] for m in pod_spec(ppl)["containers"][0]["volumeMounts"]}
+        assert mounts == {"/tmp", manifests.CACHE_DIR}
+        assert all("emptyDir" in v for v in pod_spec(ppl)["volumes"])
+        env = env_of(ppl)
+        for var in ("HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
+            assert any(env[var]["value"].startswith(m) for m in mounts), var
+
+
+class TestCmpJob:
+    def test_single_pod_running_cmp(self) -> None:
+        cmp = manifests.build_cmp_job(job(cmp={"resources": {"requests": {"cpu": "2"}}}), SETTINGS)
+        assert cmp["metadata"]["name"] == "eval-cmp"
+        assert cmp["spec"]["completions"] == 1 and "completionMode" not in cmp["spec"]
+        assert cmp["spec"]["backoffLimit"] == SETTINGS.cmp_backoff_limit
+        c = pod_spec(cmp)["containers"][0]
+        assert c["command"] == ["python", "-m", "assay.runner", "cmp"]
+        assert c["resources"] == {"requests": {"cpu": "2"}}
+
+    def test_cmp_is_not_pinned_to_the_gpu_nodes(self) -> None:
+        cmp = manifests.build_cmp_job(job(ppl={"nodeSelector": {"gpu": "a100"}}), SETTINGS)
+        assert "nodeSelector" not in pod_spec(cmp)
+
+    def test_remaining_deadline(self) -> None:
+        assert manifests.build_cmp_job(job(), SETTINGS, 120)["spec"]["activeDeadlineSeconds"] == 120
+        assert manifests.build_cmp_job(job(), SETTINGS, -5)["spec"]["activeDeadlineSeconds"] == 1
+        assert "activeDeadlineSeconds" not in manifests.build_cmp_job(job(), SETTINGS)["spec"]
+
+
+@pytest.mark.parametrize("build", [manifests.build_ppl_job, manifests.build_cmp_job])
+def test_built_jobs_validate_against_the_kubernetes_schema(build) -> None:
+    full = job(runtime={"image": "x:1", "imagePullSecrets": [{"name": "r"}], "env": [{"name": "A", "value": "b"}]},
+               ppl={"workers": 2, "resources": {"limits": {"nvidia.com/gpu": 1}},
+                    "tolerations": [{"key": "k", "operator": "Exists"}], "affinity": {}},
+               storage={"endpoint": "http://minio:9000", "secretRef": {"name": "s3"}},
+               activeDeadlineSeconds=100, queueName="q")
+    kubernetes_validate.validate(build(full, SETTINGS), "1.31", strict=True)

@@ -1,0 +1,122 @@
+"""storage: local and S3 (moto's server over real HTTP), atomic writes, errors that name the URI."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from assay import storage
+from assay.errors import AccessDenied, ObjectNotFound, StorageError, TransientStorageError
+
+
+def test_local_write_is_atomic_and_listed(tmp_path):
+    uri = str(tmp_path / "a" / "b.txt")
+    storage.write_text(uri, "hello")
+    assert storage.read_text(uri) == "hello"
+    assert storage.list_names(str(tmp_path)) == ["a/b.txt"]
+    assert oct(os.stat(uri).st_mode & 0o777) != oct(0o600), "objects are as readable as other files"
+
+
+def test_local_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "x.bin"
+    with pytest.raises(RuntimeError), storage.atomic_local_file(str(target)) as tmp:
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError("killed mid-write")
+    assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_file_uri_and_join(tmp_path):
+    assert storage.parse(f"file://{tmp_path}").path == str(tmp_path)
+    assert storage.join("s3://b/p", "x", "y.json") == "s3://b/p/x/y.json"
+    assert storage.join("s3://b", "x") == "s3://b/x"
+    with pytest.raises(StorageError, match="unsupported URI scheme"):
+        storage.parse("gs://bucket/x")
+
+
+def test_missing_local_object_names_uri(tmp_path):
+    with pytest.raises(ObjectNotFound, match=str(tmp_path / "nope")):
+        storage.read_bytes(str(tmp_path / "nope"))
+
+
+class TestS3:
+    def test_round_trip_list_and_stream(self, s3, tmp_path):
+        s3.create_bucket(Bucket="roundtrip")
+        storage.write_text("s3://roundtrip/p/a.json", "{}")
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(3 << 20))
+        storage.upload(big, "s3://roundtrip/p/shards/big.bin")
+        storage.download("s3://roundtrip/p/shards/big.bin", tmp_path / "back.bin")
+        assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
+        assert storage.list_names("s3://roundtrip/p") == ["a.json", "shards/big.bin"]
+        assert storage.exists("s3://roundtrip/p/a.json")
+        assert not storage.exists("s3://roundtrip/p/none.json")
+        assert storage.size("s3://roundtrip/p/shards/big.bin") == 3 << 20
+
+    def test_no_such_key_and_bucket_fail_fast_naming_the_uri(self, s3):
+        s3.create_bucket(Bucket="present")
+        t0 = time.monotonic()
+        with pytest.raises(ObjectNotFound, match="s3://present/missing.json"):
+            storage.read_bytes("s3://present/missing.json")
+        with pytest.raises(ObjectNotFound, match="no such bucket: s3://absent-bucket/x"):
+            storage.read_bytes("s3://absent-bucket/x")
+        assert time.monotonic() - t0 < 5, "permanent errors are not retried"
+
+    def test_access_denied_names_the_uri(self, s3, monkeypatch):
+        s3.create_bucket(Bucket="locked")
+        s3.put_bucket_policy(Bucket="locked", Policy='{"Version":"2012-10-17","Statement":[{"Effect":"Deny",'
+                             '"Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::locked/*"]}]}')
+        with pytest.raises((AccessDenied, StorageError), match="s3://locked/x"):
+            storage.read_bytes("s3://locked/x")
+
+    def test_unreachable_endpoint_times_out_bounded(self, monkeypatch):
+        from tests.conftest import free_port
+
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 3)
+        monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
+        storage.reset_clients()
+        t0 = time.monotonic()
+        with pytest.raises(TransientStorageError, match="cannot reach the store for s3://b/k"):
+            storage.read_bytes("s3://b/k")
+        assert time.monotonic() - t0 < 30
+        storage.reset_clients()
+
+    def test_explicit_access_overrides_environment(self, s3, moto_endpoint, monkeypatch):
+        s3.create_bucket(Bucket="explicit")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        storage.reset_clients()
+        access = storage.S3Access(endpoint_url=moto_endpoint, access_key_id="a", secret_access_key="b",
+                                  region="us-east-1")
+        with storage.s3_access(access):
+            storage.write_text("s3://explicit/k", "v")
+            assert storage.read_text("s3://explicit/k") == "v"
+        assert "b" not in repr(access).split("secret")[0][-3:], "secrets are kept out of repr"
+
+    def test_dataset_and_job_on_s3(self, s3, test_split, oracle_model, tmp_path):
+        """The same flow with every object in S3: shards stream down, results go up."""
+        import shutil
+
+        from assay import datasets, packages
+        from assay.runner.local import run_job
+        from assay.spec import EvaluationJob
+        from tests.conftest import FIXTURES, PENNFUDAN, job_manifest, write_dataset_yaml
+
+        s3.create_bucket(Bucket="assay")
+        cfg = datasets.load_config(write_dataset_yaml(tmp_path, PENNFUDAN))
+        ds = datasets.build(cfg, "s3://assay/store", log=lambda s: None)
+        assert ds.version == test_split.version
+        shutil.copytree(FIXTURES / "oracle", tmp_path / "oracle")
+        model = packages.build(packages.load_config(tmp_path / "oracle" / "model.yaml"), "s3://assay/store",
+                               log=lambda s: None)
+        job = EvaluationJob.from_manifest(job_manifest("s3job", "s3://assay/store/models/oracle",
+                                                       "s3://assay/store/datasets/pennfudan", "s3://assay/out", 2))
+        os.chdir(tmp_path)
+        run = run_job(job, progress=False)
+        assert run.report.summary["segm/AP"] == 1.0
+        names = storage.list_names("s3://assay/out")
+        assert {"metrics.json", "summary.txt", "results/shard-000000.parquet", "logs/ppl-0000.log"} <= set(names)
+        assert model.version == oracle_model.version
