@@ -172,7 +172,10 @@ def _classify(exc: Exception, uri: str) -> Exception:
         if status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}:
             return TransientStorageError(f"store error on {uri}: {code} (HTTP {status})")
         return StorageError(f"store refused {uri}: {code} (HTTP {status}): {exc}")
-    if isinstance(exc, BotoCoreError | ConnectionError | TimeoutError | OSError):
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    # a body that breaks off mid-read surfaces as urllib3's ProtocolError, not as a botocore error
+    if isinstance(exc, BotoCoreError | Urllib3Error | ConnectionError | TimeoutError | OSError):
         return TransientStorageError(f"cannot reach the store for {uri}: {exc}",
                                      "check AWS_ENDPOINT_URL and the network; the store may be down")
     return exc
