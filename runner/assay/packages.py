@@ -71,7 +71,7 @@ class ModelManifest:
             if doc.pop("format", None) != FORMAT:
                 raise ValueError(f"format is not {FORMAT!r}")
             return cls(**doc, uri=uri)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"{uri}: not a valid model manifest ({exc})",
                                  "rebuild the package with `assay model build`") from exc
 

@@ -109,10 +109,16 @@ def read_local(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
     try:
         table = pq.read_table(str(path))
         meta = json.loads((table.schema.metadata or {})[META_KEY])
-    except Exception as exc:  # noqa: BLE001
-        raise IntegrityError(f"{path}: not a readable assay results file ({exc})",
+        return _decode(table, meta)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the bytes, the file is corrupt
+        raise IntegrityError(f"{path}: not a readable assay results file ({exc!r})",
                              "delete it; the ppl worker will recompute the shard") from exc
+
+
+def _decode(table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     ids = table.column("sample_id").to_pylist()
+    if not all(isinstance(i, str) for i in ids):
+        raise ValueError("sample_id holds a null")
     preds: list[dict[str, Any]] = [{} for _ in ids]
     for name, spec in meta["fields"].items():
         if spec["kind"] == "array":

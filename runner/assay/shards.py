@@ -74,7 +74,7 @@ class DatasetManifest:
             return cls(name=doc["name"], version=doc["version"], samples=int(doc["samples"]),
                        label_schema=doc["label_schema"], shards=shards, desc=doc.get("desc", ""),
                        tag=list(doc.get("tag", [])), uri=uri)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"{uri}: not a valid dataset manifest ({exc})",
                                  "rebuild the dataset with `assay dataset build`") from exc
 
@@ -128,8 +128,9 @@ def iter_shard_samples(path: Path, uri: str) -> Iterator[Sample]:
     key, files, meta = None, {}, None
 
     def finish() -> Sample:
-        if meta is None:
-            raise IntegrityError(f"{uri}: sample {key} has no {key}.json")
+        if not isinstance(meta, dict) or not isinstance(meta.get("id"), str) or not isinstance(
+                meta.get("label", {}), dict):
+            raise IntegrityError(f"{uri}: sample {key} has no valid {key}.json (an object with a string id)")
         return Sample(id=meta["id"], files=files, label=meta.get("label", {}))
 
     for name, data in archive.iter_members(path, uri):
@@ -141,7 +142,10 @@ def iter_shard_samples(path: Path, uri: str) -> Iterator[Sample]:
                 yield finish()
             key, files, meta = k, {}, None
         if ext == "json":
-            meta = json.loads(data)
+            try:
+                meta = json.loads(data)
+            except ValueError as exc:
+                raise IntegrityError(f"{uri}: {name} is not valid JSON ({exc})") from exc
         else:
             files[ext] = data
     if key is not None:

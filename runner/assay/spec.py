@@ -96,7 +96,10 @@ def validate_manifest(doc: Any, source: str = "manifest") -> dict[str, Any]:
             f"{source}: apiVersion/kind is {doc.get('apiVersion')!r}/{doc.get('kind')!r}",
             f"an evaluation manifest starts with 'apiVersion: {API_VERSION}' and 'kind: {KIND}'",
         )
-    name = (doc.get("metadata") or {}).get("name")
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise SpecError(f"{source}: metadata must be a mapping with a name")
+    name = meta.get("name")
     if not isinstance(name, str) or not _is_dns_label(name):
         raise SpecError(f"{source}: metadata.name {name!r} is not a valid name",
                         "use lowercase letters, digits and '-', at most 53 characters, starting with a letter")
@@ -208,7 +211,7 @@ class EvaluationJob(_Model):
     @classmethod
     def from_manifest(cls, doc: dict[str, Any], source: str = "manifest") -> EvaluationJob:
         doc = validate_manifest(doc, source)
-        meta = doc.get("metadata") or {}
+        meta = doc["metadata"]
         return cls(name=meta["name"], namespace=meta.get("namespace") or "default", spec=JobSpec(**doc["spec"]))
 
     def to_manifest(self) -> dict[str, Any]:

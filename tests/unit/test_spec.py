@@ -9,54 +9,10 @@ import pytest
 import yaml
 
 from assay.errors import SpecError
-from assay.spec import EvaluationJob, RunContext, load_job, validate_manifest, with_local_uris_relative_to
+from assay.spec import EvaluationJob, RunContext, load_job, with_local_uris_relative_to
+from tests.unit.test_bad_input import BASE, _with
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = {"apiVersion": "assay.dev/v1alpha1", "kind": "EvaluationJob", "metadata": {"name": "ok"},
-        "spec": {"model": {"uri": "s3://bucket/m"}, "dataset": {"uri": "s3://bucket/d"}, "output": {"uri": "s3://bucket/o"}}}
-
-
-def _with(path: str, value):
-    doc = copy.deepcopy(BASE)
-    keys = path.split(".")
-    target = doc
-    for k in keys[:-1]:
-        target = target.setdefault(k, {})
-    if value is _DELETE:
-        del target[keys[-1]]
-    else:
-        target[keys[-1]] = value
-    return doc
-
-
-_DELETE = object()
-
-INVALID = [
-    ("kind", "Job", "apiVersion/kind"),
-    ("apiVersion", "assay.dev/v1", "apiVersion/kind"),
-    ("metadata.name", "Bad_Name", "metadata.name"),
-    ("spec.model", _DELETE, "'model' is a required property"),
-    ("spec.model.uri", "", "spec.model.uri"),
-    ("spec.ppl.workers", 0, "spec.ppl.workers: 0 is less than the minimum of 1"),
-    ("spec.ppl.workers", "two", "spec.ppl.workers: 'two' is not of type 'integer'"),
-    ("spec.ppl.batchSize", 100000, "spec.ppl.batchSize"),
-    ("spec.ppl.device", "tpu", "spec.ppl.device: 'tpu' is not one of"),
-    ("spec.ppl.precision", "int8", "spec.ppl.precision"),
-    ("spec.ppl.wokers", 2, "unknown field spec.ppl.wokers"),
-    ("spec.evaluator", "bleu", "spec.evaluator"),
-    ("spec.storage.endpoint", "minio:9000", "spec.storage.endpoint"),
-    ("spec.storage.secretRef", {}, "'name' is a required property"),
-    ("spec.runtime.imagePullPolicy", "Sometimes", "spec.runtime.imagePullPolicy"),
-    ("spec.activeDeadlineSeconds", -5, "spec.activeDeadlineSeconds"),
-    ("spec.suspend", "yes", "spec.suspend"),
-]
-
-
-@pytest.mark.parametrize("path,value,message", INVALID, ids=[f"{p}={v!r}"[:40] for p, v, _ in INVALID])
-def test_invalid_manifests_name_the_field(path, value, message):
-    with pytest.raises(SpecError) as err:
-        validate_manifest(_with(path, value))
-    assert message in str(err.value)
 
 
 def test_defaults_come_from_the_crd():
