@@ -27,6 +27,11 @@ class MaskRCNNHandler(Handler):
                                  self.config.get("min_size", 800), self.config.get("max_size", 1333))
         state = torch.load(model_dir / "maskrcnn.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
+        # optional caps on the output (config.json): detections per image and the score threshold
+        if "box_detections_per_img" in self.config:
+            self.model.roi_heads.detections_per_img = int(self.config["box_detections_per_img"])
+        if "box_score_thresh" in self.config:
+            self.model.roi_heads.score_thresh = float(self.config["box_score_thresh"])
         self.model.eval().to(device)
         # label map: model class id -> dataset category id; classes not in it are dropped
         self.label_map = {int(k): int(v) for k, v in self.config.get("label_map", {"1": 1}).items()}
@@ -46,8 +51,9 @@ class MaskRCNNHandler(Handler):
             outputs = self.model(inputs)
         predictions = []
         for out in outputs:
-            keep = torch.tensor([int(lbl) in self.label_map for lbl in out["labels"]], dtype=torch.bool)
-            labels = torch.tensor([self.label_map[int(lbl)] for lbl in out["labels"][keep]], dtype=torch.int64)
+            raw = out["labels"].cpu().tolist()
+            keep = torch.tensor([lbl in self.label_map for lbl in raw], dtype=torch.bool)
+            labels = torch.tensor([self.label_map[lbl] for lbl in raw if lbl in self.label_map], dtype=torch.int64)
             predictions.append({
                 "boxes": out["boxes"][keep],
                 "scores": out["scores"][keep],

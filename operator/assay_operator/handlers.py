@@ -21,6 +21,7 @@ from assay import layout, storage
 from assay.spec import EvaluationJob, JobSpec
 
 from assay_operator import kube, manifests, progress, status
+from assay_operator import metrics as op_metrics
 from assay_operator.settings import Settings
 
 #: status fields this operator owns (others, such as kopf's bookkeeping, are left alone).
@@ -55,6 +56,7 @@ def _reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, sett
     except (ValidationError, TypeError) as exc:
         new = status.failed_status(previous, (body.get("spec") or {}).get("retryToken"), "InvalidSpec",
                                    f"spec does not match the EvaluationJob schema: {exc}", generation, now)
+        op_metrics.observe(namespace, name, new["phase"], new)
         return _write(body, patch, previous, new, logger, now, memo)
 
     token = job.spec.retry_token or ""
@@ -63,6 +65,7 @@ def _reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, sett
         _expire_children(job, previous, now, logger)
         if generation is not None and previous.get("observedGeneration") != generation:
             patch.status["observedGeneration"] = generation
+        op_metrics.observe(namespace, name, previous["phase"], {})
         return previous["phase"]
     if rerun:
         logger.info("spec.retryToken changed to %r: rerunning; finished shards are reused", token)
@@ -88,6 +91,7 @@ def _reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, sett
         dataset_digest=dataset_digest, results_uri=layout.metrics_uri(job.spec.output.uri),
         fail_fast_seconds=settings.fail_fast_seconds, max_result_keys=settings.max_result_keys)
     new, reason = status.derive(observed)
+    op_metrics.observe(namespace, name, new["phase"], new, ppl)
     if new["phase"] == status.FAILED and reason in status.OPERATOR_FAILURES:
         _stop_children(job, ppl, cmp, reason, logger)
     return _write(body, patch, previous, new, logger, now, memo)

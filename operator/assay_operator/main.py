@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from assay_operator import handlers
+from assay_operator import handlers, metrics
 from assay_operator import settings as operator_settings
 
 GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
@@ -33,12 +33,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = not SETTINGS.api_scanning
 
 
+@kopf.on.startup()
+def serve_metrics(logger: kopf.Logger, **_: Any) -> None:
+    """Prometheus /metrics on ASSAY_OPERATOR_METRICS_PORT (names in ``assay_operator.metrics``)."""
+    port = metrics.serve(SETTINGS.metrics_port, logger)
+    if port:
+        logger.info("serving Prometheus metrics on :%d/metrics", port)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile at once when a job appears, when the operator starts, and on every spec change."""
-    handlers.reconcile(body, patch, logger, SETTINGS, memo)
+    with metrics.timed_reconcile():
+        handlers.reconcile(body, patch, logger, SETTINGS, memo)
 
 
 # The child Jobs' and pods' states and the runners' progress objects change without touching the
@@ -46,4 +55,13 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kop
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
 def resync(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
     """Refresh phase, progress and results from the child Jobs, their pods and the store."""
-    handlers.reconcile(body, patch, logger, SETTINGS, memo)
+    with metrics.timed_reconcile():
+        handlers.reconcile(body, patch, logger, SETTINGS, memo)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def forget_deleted(event: kopf.RawEvent, **_: Any) -> None:
+    """A deleted EvaluationJob's metric series go with it (no finalizer needed for that)."""
+    if event.get("type") == "DELETED":
+        meta = (event.get("object") or {}).get("metadata") or {}
+        metrics.forget(meta.get("namespace") or "default", meta.get("name") or "")

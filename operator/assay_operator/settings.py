@@ -6,7 +6,7 @@ A bad value fails at startup with the variable's name and what it accepts (pydan
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     pod_service_account: str | None = None
     #: User and group id the job pods run as (the runner image's non-root user).
     run_as_user: int = Field(1000, ge=1)
+    #: Port of the Prometheus metrics endpoint (``/metrics`` on 0.0.0.0); 0 turns it off.
+    metrics_port: int = Field(8000, ge=0, le=65535)
+    #: Port of kopf's liveness/readiness endpoint (``/healthz`` on 0.0.0.0) when run as ``python -m assay_operator``.
+    health_port: int = Field(8080, ge=1, le=65535)
+    #: Log format: ``text`` (kopf's default lines) or ``json`` (one JSON object per line, with the object's
+    #: namespace/name under ``object``; for log collectors).
+    log_format: Literal["text", "json"] = "text"
+    #: Log level of the operator's and kopf's loggers.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -18,7 +18,9 @@ from assay.spec import JobSpec
 PENDING, RUNNING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED = (
     "Pending", "Running", "Evaluating", "Succeeded", "Failed", "Suspended")
 TERMINAL = {SUCCEEDED, FAILED}
-CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended")
+#: Reconciling and Stalled are kstatus' abnormal-true conditions: Flux and kstatus-based tools see a
+#: job in progress while Reconciling is True and give up at once when Stalled is True (a failed job).
+CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Reconciling", "Stalled")
 
 #: Container waiting reasons that rarely heal by themselves: fail after the short fail-fast grace.
 FAIL_FAST_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
@@ -245,6 +247,9 @@ def conditions_for(phase: str, reason: str, message: str, previous: list[dict[st
         "Failed": (phase == FAILED, reason if phase == FAILED else phase, message if phase == FAILED else ""),
         "Suspended": (phase == SUSPENDED, reason if phase == SUSPENDED else phase,
                       message if phase == SUSPENDED else ""),
+        "Reconciling": (phase in (PENDING, RUNNING, EVALUATING), reason if phase in (PENDING, RUNNING, EVALUATING)
+                        else phase, ""),
+        "Stalled": (phase == FAILED, reason if phase == FAILED else phase, message if phase == FAILED else ""),
     }
     return [set_condition(previous, t, *table[t], generation, now) for t in CONDITION_TYPES]
 

@@ -27,6 +27,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+#: (local log file, its URI in the store) of the active setup_logging block, for checkpoint().
+_active: tuple[Path, str] | None = None
+
+
+def checkpoint() -> None:
+    """Copy the log written so far to the store (after each shard), so a killed pod's log survives too."""
+    if _active is not None:
+        path, uri = _active
+        with contextlib.suppress(Exception):  # logging must never fail the work it describes
+            for h in logging.getLogger("assay").handlers:
+                h.flush()
+            storage.upload(path, uri)
+
+
 @contextlib.contextmanager
 def setup_logging(ctx, role: str, worker: int | None, json_format: bool = False,
                   stream=None, upload: bool = True) -> Iterator[Path]:
@@ -45,9 +59,13 @@ def setup_logging(ctx, role: str, worker: int | None, json_format: bool = False,
         for h in handlers:
             h.setFormatter(fmt)
             root.addHandler(h)
+        global _active
+        if upload:
+            _active = (path, layout.log_uri(ctx.output_uri, role, worker))
         try:
             yield path
         finally:
+            _active = None
             for h in handlers:
                 root.removeHandler(h)
                 h.close()

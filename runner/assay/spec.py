@@ -168,6 +168,10 @@ class Ppl(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     prefetch: int = 2
+    decode_threads: int = Field(0, alias="decodeThreads")
+    channels_last: bool = Field(False, alias="channelsLast")
+    compile: bool = False
+    pin_memory: bool = Field(True, alias="pinMemory")
     max_retries_per_shard: int = Field(3, alias="maxRetriesPerShard")
     resources: dict[str, Any] = Field(default_factory=dict)
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
@@ -267,6 +271,10 @@ class RunContext(_Model):
     device: str = "auto"
     precision: str = "fp32"
     prefetch: int = 2
+    decode_threads: int = 0
+    channels_last: bool = False
+    compile: bool = False
+    pin_memory: bool = True
 
     @classmethod
     def for_worker(cls, job: EvaluationJob, index: int) -> RunContext:
@@ -274,14 +282,16 @@ class RunContext(_Model):
         return cls(job_name=job.name, model_uri=s.model.uri, dataset_uri=s.dataset.uri, output_uri=s.output.uri,
                    evaluator=s.evaluator, worker_index=index, worker_count=s.ppl.workers,
                    batch_size=s.ppl.batch_size, device=s.ppl.device, precision=s.ppl.precision,
-                   prefetch=s.ppl.prefetch)
+                   prefetch=s.ppl.prefetch, decode_threads=s.ppl.decode_threads,
+                   channels_last=s.ppl.channels_last, compile=s.ppl.compile, pin_memory=s.ppl.pin_memory)
 
     #: Environment variables carrying a RunContext into a pod (the operator sets them; __main__ reads them).
     ENV: ClassVar[dict[str, str]] = {
         "job_name": "ASSAY_JOB_NAME", "model_uri": "ASSAY_MODEL_URI", "dataset_uri": "ASSAY_DATASET_URI",
         "output_uri": "ASSAY_OUTPUT_URI", "evaluator": "ASSAY_EVALUATOR", "worker_index": "JOB_COMPLETION_INDEX",
         "worker_count": "ASSAY_WORKERS", "batch_size": "ASSAY_BATCH_SIZE", "device": "ASSAY_DEVICE",
-        "precision": "ASSAY_PRECISION", "prefetch": "ASSAY_PREFETCH",
+        "precision": "ASSAY_PRECISION", "prefetch": "ASSAY_PREFETCH", "decode_threads": "ASSAY_DECODE_THREADS",
+        "channels_last": "ASSAY_CHANNELS_LAST", "compile": "ASSAY_COMPILE", "pin_memory": "ASSAY_PIN_MEMORY",
     }
 
     def to_env(self) -> dict[str, str]:

@@ -183,6 +183,19 @@ class TestConditions:
         assert times["Ready"] == times["Running"] == times["Succeeded"] == S.fmt_time(later)
         assert times["Failed"] == S.fmt_time(NOW)
 
+    def test_kstatus_abnormal_true_conditions(self) -> None:
+        """Without Stalled, kstatus (Flux's wait) saw a failed job as in progress until its timeout."""
+        def cond(st, t):
+            return next(c["status"] for c in st["conditions"] if c["type"] == t)
+
+        running, _ = S.derive(observed(ppl=job(), pods=[pod(phase="Running")]))
+        assert (cond(running, "Reconciling"), cond(running, "Stalled")) == ("True", "False")
+        done, _ = S.derive(observed(ppl=job(("Complete", "")), cmp=job(("Complete", "")), metrics={"summary": {}}))
+        assert (cond(done, "Reconciling"), cond(done, "Stalled"), cond(done, "Ready")) == ("False", "False", "True")
+        failed, _ = S.derive(observed(ppl=job(("Failed", "BackoffLimitExceeded"))))
+        assert failed["phase"] == "Failed"
+        assert (cond(failed, "Reconciling"), cond(failed, "Stalled")) == ("False", "True")
+
     def test_terminal_status_fields(self) -> None:
         st, _ = S.derive(observed(ppl=job(("Complete", ""), startTime=OLD), cmp=job(("Complete", "")),
                                   metrics={"summary": {"a": 1}}, model_digest="m1", dataset_digest="d1"))

@@ -1,10 +1,13 @@
 """COCO-style box and instance-mask AP: the ``coco`` evaluator.
 
-This module owns the translation from assay's per-sample labels and predictions to pycocotools'
+This module owns the translation from assay's per-sample labels and predictions to COCO-API
 in-memory ground-truth and result objects, and the extraction of COCOeval's numbers into a
-``MetricsReport``. Matching and averaging are pycocotools' own (COCOeval is run exactly as its
-users run it: ground truth, ``loadRes`` on result dicts, evaluate, accumulate, summarize), so the
-numbers equal a direct pycocotools run bit for bit. pycocotools is imported only when scoring.
+``MetricsReport``. COCOeval is run exactly as its users run it (ground truth, ``loadRes`` on result
+dicts, evaluate, accumulate, summarize). The engine is faster-coco-eval (C++ matching and
+accumulation, about 3x pycocotools on 5,000 images; see bench/) whose 12 stats equal pycocotools'
+(the reference, checked by tests/unit/test_metrics_coco_engine.py); pycocotools is used when
+faster-coco-eval is not installed or ``ASSAY_COCO_ENGINE=pycocotools``. Engines are imported only
+when scoring.
 
 Label (ground truth) of one sample::
 
@@ -21,8 +24,9 @@ Prediction of one sample (numpy arrays, N may be 0)::
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import io
+import os
+from collections import Counter
 from importlib import metadata
 from typing import Any
 
@@ -149,13 +153,14 @@ class CocoEvaluator(Evaluator):
         if not self._images:
             raise EvaluationError("the coco evaluator got no samples",
                                   hint="check that the shards are not empty")
-        gt = _ground_truth(self._images, self._gt, self.categories)
+        engine = _engine()
+        gt = _ground_truth(self._images, self._gt, self.categories, engine)
         iou_types = {"bbox": self._box_dets}
         if self._gt_segm.everywhere and self._pred_masks.everywhere:
             iou_types["segm"] = self._mask_dets
         summary: dict[str, float] = {}
         full: dict[str, Any] = {
-            "engine": f"pycocotools {metadata.version('pycocotools')}",
+            "engine": engine.label,
             "iou_types": list(iou_types),
             "sample_ids": list(self._sample_ids),
             "num_images": len(self._images),
@@ -168,7 +173,7 @@ class CocoEvaluator(Evaluator):
             "recall_thresholds": np.linspace(0.0, 1.0, 101).round(2).tolist(),
         }
         for iou_type, dets in iou_types.items():
-            stats, per_category, curves = _evaluate(gt, dets, iou_type, self.categories)
+            stats, per_category, curves = _evaluate(gt, dets, iou_type, self.categories, engine)
             summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats)})
             full[f"{iou_type}/stats"] = stats
             full[f"{iou_type}/per_category"] = per_category
@@ -245,11 +250,39 @@ def _default_area(ann: dict[str, Any]) -> float:
     return ann["bbox"][2] * ann["bbox"][3]
 
 
-def _ground_truth(images: list[dict[str, Any]], anns: list[dict[str, Any]],
-                  categories: list[dict[str, Any]]) -> Any:
-    from pycocotools.coco import COCO
+class _Engine:
+    """A COCO API implementation: its COCO class, its COCOeval class and a label for reports."""
 
-    gt = COCO()
+    def __init__(self, name: str):
+        if name == "faster-coco-eval":
+            from faster_coco_eval import COCO, COCOeval_faster
+
+            self.coco, self.cocoeval = COCO, COCOeval_faster
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+
+            self.coco, self.cocoeval = COCO, COCOeval
+        self.name = name
+        self.label = f"{name} {metadata.version(name)}"
+
+
+def _engine() -> _Engine:
+    """faster-coco-eval when installed (unless ASSAY_COCO_ENGINE=pycocotools), else pycocotools."""
+    wanted = os.environ.get("ASSAY_COCO_ENGINE", "faster-coco-eval")
+    if wanted not in ("faster-coco-eval", "pycocotools"):
+        raise SpecError(f"ASSAY_COCO_ENGINE={wanted!r} is not an engine", "use faster-coco-eval or pycocotools")
+    if wanted == "faster-coco-eval":
+        try:
+            return _Engine("faster-coco-eval")
+        except ImportError:
+            pass
+    return _Engine("pycocotools")
+
+
+def _ground_truth(images: list[dict[str, Any]], anns: list[dict[str, Any]],
+                  categories: list[dict[str, Any]], engine: _Engine | None = None) -> Any:
+    gt = (engine or _engine()).coco()
     # Fresh dicts each time: COCOeval writes into annotations, and compute() may run twice.
     gt.dataset = {"images": [dict(i) for i in images], "categories": [dict(c) for c in categories],
                   "annotations": [{**a, "id": i} for i, a in enumerate(anns, start=1)]}
@@ -258,34 +291,33 @@ def _ground_truth(images: list[dict[str, Any]], anns: list[dict[str, Any]],
     return gt
 
 
-def _load_results(gt: Any, dets: list[dict[str, Any]]) -> Any:
-    from pycocotools.coco import COCO
-
+def _load_results(gt: Any, dets: list[dict[str, Any]], engine: _Engine) -> Any:
     if dets:
         # loadRes adds id, area (and bbox for masks) to each dict; copies keep ours reusable.
-        return gt.loadRes([dict(d) for d in dets])
+        with contextlib.redirect_stdout(io.StringIO()):
+            return gt.loadRes([dict(d) for d in dets])
     # loadRes indexes anns[0], so no detections at all needs an empty result set built by hand.
-    res = COCO()
+    res = engine.coco()
     res.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
                    "annotations": []}
-    res.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):
+        res.createIndex()
     return res
 
 
-def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str,
-              categories: list[dict[str, Any]]) -> tuple[list[float], dict[str, Any], dict[str, list[float]]]:
+def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str, categories: list[dict[str, Any]],
+              engine: _Engine | None = None) -> tuple[list[float], dict[str, Any], dict[str, list[float]]]:
     """COCOeval's 12 stats, per-category AP/AR, and per-category precision curves at IoU 0.5."""
-    from pycocotools.cocoeval import COCOeval
-
+    engine = engine or _engine()
     with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(gt, _load_results(gt, dets), iou_type)
+        ev = engine.cocoeval(gt, _load_results(gt, dets, engine), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = [float(s) for s in ev.stats]
+    stats = [float(s) for s in ev.stats[:12]]
     precision = ev.eval["precision"]  # [iou, recall, category, area, maxDets]; -1 where no ground truth
     recall = ev.eval["recall"]  # [iou, category, area, maxDets]
-    t50, t75 = (int(np.flatnonzero(ev.params.iouThrs == t)[0]) for t in (0.5, 0.75))
+    t50, t75 = (int(np.flatnonzero(np.isclose(ev.params.iouThrs, t))[0]) for t in (0.5, 0.75))
     names = {c["id"]: c["name"] for c in categories}
     num_gt = Counter(a["category_id"] for a in gt.dataset["annotations"])
     per_category: dict[str, Any] = {}

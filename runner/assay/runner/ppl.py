@@ -94,9 +94,57 @@ class _Progress:
 _END = object()
 
 
+def _map_tensors(value: Any, fn) -> Any:
+    """Apply ``fn`` to every torch tensor in nested lists, tuples and dicts; other values pass through."""
+    if hasattr(value, "pin_memory") and hasattr(value, "record_stream"):
+        return fn(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+class _DeviceStager:
+    """CUDA only (spec.ppl.pinMemory): pin each decoded batch and copy it to the GPU on a side stream.
+
+    The copy is issued from the prefetch thread, so it overlaps the previous batch's compute; the main
+    thread makes its stream wait for the copy's event before predict, and marks the tensors as used
+    by its stream so the caching allocator does not hand their memory out early. The handler's own
+    ``.to(device)`` then finds the tensors already there (a no-op).
+    """
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.stream = torch.cuda.Stream(device)
+
+    def stage(self, batch: list[Any]) -> tuple[list[Any], list[Any], Any]:
+        torch = self.torch
+        host = _map_tensors(batch, lambda t: t.pin_memory())
+        with torch.cuda.stream(self.stream):
+            moved = _map_tensors(host, lambda t: t.to(self.device, non_blocking=True))
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return moved, host, event  # host stays referenced until the copy is awaited
+
+    def ready(self, staged: tuple[list[Any], list[Any], Any]) -> list[Any]:
+        moved, _host, event = staged
+        current = self.torch.cuda.current_stream(self.device)
+        current.wait_event(event)
+        _map_tensors(moved, lambda t: t.record_stream(current))
+        return moved
+
+
 def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queue, stop: threading.Event,
-             decode_threads: int) -> None:
+             decode_threads: int, stager: _DeviceStager | None = None) -> None:
     """Background thread: fetch each shard, decode its samples, put ("batch", shard, ids, inputs) items."""
+
+    def decoded(pool, chunk):
+        batch = list(pool.map(handler.decode, chunk))
+        return stager.stage(batch) if stager is not None else batch
+
     try:
         with ThreadPoolExecutor(decode_threads, thread_name_prefix="assay-decode") as pool:
             for index in todo:
@@ -106,12 +154,12 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
                     for sample in shards.iter_shard_samples(path, uri):
                         chunk.append(sample)
                         if len(chunk) == batch_size:
-                            out.put(("batch", index, [s.id for s in chunk], list(pool.map(handler.decode, chunk))))
+                            out.put(("batch", index, [s.id for s in chunk], decoded(pool, chunk)))
                             chunk = []
                         if stop.is_set():
                             return
                     if chunk:  # the last, shorter batch is predicted too (the seed dropped it)
-                        out.put(("batch", index, [s.id for s in chunk], list(pool.map(handler.decode, chunk))))
+                        out.put(("batch", index, [s.id for s in chunk], decoded(pool, chunk)))
                 out.put(("end", index, None, None))
         out.put((_END, None, None, None))
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -156,12 +204,14 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest):
 
 def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -> None:
     handler, device = _load_handler(ctx, model)
+    _apply_model_options(handler, device, ctx)
     autocast = _autocast(device, ctx.precision)
+    stager = _DeviceStager(device) if device.type == "cuda" and ctx.pin_memory else None
     q: queue.Queue = queue.Queue(maxsize=max(1, ctx.prefetch))
     stop = threading.Event()
-    threads = max(1, min(4, (os.cpu_count() or 2) // max(1, ctx.worker_count)))
+    threads = ctx.decode_threads or max(1, min(4, (os.cpu_count() or 2) // max(1, ctx.worker_count)))
     producer = threading.Thread(target=_produce, name="assay-prefetch", daemon=True,
-                                args=(dataset, todo, handler, ctx.batch_size, q, stop, threads))
+                                args=(dataset, todo, handler, ctx.batch_size, q, stop, threads, stager))
     producer.start()
     ids: list[str] = []
     preds: list[dict[str, Any]] = []
@@ -179,6 +229,8 @@ def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -
                 log.info("shard %d: %d samples written (%.2f samples/s)", index, len(ids), progress.rate())
                 ids, preds = [], []
                 continue
+            if stager is not None:
+                payload = stager.ready(payload)
             with autocast:
                 out = _predict(handler, payload)
             if len(out) != len(batch_ids):
@@ -191,6 +243,28 @@ def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -
             progress.write()
     finally:
         stop.set()
+
+
+def _apply_model_options(handler, device, ctx: RunContext) -> None:
+    """spec.ppl.channelsLast and spec.ppl.compile act on ``handler.model`` when it is a torch module."""
+    if not (ctx.channels_last or ctx.compile):
+        if ctx.pin_memory and device.type != "cuda":
+            log.debug("pinMemory has no effect on %s", device)
+        return
+    import torch
+
+    model = getattr(handler, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        log.warning("channelsLast/compile ignored: the handler has no `model` attribute holding a torch module")
+        return
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ctx.compile:
+        if device.type != "cuda":
+            log.warning("torch.compile on %s: expect a long first batch and little gain", device)
+        model = torch.compile(model)
+    handler.model = model
+    log.info("model options: channels_last=%s compile=%s", ctx.channels_last, ctx.compile)
 
 
 def _predict(handler, batch):

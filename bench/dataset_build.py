@@ -1,0 +1,75 @@
+"""Target 5: dataset build throughput vs a plain copy of the same bytes into the same store.
+
+Build is ``assay.datasets.build`` over all of PennFudanPed (read images and masks, derive COCO labels
+from the masks, write tar shards and label files, hash them, upload, write the manifest). The plain copy
+uploads the same source files (PNGImages/ and PedMasks/), one object per file, through the same
+``assay.storage`` calls. Stores: a local folder, and S3 served by moto's ThreadedMotoServer on 127.0.0.1.
+Throughput is source bytes per second on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.common import Row, Timer, dataset, require_data
+
+
+def _copy(files: list[Path], store: str) -> None:
+    from assay import storage
+
+    root = require_data()
+    for f in files:
+        storage.upload(f, storage.join(store, "copy", str(f.relative_to(root))))
+
+
+def _measure(store: str, label: str) -> Row:
+    root = require_data()
+    files = sorted((root / "PNGImages").glob("*.png")) + sorted((root / "PedMasks").glob("*.png"))
+    total = sum(f.stat().st_size for f in files)
+    for f in files:  # both sides read from the page cache
+        f.read_bytes()
+    with Timer() as copy:
+        _copy(files, store)
+    with Timer() as build:
+        dataset(store, "PNGImages/*.png", 8 << 20)
+    ratio = copy.seconds / build.seconds
+    return Row(f"5 dataset build ({label})", "build / plain-copy bytes/s", ratio, ">= 0.50", ratio >= 0.5,
+               f"{total / 1e6:.0f} MB, {len(files)} files: build {build.seconds:.2f}s "
+               f"({total / 1e6 / build.seconds:.0f} MB/s), copy {copy.seconds:.2f}s")
+
+
+def run(work: Path) -> list[Row]:
+    rows = [_measure(str(work / "local-store"), "local folder")]
+    rows.append(_s3(work))
+    return rows
+
+
+def _s3(work: Path) -> Row:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from assay import storage
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    try:
+        host, port = server.get_host_and_port()
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+        storage.reset_clients()
+        boto3.client("s3").create_bucket(Bucket="bench")
+        return _measure("s3://bench/store", "S3 via moto")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset_clients()

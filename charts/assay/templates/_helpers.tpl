@@ -1,0 +1,97 @@
+{{/* Chart name. */}}
+{{- define "assay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-assay, or the release name when it already contains the chart name. */}}
+{{- define "assay.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "assay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "assay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "assay.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "assay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: assay
+{{- end }}
+
+{{- define "assay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "assay.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces watched when not cluster-wide: watch.namespaces, else the release namespace. */}}
+{{- define "assay.watchNamespaces" -}}
+{{- if .Values.watch.namespaces }}
+{{- join "," .Values.watch.namespaces }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{- define "assay.operatorImage" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "assay.runnerImage" -}}
+{{- printf "%s:%s" .Values.jobDefaults.runnerImage.repository (default .Chart.AppVersion .Values.jobDefaults.runnerImage.tag) }}
+{{- end }}
+
+{{/*
+The rules of the operator's Role/ClusterRole: exactly the API calls in operator/assay_operator/kube.py
+and kopf's own for the resources main.py registers; tests/deploy/test_rbac.py derives them from the
+code and compares.
+*/}}
+{{- define "assay.rbacRules" -}}
+# kopf: watch EvaluationJobs, patch its bookkeeping annotations, write status via the subresource.
+- apiGroups: ["assay.dev"]
+  resources: ["evaluationjobs"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["assay.dev"]
+  resources: ["evaluationjobs/status"]
+  verbs: ["patch"]
+# kopf.adopt sets blockOwnerDeletion on the child Jobs: admission (OwnerReferencesPermissionEnforcement,
+# on in OpenShift) then requires update on the owner's finalizers subresource.
+- apiGroups: ["assay.dev"]
+  resources: ["evaluationjobs/finalizers"]
+  verbs: ["update"]
+# kube.get_job / create_job / patch_job (suspend) / delete_job: the ppl and cmp Jobs.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "patch", "delete"]
+# kube.list_pods: the job pods' states (image pull errors, OOM, unschedulable).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# kube.read_secret: the job's spec.storage.secretRef, to read progress and metrics from the store.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# kube.post_event: one Event per phase transition.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
