@@ -116,7 +116,7 @@ def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=p
     """
     source = load_source(config, data_dir)
     label_schema = dict(getattr(source, "label_schema", {}) or {})
-    with tempfile.TemporaryDirectory(prefix="assay-dataset-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="assay-dataset-", dir=storage.staging_dir(store)) as tmp:
         staging = Path(tmp)
         shards, seen = [], set()
         writer: ShardWriter | None = None
@@ -169,7 +169,7 @@ def _upload(manifest: DatasetManifest, staging: Path, log) -> None:
             name = shard.name + suffix
             if name in existing and storage.size(storage.join(manifest.uri, name)) == (staging / name).stat().st_size:
                 continue  # same version means same content: already uploaded by an earlier run
-            storage.upload(staging / name, storage.join(manifest.uri, name))
+            storage.upload(staging / name, storage.join(manifest.uri, name), move=True)
         log(f"  {shard.name}: {shard.samples} samples, {shard.bytes / 1e6:.1f} MB")
     # the manifest is the commit point: written only after every shard is in place
     storage.write_text(storage.join(manifest.uri, MANIFEST), manifest.to_json())

@@ -84,6 +84,17 @@ def is_local(uri: str) -> bool:
     return parse(uri).scheme == "file"
 
 
+def staging_dir(store: str) -> str | None:
+    """A folder for temp files that become objects of ``store``: inside it for a local store (so they
+    can be renamed into place), else None (the system's temp folder)."""
+    loc = parse(store)
+    if loc.scheme != "file":
+        return None
+    path = os.path.join(loc.path, ".staging")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 # --------------------------------------------------------------------------------------------- S3 client
 
 @dataclass(frozen=True)
@@ -258,10 +269,21 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def upload(local_path: str | os.PathLike, uri: str) -> None:
-    """Stream a local file to ``uri`` atomically (multipart for large files)."""
+def upload(local_path: str | os.PathLike, uri: str, move: bool = False) -> None:
+    """Stream a local file to ``uri`` atomically (multipart for large files).
+
+    ``move``: the caller no longer needs ``local_path``; a local store then takes the file by rename
+    when it is on the same filesystem (no second write of the bytes).
+    """
     loc = parse(uri)
     if loc.scheme == "file":
+        if move:
+            os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
+            try:
+                os.replace(local_path, loc.path)
+                return
+            except OSError:  # another filesystem: copy instead
+                pass
         with atomic_local_file(loc.path) as tmp:
             shutil.copyfile(local_path, tmp)
         return
@@ -300,7 +322,7 @@ def list_names(prefix_uri: str) -> list[str]:
         if not root.is_dir():
             return []
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.is_file() and not p.name.startswith(".tmp-"))
+                      if p.is_file() and not p.name.startswith(".tmp-") and ".staging" not in p.parts)
     prefix = f"{loc.path}/" if loc.path else ""
 
     def scan() -> list[str]:

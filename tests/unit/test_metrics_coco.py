@@ -279,3 +279,24 @@ def test_summary_names_and_table(dataset):
     table = report.table()
     for name in expected:
         assert name in table
+
+
+def test_many_detections_per_run_match_pycocotools(dataset, tmp_path):
+    """Over 255 mask detections: pycocotools' batched area() overflows a uint8 under NumPy 2, so the
+    evaluator computes areas in chunks; the stats must still equal pycocotools' own loadRes path."""
+    rng = np.random.default_rng(7)
+    preds = []
+    for sample in dataset:
+        base = _perturbed(rng, sample)
+        # repeat each detection with falling scores: 20 images x ~15 detections > 255 in total
+        reps = 5
+        preds.append({"boxes": np.tile(np.asarray(base["boxes"]).reshape(-1, 4), (reps, 1)),
+                      "scores": np.concatenate([np.asarray(base["scores"]) * (1 - k / 10) for k in range(reps)]),
+                      "labels": np.tile(np.asarray(base["labels"]), reps),
+                      "masks": list(base["masks"]) * reps})
+    assert sum(len(p["boxes"]) for p in preds) > 255
+    report = _evaluate(dataset, preds)
+    expected = _reference_stats(tmp_path, dataset, preds, ("bbox", "segm"))
+    for iou_type in ("bbox", "segm"):
+        got = [report.summary[f"{iou_type}/{name}"] for name in STAT_NAMES]
+        np.testing.assert_allclose(got, expected[iou_type], rtol=0, atol=1e-9, err_msg=iou_type)

@@ -79,8 +79,9 @@ class TestResume:
                          worker_index=0, worker_count=1, batch_size=2, device="cpu")
         proc = self._ppl_process(ctx, {"ASSAY_TEST_PREDICT_DELAY": "0.4"})
         first = Path(layout.results_uri(out, 0))
+        killed_log = Path(layout.log_uri(out, "ppl", 0))
         deadline = time.monotonic() + 120
-        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+        while not (first.exists() and killed_log.exists()) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert first.exists(), proc.communicate()[0]
         proc.send_signal(signal.SIGKILL)
@@ -89,6 +90,8 @@ class TestResume:
         assert 0 in done_before and len(done_before) < 3, "the kill must land mid-run"
         mtimes = {i: Path(layout.results_uri(out, i)).stat().st_mtime_ns for i in done_before}
         assert not list(Path(out, "results").glob(".tmp-*")), "no half-written results may remain visible"
+        assert killed_log.is_file() and "shard 0: 6 samples written" in killed_log.read_text(), \
+            "the log is copied to the store after each shard, so a killed worker's log survives"
 
         rerun = self._ppl_process(ctx, {})
         log = rerun.communicate(timeout=300)[0]

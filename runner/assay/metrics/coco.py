@@ -291,15 +291,35 @@ def _ground_truth(images: list[dict[str, Any]], anns: list[dict[str, Any]],
     return gt
 
 
-def _load_results(gt: Any, dets: list[dict[str, Any]], engine: _Engine) -> Any:
-    if dets:
-        # loadRes adds id, area (and bbox for masks) to each dict; copies keep ours reusable.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return gt.loadRes([dict(d) for d in dets])
-    # loadRes indexes anns[0], so no detections at all needs an empty result set built by hand.
+def _load_results(gt: Any, dets: list[dict[str, Any]], engine: _Engine, iou_type: str) -> Any:
+    """The result set, built as pycocotools' ``loadRes`` builds it, with areas and boxes in one batched call.
+
+    loadRes computes each mask's area and box one detection at a time; over thousands of detections
+    that was a third of cmp's time. The fields and values are the same as loadRes's.
+    """
+    anns = [dict(d) for d in dets]  # copies: COCOeval writes into them, and compute() may run twice
+    if anns and iou_type == "segm":
+        from pycocotools import mask as mask_util
+
+        rles = [a["segmentation"] for a in anns]
+        # pycocotools' area() builds np.array((n,), dtype=uint8) first, which NumPy 2 refuses for
+        # n > 255: call it on chunks of 255.
+        areas = np.concatenate([mask_util.area(rles[i:i + 255]) for i in range(0, len(rles), 255)])
+        boxes = mask_util.toBbox(rles)
+        for a, area, box in zip(anns, areas.tolist(), boxes.tolist(), strict=True):
+            a["area"] = area
+            a.setdefault("bbox", box)
+    elif anns:
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            a["area"] = w * h
+            a["segmentation"] = [[x, y, x, y + h, x + w, y + h, x + w, y]]
+    for i, a in enumerate(anns, start=1):
+        a["id"] = i
+        a["iscrowd"] = 0
     res = engine.coco()
-    res.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
-                   "annotations": []}
+    res.dataset = {"images": list(gt.dataset["images"]), "categories": [dict(c) for c in gt.dataset["categories"]],
+                   "annotations": anns}
     with contextlib.redirect_stdout(io.StringIO()):
         res.createIndex()
     return res
@@ -310,7 +330,7 @@ def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str, categories: li
     """COCOeval's 12 stats, per-category AP/AR, and per-category precision curves at IoU 0.5."""
     engine = engine or _engine()
     with contextlib.redirect_stdout(io.StringIO()):
-        ev = engine.cocoeval(gt, _load_results(gt, dets, engine), iou_type)
+        ev = engine.cocoeval(gt, _load_results(gt, dets, engine, iou_type), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

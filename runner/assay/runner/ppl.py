@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assay import layout, packages, results, shards, storage
+from assay import layout, logs, packages, results, shards, storage
 from assay.errors import HandlerError, IntegrityError
 from assay.spec import RunContext
 
@@ -227,6 +227,7 @@ def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -
                 progress.shards_done += 1
                 progress.write(force=True)
                 log.info("shard %d: %d samples written (%.2f samples/s)", index, len(ids), progress.rate())
+                logs.checkpoint()  # the log so far reaches the store even if the pod is killed later
                 ids, preds = [], []
                 continue
             if stager is not None:

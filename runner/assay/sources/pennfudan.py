@@ -35,10 +35,12 @@ def mask_to_objects(mask: np.ndarray) -> list[dict]:
     """COCO objects (RLE segmentation, bbox xywh, area) for each instance id > 0 of a label mask."""
     from pycocotools import mask as mask_util
 
+    flat = mask.ravel()
+    # bincount finds the instance ids in one pass (np.unique sorts every pixel: a quarter of the build)
+    ids = np.flatnonzero(np.bincount(flat)) if flat.dtype.kind == "u" else np.unique(flat)
     objects = []
-    for inst in [int(v) for v in np.unique(mask) if v != 0]:
-        binary = np.asfortranarray((mask == inst).astype(np.uint8))
-        rle = mask_util.encode(binary)
+    for inst in (int(i) for i in ids if i != 0):
+        rle = mask_util.encode(np.asfortranarray(mask == inst, dtype=np.uint8))
         objects.append({
             "category_id": 1,
             "instance": inst,
