@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> list[Row]:
     if not args.no_write and not args.quick and only == set(ALL):
         from bench import report
 
-        (common.REPO / "bench" / "RESULTS.md").write_text(report.render(text, facts))
+        (common.REPO / "bench" / "RESULTS.md").write_text(report.render(text, facts, rows))
         print("wrote bench/RESULTS.md")
     return rows
 

@@ -51,6 +51,12 @@ def _reconcile(body: Mapping[str, Any], patch: Any, logger: logging.Logger, sett
     meta = body.get("metadata") or {}
     name, namespace, generation = meta["name"], meta.get("namespace") or "default", meta.get("generation")
     previous = dict(body.get("status") or {})
+    remembered = memo.get("assay_status")
+    if remembered is not None and any(previous.get(k) != remembered.get(k) for k in MANAGED):
+        # kopf hands each handler the body it was triggered with: when the timer and the create/resume
+        # handler race, one of them sees the status from before the other's write. This process wrote
+        # `remembered` last (memo lives as long as the process), so it is the newer one.
+        previous = {k: v for k, v in previous.items() if k not in MANAGED} | remembered
     try:
         job = EvaluationJob(name=name, namespace=namespace, spec=JobSpec(**dict(body.get("spec") or {})))
     except (ValidationError, TypeError) as exc:
@@ -241,6 +247,7 @@ def _write(body: Mapping[str, Any], patch: Any, previous: dict[str, Any], new: d
             target[key] = _replacing(stored.get(key), new[key])
         elif key in stored:
             target[key] = None
+    memo["assay_status"] = {k: v for k, v in new.items() if k in MANAGED}
     old_phase, phase = previous.get("phase"), new["phase"]
     announced = memo.get("assay_phase"), memo.get("assay_token")
     memo["assay_phase"], memo["assay_token"] = phase, new.get("retryToken")

@@ -121,7 +121,7 @@ def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=p
         shards, seen = [], set()
         writer: ShardWriter | None = None
         position = 0
-        for sample in source:
+        for sample in _prefetched(source):
             _check_sample(sample, seen)
             if writer is None:
                 writer = ShardWriter(staging, len(shards), position)
@@ -140,6 +140,47 @@ def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=p
                                    uri=storage.join(store, "datasets", config.name, version))
         _upload(manifest, staging, log)
     return manifest
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def _prefetched(source, depth: int = 8):
+    """Iterate ``source`` in a background thread: reading and labelling the next samples (PNG decoding
+    releases the GIL) overlaps with writing and hashing the shard. Errors surface in the caller."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(_Failure(exc))
+
+    thread = threading.Thread(target=produce, name="assay-dataset-source", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
 
 
 def _check_sample(sample: Sample, seen: set[str]) -> None:

@@ -14,6 +14,7 @@ The manifest is written last: a dataset folder without one is incomplete and nev
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import tarfile
 import tempfile
@@ -162,7 +163,8 @@ class ShardWriter:
         self.first = first
         self.tar_path = folder / f"{self.name}.tar"
         self.labels_path = folder / f"{self.name}.labels.json"
-        self._tar = tarfile.open(self.tar_path, mode="w", format=tarfile.USTAR_FORMAT)
+        self._file = _HashingWriter(open(self.tar_path, "wb"))
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._labels: list[dict[str, Any]] = []
 
     @property
@@ -179,7 +181,27 @@ class ShardWriter:
 
     def close(self) -> ShardInfo:
         self._tar.close()
-        self.labels_path.write_text(json.dumps({"samples": self._labels}, sort_keys=True))
-        return ShardInfo(name=self.name, samples=len(self._labels), bytes=self.tar_path.stat().st_size,
-                         sha256=archive.sha256_file(self.tar_path),
-                         labels_sha256=archive.sha256_file(self.labels_path), first=self.first)
+        self._file.close()
+        labels = json.dumps({"samples": self._labels}, sort_keys=True).encode()
+        self.labels_path.write_bytes(labels)
+        return ShardInfo(name=self.name, samples=len(self._labels), bytes=self._file.size,
+                         sha256=self._file.hash.hexdigest(), labels_sha256=hashlib.sha256(labels).hexdigest(),
+                         first=self.first)
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through it (no second read of the shard to digest it)."""
+
+    def __init__(self, raw):
+        self.raw, self.hash, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        self.raw.close()
