@@ -81,11 +81,9 @@ def s3(moto_endpoint, monkeypatch):
 
     for k, v in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
                  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "ASSAY_STORAGE_RETRY_DELAY": "0.01", "ASSAY_STORAGE_RETRIES": "6"}.items():
+                 "ASSAY_STORAGE_RETRY_DELAY": "0.01"}.items():
         monkeypatch.setenv(k, v)
-    # the defaults, whatever an earlier test module set for the process (the operator tests lower them)
     monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 6)
     storage.reset_clients()
     yield boto3.client("s3", endpoint_url=moto_endpoint)
     storage.reset_clients()

@@ -22,7 +22,6 @@ from typing import Any
 
 # Before assay_operator.main is imported: its timer interval is read at import time.
 os.environ["ASSAY_OPERATOR_RESYNC_SECONDS"] = "0.2"
-os.environ.setdefault("ASSAY_STORAGE_RETRIES", "1")
 # kmock 0.8 cannot parse GET /api/v1/namespaces (it takes "namespaces" for a namespace prefix), so
 # kopf must not list namespaces: it then trusts --namespace as given.
 os.environ["ASSAY_OPERATOR_API_SCANNING"] = "false"
@@ -197,6 +196,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(autouse=True)
+def _fail_fast_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator reads stores on every resync; here a missing object should not be retried. Scoped to
+    these tests (an environment variable set at import leaked into every later test of the session)."""
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 1)
 
 
 @pytest.fixture
