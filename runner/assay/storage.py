@@ -7,40 +7,48 @@ Guarantees:
 - writes are atomic: a reader sees the whole object or none (local: temp file + rename; S3: PUT and
   multipart uploads only become visible when complete);
 - large objects stream between disk and store, never whole in memory;
-- transient failures (5xx, throttling, resets, timeouts) are retried with exponential backoff;
-  permanent ones (403, no such bucket or key) fail at once with an error that names the URI.
+- transient failures (5xx, throttling, resets, timeouts) are retried with exponential backoff, within a
+  deadline: a store that stops answering fails the operation in about a minute, naming the endpoint;
+  permanent ones (403, no such bucket or key) fail at once with an error that names the URI. Errors are
+  told apart by error code and HTTP status, never by message text (which contains the URI);
+- what a killed writer leaves behind is findable: local temp files name their writer's pid and host, and
+  ``clean_stale`` removes those of dead writers and aborts old incomplete multipart uploads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
+import math
 import os
 import random
+import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from assay.errors import AccessDenied, ObjectNotFound, StorageError, TransientStorageError
+from assay.errors import AccessDenied, ObjectNotFound, SpecError, StorageError, TransientStorageError
 
 T = TypeVar("T")
 
-#: Attempts for one operation, counting the first, before a transient error is raised.
-RETRY_ATTEMPTS = int(os.environ.get("ASSAY_STORAGE_RETRIES", "6"))
-#: First backoff delay in seconds; doubles each attempt, with jitter.
-RETRY_BASE_DELAY = float(os.environ.get("ASSAY_STORAGE_RETRY_DELAY", "0.2"))
-#: Seconds to wait for a TCP connection or a response chunk before the attempt counts as failed.
-CONNECT_TIMEOUT = float(os.environ.get("ASSAY_STORAGE_CONNECT_TIMEOUT", "5"))
-READ_TIMEOUT = float(os.environ.get("ASSAY_STORAGE_READ_TIMEOUT", "60"))
+#: Overrides of the ASSAY_STORAGE_RETRIES and ASSAY_STORAGE_RETRY_DELAY settings for this process
+#: (None: use the environment). Tests and the operator set them; users set the variables.
+RETRY_ATTEMPTS: int | None = None
+RETRY_BASE_DELAY: float | None = None
+#: Tries botocore makes per call before our own loop sees the error (one fast retry, e.g. per multipart part).
+BOTOCORE_TRIES = 2
 
-_PERMANENT_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchUpload"}
+_PERMANENT_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _PERMANENT_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                      "AllAccessDisabled", "AccountProblem"}
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "Throttling", "InternalError", "ServiceUnavailable"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,107 @@ def staging_dir(store: str) -> str | None:
     return path
 
 
+def redact(text: str) -> str:
+    """Hide ``user:password@`` in any URL inside ``text`` (an endpoint may carry credentials)."""
+    return re.sub(r"(?<=://)[^/@\s\"']+@", "***@", str(text))
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Storage settings, from ASSAY_STORAGE_* variables. Read when an operation first needs them, never
+    at import, so a bad value is an error message from the command that uses it, not a crash at start."""
+
+    #: ASSAY_STORAGE_RETRIES: attempts per operation, counting the first (1: no retries).
+    retries: int = 6
+    #: ASSAY_STORAGE_RETRY_DELAY: first backoff delay in seconds; doubles each attempt, with jitter.
+    retry_delay: float = 0.2
+    #: ASSAY_STORAGE_CONNECT_TIMEOUT / _READ_TIMEOUT: seconds to wait for a TCP connection or the next
+    #: bytes of an answer before one try counts as failed (capped so that the tries fit the deadline).
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    #: ASSAY_STORAGE_DEADLINE: seconds an operation may go without progress (no answer, no bytes moved)
+    #: before it fails. A long transfer that keeps moving bytes is never cut off.
+    deadline: float = 60.0
+    #: ASSAY_STORAGE_MULTIPART_THRESHOLD: uploads at least this large go in parts (bytes, or 64M, 1G).
+    multipart_threshold: int = 64 << 20
+    #: ASSAY_S3_ADDRESSING_STYLE: how the bucket appears in requests.
+    addressing_style: str = "auto"
+
+    def timeouts(self) -> tuple[float, float]:
+        """Connect and read timeouts of one try, capped so that all of botocore's tries fit the deadline."""
+        cap = self.deadline / (2 * BOTOCORE_TRIES)
+        return min(self.connect_timeout, cap), min(self.read_timeout, cap)
+
+    def attempt_bound(self) -> float:
+        """The longest one attempt can wait on a store that accepts connections and never answers
+        (botocore sleeps up to a second before its own retry)."""
+        return BOTOCORE_TRIES * sum(self.timeouts()) + (BOTOCORE_TRIES - 1)
+
+
+def _number(kind: type, low: float, strict: bool) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        value = kind(text.strip())
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise ValueError(text)
+        return value
+    return convert
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(text)
+    value = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+    if value < 5 << 20:  # S3's smallest part
+        raise ValueError(text)
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text.strip() not in allowed:
+            raise ValueError(text)
+        return text.strip()
+    return convert
+
+
+#: variable -> (field, converter, the values it accepts)
+_VARIABLES = {
+    "ASSAY_STORAGE_RETRIES": ("retries", _number(int, 1, False),
+                              "a whole number of attempts >= 1 (1: no retries)"),
+    "ASSAY_STORAGE_RETRY_DELAY": ("retry_delay", _number(float, 0, False), "seconds >= 0, like 0.2"),
+    "ASSAY_STORAGE_CONNECT_TIMEOUT": ("connect_timeout", _number(float, 0, True), "seconds > 0, like 5"),
+    "ASSAY_STORAGE_READ_TIMEOUT": ("read_timeout", _number(float, 0, True), "seconds > 0, like 15"),
+    "ASSAY_STORAGE_DEADLINE": ("deadline", _number(float, 0, True), "seconds > 0, like 60"),
+    "ASSAY_STORAGE_MULTIPART_THRESHOLD": ("multipart_threshold", _size,
+                                          "a size of at least 5M, like 64M or 1G"),
+    "ASSAY_S3_ADDRESSING_STYLE": ("addressing_style", _choice("auto", "virtual", "path"),
+                                  "auto, virtual or path"),
+}
+
+
+def settings() -> StorageSettings:
+    """The settings now in force: the environment, validated, then this process's overrides."""
+    values = {}
+    for name, (attr, convert, accepted) in _VARIABLES.items():
+        raw = os.environ.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[attr] = convert(raw)
+        except ValueError:
+            raise SpecError(f"{name}={raw!r} is not valid: it takes {accepted}",
+                            f"fix or unset {name} (default {getattr(StorageSettings, attr)})") from None
+    found = StorageSettings(**values)
+    if RETRY_ATTEMPTS is not None:
+        found = replace(found, retries=RETRY_ATTEMPTS)
+    if RETRY_BASE_DELAY is not None:
+        found = replace(found, retry_delay=RETRY_BASE_DELAY)
+    return found
+
+
 # --------------------------------------------------------------------------------------------- S3 client
 
 @dataclass(frozen=True)
@@ -113,7 +222,7 @@ class S3Access:
 
 _access: contextvars.ContextVar[S3Access | None] = contextvars.ContextVar("assay_s3_access", default=None)
 _client_lock = threading.Lock()
-_clients: dict[tuple[int, S3Access | None], object] = {}
+_clients: dict[tuple, object] = {}
 
 
 @contextlib.contextmanager
@@ -127,34 +236,41 @@ def s3_access(access: S3Access) -> Iterator[None]:
 
 
 def _s3():
-    """One boto3 client per process and access (clients are thread-safe; creating them is not)."""
+    """One boto3 client per process, access and timeouts (clients are thread-safe; creating them is not)."""
     access = _access.get()
-    key = (os.getpid(), access)  # a forked worker must not reuse its parent's connection pool
+    cfg = settings()
+    # a forked worker must not reuse its parent's connection pool
+    key = (os.getpid(), access, cfg.timeouts(), cfg.addressing_style)
     with _client_lock:
         client = _clients.get(key)
         if client is None:
-            import boto3
-            from botocore.config import Config
-
-            extra = {}
-            if access is not None:
-                extra = {k: v for k, v in {
-                    "endpoint_url": access.endpoint_url, "region_name": access.region,
-                    "aws_access_key_id": access.access_key_id, "aws_secret_access_key": access.secret_access_key,
-                    "aws_session_token": access.session_token}.items() if v}
-            client = boto3.session.Session().client(
-                "s3",
-                config=Config(
-                    connect_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT,
-                    # our own loop below retries with backoff; botocore adds a few fast tries per call
-                    retries={"mode": "standard", "max_attempts": 2},
-                    s3={"addressing_style": os.environ.get("ASSAY_S3_ADDRESSING_STYLE", "auto")},
-                ),
-                **extra,
-            )
+            client = _new_client(access, cfg)
             _clients[key] = client
         return client
+
+
+def _new_client(access: S3Access | None, cfg: StorageSettings):
+    import boto3
+    from botocore.config import Config
+
+    extra = {}
+    if access is not None:
+        extra = {k: v for k, v in {
+            "endpoint_url": access.endpoint_url, "region_name": access.region,
+            "aws_access_key_id": access.access_key_id, "aws_secret_access_key": access.secret_access_key,
+            "aws_session_token": access.session_token}.items() if v}
+    connect, read = cfg.timeouts()
+    return boto3.session.Session().client(
+        "s3",
+        config=Config(
+            connect_timeout=connect,
+            read_timeout=read,
+            # our own loop retries with backoff within the deadline; botocore adds one fast try per call
+            retries={"mode": "standard", "total_max_attempts": BOTOCORE_TRIES},
+            s3={"addressing_style": cfg.addressing_style},
+        ),
+        **extra,
+    )
 
 
 def reset_clients() -> None:
@@ -163,69 +279,147 @@ def reset_clients() -> None:
         _clients.clear()
 
 
+def endpoint() -> str:
+    """The S3 endpoint in use, credentials hidden, for messages."""
+    try:
+        return redact(_s3().meta.endpoint_url)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "the S3 endpoint"
+
+
+def _code(exc: Exception) -> tuple[str, int]:
+    """A ClientError's error code and HTTP status (a HEAD answer has no body: its code is the status)."""
+    response = getattr(exc, "response", None) or {}
+    return (str(response.get("Error", {}).get("Code", "")),
+            int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0))
+
+
 def _classify(exc: Exception, uri: str) -> Exception:
-    """Map a boto/OS exception to an assay StorageError that names the URI."""
+    """Map a boto/OS exception to an assay StorageError that names the URI, by code and status only."""
     if isinstance(exc, StorageError):
         return exc
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
+    if isinstance(exc, S3UploadFailedError) and (exc.__cause__ or exc.__context__):
+        # upload_file re-raises the store's answer as this, keeping it only as the context
+        exc = exc.__cause__ or exc.__context__
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in _PERMANENT_NOT_FOUND or status == 404:
-            what = "bucket" if code == "NoSuchBucket" else "object"
-            return ObjectNotFound(f"no such {what}: {uri} ({code or status})",
-                                  "check the URI, or build/upload the object first")
-        if code in _PERMANENT_DENIED or status == 403:
-            return AccessDenied(f"access denied to {uri} ({code or status})",
-                                "check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE or the secretRef) "
-                                "and the bucket policy")
-        if status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}:
-            return TransientStorageError(f"store error on {uri}: {code} (HTTP {status})")
-        return StorageError(f"store refused {uri}: {code} (HTTP {status}): {exc}")
+        return _classify_answer(exc, uri)
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     # a body that breaks off mid-read surfaces as urllib3's ProtocolError, not as a botocore error
     if isinstance(exc, BotoCoreError | Urllib3Error | ConnectionError | TimeoutError | OSError):
-        return TransientStorageError(f"cannot reach the store for {uri}: {exc}",
+        return TransientStorageError(f"cannot reach the store for {uri} at {endpoint()}: {redact(exc)}",
                                      "check AWS_ENDPOINT_URL and the network; the store may be down")
     return exc
 
 
-def _retrying(uri: str, op: Callable[[], T]) -> T:
-    """Run ``op``; retry transient failures with exponential backoff and jitter."""
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
+def _classify_answer(exc: Exception, uri: str) -> Exception:
+    code, status = _code(exc)
+    shown = code or status
+    if code == "NoSuchBucket":
+        return _no_bucket(uri)
+    if code == "NoSuchUpload":  # a concurrent writer's cleanup aborted ours: upload again
+        return TransientStorageError(f"the multipart upload of {uri} was aborted before it completed")
+    if code in _PERMANENT_NOT_FOUND or status == 404:
+        return ObjectNotFound(f"no such object: {uri} ({shown})",
+                              "check the URI, or build/upload the object first")
+    if code in _PERMANENT_DENIED or status == 403:
+        return AccessDenied(f"access denied to {uri} ({shown})",
+                            "check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE or the secretRef) "
+                            "and the bucket policy")
+    if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
+        return TransientStorageError(f"store error on {uri}: {code} (HTTP {status})")
+    return StorageError(f"store refused {uri}: {code} (HTTP {status}): {redact(exc)}")
+
+
+class _Clock:
+    """When an operation last made progress: its start, or the last bytes it moved."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.monotonic()
+
+    def progress(self, *_: object) -> None:
+        self.mark = time.monotonic()
+
+    def idle(self) -> float:
+        return time.monotonic() - self.mark
+
+
+def _retrying(uri: str, op: Callable[[], T], clock: _Clock | None = None) -> T:
+    """Run ``op``; retry transient failures with exponential backoff and jitter, but never start an attempt
+    that could end after the deadline: a store that accepts connections and never answers fails in time."""
+    cfg = settings()
+    clock = clock or _Clock()
+    for attempt in range(1, cfg.retries + 1):
         try:
             return op()
         except Exception as exc:  # noqa: BLE001 - classified right below
             err = _classify(exc, uri)
-            if not getattr(err, "retryable", False) or attempt == RETRY_ATTEMPTS:
+            if not getattr(err, "retryable", False) or attempt == cfg.retries:
                 if err is exc:
                     raise
                 raise err from exc
-            time.sleep(RETRY_BASE_DELAY * (2 ** (attempt - 1)) * (0.5 + random.random()))
+            delay = cfg.retry_delay * (2 ** (attempt - 1)) * (0.5 + random.random())
+            if clock.idle() + delay + cfg.attempt_bound() > cfg.deadline:
+                raise _past_deadline(uri, cfg, attempt, clock, err, answered=_code(exc)[1] > 0) from exc
+            time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _no_bucket(uri: str) -> ObjectNotFound:
+    bucket = parse(uri).bucket
+    return ObjectNotFound(f"no such bucket: {uri} (bucket {bucket!r} does not exist at {endpoint()})",
+                          "check the bucket name and the endpoint, or create the bucket")
+
+
+def _past_deadline(uri: str, cfg: StorageSettings, attempts: int, clock: _Clock, last: Exception,
+                   answered: bool) -> Exception:
+    waited = time.monotonic() - clock.start
+    where = endpoint()
+    how = f"failing answers from {where}" if answered else f"no answer from {where}"
+    last_error = getattr(last, "message", None) or redact(last)
+    return TransientStorageError(
+        f"gave up on {uri} after {waited:.0f} s of {how} ({attempts} attempt(s); "
+        f"another could pass the {cfg.deadline:g} s deadline); last error: {last_error}",
+        f"check that {where} is the right S3 endpoint (AWS_ENDPOINT_URL or spec.storage.endpoint), that the "
+        "store is up and reachable from here (proxy, firewall); ASSAY_STORAGE_DEADLINE sets how long to wait")
 
 
 # ----------------------------------------------------------------------------------------- operations
 
 
 def exists(uri: str) -> bool:
+    """Whether the object exists. A missing bucket is an error, not False: nothing can be built into it."""
     loc = parse(uri)
     if loc.scheme == "file":
         return os.path.isfile(loc.path)
+    return _retrying(uri, lambda: _head(loc, uri)) is not None
 
-    def head() -> bool:
-        try:
-            _s3().head_object(Bucket=loc.bucket, Key=loc.path)
-            return True
-        except Exception as exc:  # noqa: BLE001
-            err = _classify(exc, uri)
-            if isinstance(err, ObjectNotFound) and "bucket" not in err.message:
-                return False
+
+def _head(loc: Location, uri: str) -> dict | None:
+    """HEAD the object; None when it does not exist. A HEAD answer has no body, so its 404 does not say
+    whether the key or the bucket is missing: ask the bucket then."""
+    try:
+        return _s3().head_object(Bucket=loc.bucket, Key=loc.path)
+    except Exception as exc:  # noqa: BLE001
+        if not isinstance(_classify(exc, uri), ObjectNotFound):
             raise
+    _check_bucket(loc, uri)
+    return None
 
-    return _retrying(uri, head)
+
+def _check_bucket(loc: Location, uri: str) -> None:
+    """Raise ObjectNotFound naming the bucket when HEAD bucket says 404; any other answer (403 for
+    credentials limited to objects) leaves the question to the object requests."""
+    try:
+        _s3().head_bucket(Bucket=loc.bucket)
+    except Exception as exc:  # noqa: BLE001
+        if _code(exc)[1] == 404:
+            raise _no_bucket(uri) from exc
+        if getattr(_classify(exc, uri), "retryable", False):  # no answer, or a 5xx: for the retry loop
+            raise
 
 
 def size(uri: str) -> int:
@@ -235,7 +429,10 @@ def size(uri: str) -> int:
             return os.path.getsize(loc.path)
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no such file: {uri}") from exc
-    return _retrying(uri, lambda: _s3().head_object(Bucket=loc.bucket, Key=loc.path)["ContentLength"])
+    head = _retrying(uri, lambda: _head(loc, uri))
+    if head is None:
+        raise ObjectNotFound(f"no such object: {uri}", "check the URI, or build/upload the object first")
+    return head["ContentLength"]
 
 
 def read_bytes(uri: str) -> bytes:
@@ -287,10 +484,54 @@ def upload(local_path: str | os.PathLike, uri: str, move: bool = False) -> None:
         with atomic_local_file(loc.path) as tmp:
             shutil.copyfile(local_path, tmp)
         return
+    _upload_s3(os.fspath(local_path), loc, uri)
+
+
+def _upload_s3(local_path: str, loc: Location, uri: str) -> None:
+    """Upload, then abort the incomplete multipart uploads of the same key that existed before ours (a
+    killed earlier writer's): S3 keeps and bills their parts forever otherwise."""
     from boto3.s3.transfer import TransferConfig
 
-    cfg = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=32 << 20, max_concurrency=4)
-    _retrying(uri, lambda: _s3().upload_file(str(local_path), loc.bucket, loc.path, Config=cfg))
+    threshold = settings().multipart_threshold
+    earlier = _incomplete_uploads(loc, uri, exact=True) if os.path.getsize(local_path) >= threshold else []
+    cfg = TransferConfig(multipart_threshold=threshold, multipart_chunksize=min(32 << 20, threshold),
+                         max_concurrency=4)
+    clock = _Clock()
+    _retrying(uri, lambda: _s3().upload_file(local_path, loc.bucket, loc.path, Config=cfg,
+                                             Callback=clock.progress), clock)
+    for upload in earlier:
+        _abort(loc, upload)
+
+
+def _incomplete_uploads(loc: Location, uri: str, exact: bool) -> list[dict]:
+    """Incomplete multipart uploads of the key (``exact``) or under the prefix; [] when the credentials
+    may not list them (cleanup is a courtesy, never a reason to fail a write)."""
+    prefix = loc.path if exact or not loc.path else f"{loc.path}/"
+
+    def scan() -> list[dict]:
+        found = []
+        for page in _s3().get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix):
+            found.extend(u for u in page.get("Uploads", []) if not exact or u["Key"] == loc.path)
+        return found
+
+    try:
+        return _retrying(uri, scan)
+    except AccessDenied:
+        return []
+
+
+def _abort(loc: Location, upload: dict) -> None:
+    uri = f"s3://{loc.bucket}/{upload['Key']}"
+
+    def abort() -> None:
+        try:
+            _s3().abort_multipart_upload(Bucket=loc.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc)[0] not in {"NoSuchUpload", "404"}:  # already gone: done
+                raise
+
+    with contextlib.suppress(AccessDenied):
+        _retrying(uri, abort)
 
 
 def download(uri: str, local_path: str | os.PathLike) -> None:
@@ -303,6 +544,7 @@ def download(uri: str, local_path: str | os.PathLike) -> None:
         with atomic_local_file(dest) as tmp:
             shutil.copyfile(loc.path, tmp)
         return
+    clock = _Clock()
 
     def fetch() -> None:
         with atomic_local_file(dest) as tmp:
@@ -310,8 +552,9 @@ def download(uri: str, local_path: str | os.PathLike) -> None:
             with open(tmp, "wb") as out:
                 for chunk in body.iter_chunks(1 << 20):
                     out.write(chunk)
+                    clock.progress()
 
-    _retrying(uri, fetch)
+    _retrying(uri, fetch, clock)
 
 
 def list_names(prefix_uri: str) -> list[str]:
@@ -343,8 +586,21 @@ def delete(uri: str) -> None:
     _retrying(uri, lambda: _s3().delete_object(Bucket=loc.bucket, Key=loc.path))
 
 
+# ------------------------------------------------------------------------------ temp files and cleanup
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+#: ``<pid>@<host>-`` then tempfile's 8 random characters, at the end of every temp name assay makes.
+_OWNED = re.compile(r"(\d+)@([A-Za-z0-9._-]+)-[a-z0-9_]{8}$")
+#: What assay's temp folders are called in the system temp folder (``scratch_dir`` with no store).
+_SCRATCH = re.compile(r"assay-[a-z]+-")
+STALE_AFTER = 24 * 3600.0
+
+
+def _owner() -> str:
+    """This writer's tag in temp names: its pid and host, so a later run can tell a dead writer's files."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:63] or "host"
+    return f"{os.getpid()}@{host}"
 
 
 @contextlib.contextmanager
@@ -352,7 +608,7 @@ def atomic_local_file(path: str) -> Iterator[str]:
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{_owner()}-", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a store is shared like any folder
     try:
@@ -364,3 +620,93 @@ def atomic_local_file(path: str) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def scratch_dir(kind: str, store: str | None = None) -> Iterator[Path]:
+    """A temp folder named for its writer (``assay-<kind>-<pid>@<host>-XXXXXXXX``), removed afterwards:
+    in ``store``'s ``.staging`` folder for a local store (so files can be renamed into it), else in the
+    system's temp folder. A SIGKILLed writer's folder is what ``clean_stale`` and ``clean_stale_scratch``
+    remove later."""
+    folder = staging_dir(store) if store else None
+    with tempfile.TemporaryDirectory(prefix=f"assay-{kind}-{_owner()}-", dir=folder) as tmp:
+        yield Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _is_stale(path: str, older_than: float) -> bool:
+    """A dead writer's entry: its pid is gone on this host; an entry of another host (or of an older
+    assay, with no owner in its name) only once untouched for ``older_than`` seconds."""
+    m = _OWNED.search(os.path.basename(path))
+    if m and m.group(2) == _owner().partition("@")[2]:
+        return not _alive(int(m.group(1)))
+    try:
+        return time.time() - os.lstat(path).st_mtime > older_than
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def clean_stale(prefix_uri: str, older_than: float = STALE_AFTER) -> list[str]:
+    """Remove what killed writers left under ``prefix_uri``; return what was removed.
+
+    Local: temp files of atomic writes (``.tmp-*``) and the entries of ``.staging`` folders whose writer
+    is dead (see ``_is_stale``). S3: incomplete multipart uploads initiated more than ``older_than``
+    seconds ago (S3 does not say who started them, so age is the only safe sign).
+    """
+    loc = parse(prefix_uri)
+    if loc.scheme == "s3":
+        return _abort_old_uploads(loc, prefix_uri, older_than)
+    removed: list[str] = []
+    for folder, dirs, files in os.walk(loc.path):
+        in_staging = os.path.basename(folder) == ".staging"
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            if (in_staging or name.startswith(".tmp-")) and _is_stale(path, older_than):
+                _remove(path)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if os.path.isdir(os.path.join(folder, d))]  # not into removed ones
+    return removed
+
+
+def clean_stale_scratch(older_than: float = STALE_AFTER) -> list[str]:
+    """Remove the ``scratch_dir`` folders of dead writers from the system temp folder (top level only)."""
+    root = tempfile.gettempdir()
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if _SCRATCH.match(name) and _is_stale(path, older_than):
+                _remove(path)
+                removed.append(path)
+    return removed
+
+
+def _abort_old_uploads(loc: Location, prefix_uri: str, older_than: float) -> list[str]:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    removed = []
+    for upload in _incomplete_uploads(loc, prefix_uri, exact=False):
+        if (now - upload["Initiated"]).total_seconds() > older_than:
+            _abort(loc, upload)
+            removed.append(f"s3://{loc.bucket}/{upload['Key']} (upload {upload['UploadId']})")
+    return removed
