@@ -325,6 +325,29 @@ class TestStaleMultipart:
         left = [u["Key"] for u in s3.list_multipart_uploads(Bucket="bucket").get("Uploads", [])]
         assert left == [key + ".bak"], "clean_stale stays under its prefix"
 
+    def test_a_killed_uploader_leaves_nothing_after_the_rebuild(self, s3, moto_endpoint, tmp_path, monkeypatch):
+        """As a user hits it: a build SIGKILLed mid-upload, then the same build again."""
+        from tests.faultproxy import FaultProxy
+
+        monkeypatch.setenv("ASSAY_STORAGE_MULTIPART_THRESHOLD", "5M")
+        s3.create_bucket(Bucket="ml-bucket")
+        src = tmp_path / "package.tar"
+        src.write_bytes(os.urandom(24 << 20))
+        uri = "s3://ml-bucket/store/models/m/v1/package.tar"
+        code = f"from assay import storage; storage.upload({str(src)!r}, {uri!r})"
+        with FaultProxy(moto_endpoint, rate=1.0, faults=("slow",), slow_seconds=1.0) as proxy:
+            proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "AWS_ENDPOINT_URL": proxy.url})
+            deadline = time.monotonic() + 60
+            while not s3.list_multipart_uploads(Bucket="ml-bucket").get("Uploads"):
+                assert proc.poll() is None and time.monotonic() < deadline, "the upload never started"
+                time.sleep(0.05)
+            proc.kill()
+            proc.wait(30)
+        assert len(s3.list_multipart_uploads(Bucket="ml-bucket")["Uploads"]) == 1, "the killed writer's upload"
+        storage.upload(src, uri)
+        assert s3.head_object(Bucket="ml-bucket", Key="store/models/m/v1/package.tar")["ContentLength"] == 24 << 20
+        assert not s3.list_multipart_uploads(Bucket="ml-bucket").get("Uploads"), "nothing survives the rebuild"
+
     def test_clean_stale_keeps_recent_uploads(self, monkeypatch):
         now = datetime.datetime.now(datetime.timezone.utc)
         uploads = [{"Key": "p/old", "UploadId": "1", "Initiated": now - datetime.timedelta(days=2)},
