@@ -14,14 +14,13 @@ import importlib
 import json
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from assay import storage
 from assay.config_files import read_mapping
-from assay.errors import SpecError
+from assay.errors import AssayError, SpecError
 from assay.layout import LATEST, MANIFEST, version_folders
 from assay.shards import DatasetManifest, Sample, ShardWriter, load_manifest
 
@@ -50,7 +49,10 @@ def parse_size(text: str | int) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
     if not m:
         raise SpecError(f"attr.volume_size {text!r} is not a size", "write e.g. 8M, 64MB or 1G")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    if size <= 0:
+        raise SpecError(f"attr.volume_size {text!r} is not a positive size", "write e.g. 8M, 64MB or 1G")
+    return size
 
 
 def load_config(path: str | Path) -> DatasetConfig:
@@ -81,6 +83,10 @@ def load_source(config: DatasetConfig, data_dir: Path | None = None):
     data_dir = Path(data_dir or config.data_dir)
     if not data_dir.is_dir():
         raise SpecError(f"data_dir {data_dir} does not exist", "fix data_dir in dataset.yaml or pass --data-dir")
+    for field_name, pattern in (("data_filter", config.data_filter), ("label_filter", config.label_filter)):
+        if pattern and (Path(pattern).is_absolute() or ".." in Path(pattern).parts):
+            raise SpecError(f"{field_name} {pattern!r} must be relative to data_dir",
+                            f"e.g. {field_name}: 'PNGImages/*.png'; set data_dir to the folder instead")
     data_files = sorted(data_dir.glob(config.data_filter))
     label_files = sorted(data_dir.glob(config.label_filter)) if config.label_filter else []
     if not data_files:
@@ -97,6 +103,12 @@ def import_object(target: str, base_dir: Path, what: str):
         raise SpecError(f"{what} {target!r} is not of the form 'module:Class'")
     if str(base_dir) not in sys.path:
         sys.path.insert(0, str(base_dir))
+    loaded = sys.modules.get(module_name)
+    local = Path(base_dir, *module_name.split("."))
+    if loaded is not None and (local.with_suffix(".py").is_file() or (local / "__init__.py").is_file()) \
+            and Path(getattr(loaded, "__file__", "") or "/").resolve() not in (
+                local.with_suffix(".py").resolve(), (local / "__init__.py").resolve()):
+        del sys.modules[module_name]  # a same-named module of another yaml's folder: import this one
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -116,12 +128,12 @@ def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=p
     """
     source = load_source(config, data_dir)
     label_schema = dict(getattr(source, "label_schema", {}) or {})
-    with tempfile.TemporaryDirectory(prefix="assay-dataset-", dir=storage.staging_dir(store)) as tmp:
-        staging = Path(tmp)
+    storage.clean_leftovers(store, "datasets", config.name)
+    with storage.scratch_dir("dataset", store) as staging:
         shards, seen = [], set()
         writer: ShardWriter | None = None
         position = 0
-        for sample in _prefetched(source):
+        for sample in _source_errors_named(_prefetched(source), config.process):
             _check_sample(sample, seen)
             if writer is None:
                 writer = ShardWriter(staging, len(shards), position)
@@ -183,6 +195,17 @@ def _prefetched(source, depth: int = 8):
         stop.set()
 
 
+def _source_errors_named(samples, process: str):
+    """A failure inside the user's source code becomes an error that names the source."""
+    try:
+        yield from samples
+    except AssayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise SpecError(f"the dataset source {process!r} failed: {exc!r}",
+                        "fix the source (ASSAY_DEBUG=1 shows the traceback), then build again") from exc
+
+
 def _check_sample(sample: Sample, seen: set[str]) -> None:
     if not isinstance(sample, Sample):
         raise SpecError(f"the dataset source yielded {type(sample).__name__}, expected assay.shards.Sample")
@@ -195,6 +218,12 @@ def _check_sample(sample: Sample, seen: set[str]) -> None:
         if not _EXT.fullmatch(ext) or ext == "json":
             raise SpecError(f"sample {sample.id!r}: file extension {ext!r} is not allowed",
                             "use lowercase extensions such as 'png' or 'mask.png' ('json' is reserved)")
+    try:
+        json.dumps(sample.label, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"sample {sample.id!r}: its label is not plain JSON ({exc})",
+                        "labels hold dicts, lists, str, int, float and bool: convert numpy values with "
+                        ".item() or .tolist(), and give no NaN or infinity") from exc
 
 
 def content_version(name: str, label_schema: dict[str, Any], shards) -> str:

@@ -19,11 +19,13 @@ class AssayError(Exception):
     """Base class. ``hint`` tells the user what to do; ``retryable`` tells machines whether to retry."""
 
     retryable = False
+    #: The hint of an error raised without one: every error a user sees says what to do next.
+    default_hint: str | None = None
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint or self.default_hint
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
@@ -32,13 +34,19 @@ class AssayError(Exception):
 class SpecError(AssayError, ValueError):
     """A manifest (EvaluationJob, dataset.yaml, model.yaml) is invalid; names the field."""
 
+    default_hint = "fix what the message names, then run the same command again"
+
 
 class StorageError(AssayError, OSError):
     """The object store refused or failed a request."""
 
+    default_hint = "check the URI, the credentials and the store"
+
 
 class TransientStorageError(StorageError):
     """The store failed in a way that a later retry may fix (5xx, timeouts, throttling)."""
+
+    default_hint = "the store may be down or overloaded: run the same command again later"
 
     retryable = True
 
@@ -54,6 +62,8 @@ class AccessDenied(StorageError, PermissionError):
 class IntegrityError(AssayError, ValueError):
     """Stored bytes do not match their recorded digest or shape (corrupt or truncated object)."""
 
+    default_hint = "the object named is damaged or was replaced: rebuild or re-upload it"
+
 
 class UnsafeArchiveError(IntegrityError):
     """An archive member would escape its folder, or is a link or device."""
@@ -62,6 +72,10 @@ class UnsafeArchiveError(IntegrityError):
 class HandlerError(AssayError, RuntimeError):
     """The user's handler failed to import, load or predict."""
 
+    default_hint = "fix the handler code of the model package (see the worker log), then build it again"
+
 
 class EvaluationError(AssayError, RuntimeError):
     """The results do not match the dataset (missing or duplicated samples) or the evaluator failed."""
+
+    default_hint = "rerun the job: finished shards are kept and missing ones are computed"

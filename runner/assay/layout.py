@@ -1,6 +1,9 @@
 """Names of the objects a job writes to its output store: one place, shared by runner, CLI and operator.
 
+    <output>/run.json                       the run that owns the output (model, dataset, settings)
+    <output>/lease.json                     the live run writing into it (see assay.runrecord)
     <output>/results/shard-000003.parquet   predictions of one shard, one row per sample
+    <output>/results/shard-000003.json      its sha256, size and versions: written last (the commit point)
     <output>/progress/ppl-0001.json         progress of ppl worker 1 (rewritten every few seconds)
     <output>/logs/ppl-0001.log              log of ppl worker 1, copied before the process ends
     <output>/metrics.json                   every metric, with the full arrays
@@ -17,6 +20,8 @@ MANIFEST = "manifest.json"
 LATEST = "LATEST"
 METRICS = "metrics.json"
 SUMMARY = "summary.txt"
+RUN_RECORD = "run.json"
+LEASE = "lease.json"
 
 
 def shard_name(index: int) -> str:
@@ -25,6 +30,10 @@ def shard_name(index: int) -> str:
 
 def results_uri(output_uri: str, shard_index: int) -> str:
     return storage.join(output_uri, "results", f"{shard_name(shard_index)}.parquet")
+
+
+def results_record_uri(output_uri: str, shard_index: int) -> str:
+    return storage.join(output_uri, "results", f"{shard_name(shard_index)}.json")
 
 
 def progress_uri(output_uri: str, worker_index: int) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def setup_logging(ctx, role: str, worker: int | None, json_format: bool = False,
                                                 f"{'' if worker is None else f' {worker}'}] %(message)s"))
     root = logging.getLogger("assay")
     root.setLevel(logging.INFO)
-    with tempfile.TemporaryDirectory(prefix="assay-log-") as tmp:
+    with storage.scratch_dir("log") as tmp:
         path = Path(tmp) / "run.log"
         handlers = [logging.StreamHandler(stream or sys.stderr), logging.FileHandler(path)]
         for h in handlers:

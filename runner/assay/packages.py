@@ -15,11 +15,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import tarfile
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,9 @@ def _package_files(config: ModelConfig) -> list[str]:
 def build(config: ModelConfig, store: str, log=print) -> ModelManifest:
     """Pack code and weights into a deterministic tar and upload it with its manifest."""
     files = _package_files(config)
-    with tempfile.TemporaryDirectory(prefix="assay-model-") as tmp:
+    check_handler_packaged(config, files)
+    storage.clean_leftovers(store, "models", config.name)
+    with storage.scratch_dir("model", store) as tmp:
         tar_path = Path(tmp) / PACKAGE
         entries = []
         with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -159,9 +161,15 @@ def unpack(manifest: ModelManifest, cache_dir: Path | None = None) -> Path:
     """Download, verify and extract the package once per machine; return its folder."""
     final = Path(cache_dir or cache_root()) / "models" / manifest.name / manifest.version
     if (final / ".verified").is_file():
-        return final
+        if _intact(final, manifest):
+            return final
+        # edited or damaged since it was unpacked: the package in the store is the truth
+        logging.getLogger("assay.packages").warning("%s no longer matches model %s@%s; unpacking it again",
+                                                    final, manifest.name, manifest.version)
+        shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".unpack-", dir=final.parent) as tmp:
+    storage.clean_stale(str(final.parent))
+    with storage.scratch_dir("unpack", str(final.parent)) as tmp:
         tar_path = Path(tmp) / PACKAGE
         pkg_uri = storage.join(manifest.uri, PACKAGE)
         storage.download(pkg_uri, tar_path)
@@ -185,6 +193,45 @@ def unpack(manifest: ModelManifest, cache_dir: Path | None = None) -> Path:
     return final
 
 
+def _intact(folder: Path, manifest: ModelManifest) -> bool:
+    """Whether an unpacked package still holds exactly the manifest's files with their digests.
+
+    Bytecode caches are removed rather than trusted: Python would run a planted .pyc in place of its source.
+    """
+    expected = {e["path"]: e["sha256"] for e in manifest.files}
+    seen = set()
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.name == "__pycache__" and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        if "__pycache__" in path.parts or path.is_dir() or rel == ".verified":
+            continue
+        if rel not in expected or path.is_symlink() or archive.sha256_file(path) != expected[rel]:
+            return False
+        seen.add(rel)
+    return seen == set(expected)
+
+
+def check_handler_packaged(manifest: ModelManifest | ModelConfig, files: list[str] | None = None) -> None:
+    """The handler's module must be in the package (or installed), or every worker fails at its start."""
+    module_name = manifest.handler.partition(":")[0]
+    names = set(files if files is not None else [e["path"] for e in getattr(manifest, "files", [])])
+    stem = module_name.replace(".", "/")
+    if f"{stem}.py" in names or f"{stem}/__init__.py" in names:
+        return
+    import importlib.util
+
+    try:
+        installed = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed:
+        raise SpecError(f"model {manifest.name}: the handler module {module_name!r} ({stem}.py) is not in the "
+                        f"package, nor installed",
+                        "put it beside model.yaml, or add its path to `code:` in model.yaml, and build again")
+
+
 def load_handler_class(manifest: ModelManifest, package_dir: Path):
     """Import the handler class named by the manifest from the unpacked package."""
     from assay.errors import HandlerError
@@ -199,6 +246,7 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
     try:
         import importlib
 
+        sys.dont_write_bytecode = True  # the verified cache holds exactly the package's files
         module = importlib.import_module(module_name)
         cls = getattr(module, attr)
     except Exception as exc:  # noqa: BLE001 - user code: any failure is a handler error

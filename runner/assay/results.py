@@ -6,17 +6,23 @@ Columns: ``sample_id`` (string), then per prediction field:
 - scalars and strings: ``<field>`` as a plain column.
 The field kinds and dtypes are in the file's metadata, so even empty arrays come back with their dtype
 and shape. Any Parquet reader (pandas, DuckDB, Spark) can query the files.
+
+Each results file has a small record beside it (``shard-000003.json``: its sha256, size, the model,
+dataset and shard versions, and the run conditions), written after the file itself: a results file
+without its record is unfinished, and one whose bytes no longer match it is damaged and recomputed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from assay.errors import HandlerError, IntegrityError
+from assay import layout, storage
+from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.handler import RLEMasks
 
 META_KEY = b"assay"
@@ -144,3 +150,48 @@ def _restore_arrays(table, name: str, dtype: np.dtype, preds: list[dict[str, Any
     for i, (p, shape) in enumerate(zip(preds, shapes, strict=True)):
         if shape is not None:
             p[name] = flat[offsets[i]:offsets[i + 1]].reshape(shape).copy()
+
+
+# ------------------------------------------------------------------------------- publish and verify
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def publish(path: str | Path, output_uri: str, index: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """Upload a results file, then its record (the commit point); return the record."""
+    record = {**meta, "sha256": _sha256(path), "bytes": Path(path).stat().st_size}
+    storage.upload(path, layout.results_uri(output_uri, index))
+    storage.write_text(layout.results_record_uri(output_uri, index), json.dumps(record, sort_keys=True))
+    return record
+
+
+def read_record(output_uri: str, index: int) -> dict[str, Any] | None:
+    """The record of shard ``index``'s results, or None when the shard has no finished results."""
+    uri = layout.results_record_uri(output_uri, index)
+    try:
+        doc = json.loads(storage.read_bytes(uri))
+    except ObjectNotFound:
+        return None
+    except ValueError as exc:
+        raise IntegrityError(f"{uri}: damaged results record ({exc})",
+                             "rerun the job: the shard is recomputed") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("sha256"), str):
+        raise IntegrityError(f"{uri}: not a results record", "rerun the job: the shard is recomputed")
+    return doc
+
+
+def fetch_verified(output_uri: str, index: int, record: dict[str, Any], dest: str | Path) -> None:
+    """Download shard ``index``'s results to ``dest`` and check them against ``record``; a mismatch
+    names the stored object, not the local copy."""
+    uri = layout.results_uri(output_uri, index)
+    storage.download(uri, dest)
+    size = Path(dest).stat().st_size
+    if size != record.get("bytes") or _sha256(dest) != record["sha256"]:
+        raise IntegrityError(f"{uri} is damaged: its bytes do not match the sha256 recorded when it was written",
+                             "rerun the job: damaged results are recomputed")

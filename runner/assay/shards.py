@@ -25,7 +25,7 @@ from typing import Any
 
 from assay import archive, storage
 from assay.errors import IntegrityError
-from assay.layout import LATEST, MANIFEST, resolve_version
+from assay.layout import MANIFEST, resolve_version
 
 FORMAT = "assay.dataset/v1"
 
@@ -111,7 +111,7 @@ def fetch_shard(manifest: DatasetManifest, index: int, workdir: str | None = Non
     """Download shard ``index`` to a temp file, verify size and sha256, yield its path, then delete it."""
     info = manifest.shards[index]
     uri = manifest.shard_uri(index)
-    with tempfile.TemporaryDirectory(prefix="assay-shard-", dir=workdir) as tmp:
+    with storage.scratch_dir("shard") if workdir is None else tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / f"{info.name}.tar"
         storage.download(uri, path)
         got_size = path.stat().st_size

@@ -243,15 +243,10 @@ def with_local_uris_relative_to(job: EvaluationJob, folder: Path) -> EvaluationJ
 
 def load_job(path: str | os.PathLike) -> EvaluationJob:
     """Read and validate an EvaluationJob YAML file."""
+    from assay.config_files import parse_yaml, read_text
+
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text()
-    except FileNotFoundError as exc:
-        raise SpecError(f"no such file: {source}", "pass the path of an EvaluationJob YAML file") from exc
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: not valid YAML: {exc}") from exc
+    docs = parse_yaml(read_text(source, "EvaluationJob YAML file"), source)
     if len(docs) != 1:
         raise SpecError(f"{source}: expected exactly one YAML document, found {len(docs)}")
     return EvaluationJob.from_manifest(docs[0], source)
@@ -264,6 +259,9 @@ class RunContext(_Model):
     model_uri: str
     dataset_uri: str
     output_uri: str
+    #: Exact versions the run was pinned to at its start; workers and cmp refuse anything else.
+    model_version: str | None = None
+    dataset_version: str | None = None
     evaluator: str | None = None
     worker_index: int = 0
     worker_count: int = 1
@@ -288,7 +286,8 @@ class RunContext(_Model):
     #: Environment variables carrying a RunContext into a pod (the operator sets them; __main__ reads them).
     ENV: ClassVar[dict[str, str]] = {
         "job_name": "ASSAY_JOB_NAME", "model_uri": "ASSAY_MODEL_URI", "dataset_uri": "ASSAY_DATASET_URI",
-        "output_uri": "ASSAY_OUTPUT_URI", "evaluator": "ASSAY_EVALUATOR", "worker_index": "JOB_COMPLETION_INDEX",
+        "output_uri": "ASSAY_OUTPUT_URI", "model_version": "ASSAY_MODEL_VERSION",
+        "dataset_version": "ASSAY_DATASET_VERSION", "evaluator": "ASSAY_EVALUATOR", "worker_index": "JOB_COMPLETION_INDEX",
         "worker_count": "ASSAY_WORKERS", "batch_size": "ASSAY_BATCH_SIZE", "device": "ASSAY_DEVICE",
         "precision": "ASSAY_PRECISION", "prefetch": "ASSAY_PREFETCH", "decode_threads": "ASSAY_DECODE_THREADS",
         "channels_last": "ASSAY_CHANNELS_LAST", "compile": "ASSAY_COMPILE", "pin_memory": "ASSAY_PIN_MEMORY",

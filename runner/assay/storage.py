@@ -702,6 +702,15 @@ def clean_stale_scratch(older_than: float = STALE_AFTER) -> list[str]:
     return removed
 
 
+def clean_leftovers(store: str, kind: str, name: str) -> None:
+    """Before a build of ``<store>/<kind>/<name>``: remove what killed builds left (temp files, staging
+    folders, scratch folders, incomplete uploads)."""
+    clean_stale(join(store, kind, name))
+    if is_local(store):
+        clean_stale(join(store, ".staging"))
+    clean_stale_scratch()
+
+
 def _abort_old_uploads(loc: Location, prefix_uri: str, older_than: float) -> list[str]:
     now = datetime.datetime.now(datetime.timezone.utc)
     removed = []
@@ -710,3 +719,111 @@ def _abort_old_uploads(loc: Location, prefix_uri: str, older_than: float) -> lis
             _abort(loc, upload)
             removed.append(f"s3://{loc.bucket}/{upload['Key']} (upload {upload['UploadId']})")
     return removed
+
+
+# ------------------------------------------------------------------------------ conditional writes
+# The run record and the output lease need compare-and-swap: S3 conditional writes (If-None-Match /
+# If-Match, served by AWS S3 and MinIO), and link(2) / flock(2) on local stores.
+
+
+def create_exclusive(uri: str, data: bytes) -> str | None:
+    """Write ``uri`` only if no object is there; return its entity tag, or None if one is (another writer won)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        folder = os.path.dirname(loc.path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{_owner()}-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.link(tmp, loc.path)  # atomic, complete, and fails if the name exists
+            return _local_tag(loc.path)
+        except FileExistsError:
+            return None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def put() -> str | None:
+        try:
+            return _s3().put_object(Bucket=loc.bucket, Key=loc.path, Body=data, IfNoneMatch="*")["ETag"]
+        except Exception as exc:  # noqa: BLE001
+            if _precondition_failed(exc):
+                return None
+            raise
+
+    return _retrying(uri, put)
+
+
+def read_tagged(uri: str) -> tuple[bytes, str]:
+    """An object's bytes and its entity tag, for a later ``replace_if``."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        data = read_bytes(uri)
+        return data, _local_tag(loc.path)
+
+    def get() -> tuple[bytes, str]:
+        resp = _s3().get_object(Bucket=loc.bucket, Key=loc.path)
+        return resp["Body"].read(), resp["ETag"]
+
+    return _retrying(uri, get)
+
+
+def replace_if(uri: str, data: bytes, tag: str) -> str | None:
+    """Overwrite ``uri`` only if it still has entity tag ``tag``; return the new tag, or None if someone
+    changed or removed it since."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        with local_lock(loc.path + ".lock") as held:
+            if not held or not os.path.isfile(loc.path) or _local_tag(loc.path) != tag:
+                return None
+            write_bytes(uri, data)
+            return _local_tag(loc.path)
+
+    def put() -> str | None:
+        try:
+            return _s3().put_object(Bucket=loc.bucket, Key=loc.path, Body=data, IfMatch=tag)["ETag"]
+        except Exception as exc:  # noqa: BLE001
+            if _precondition_failed(exc) or isinstance(_classify(exc, uri), ObjectNotFound):
+                return None
+            raise
+
+    return _retrying(uri, put)
+
+
+def _local_tag(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in {"PreconditionFailed", "ConditionalRequestConflict"} or status in (409, 412)
+
+
+@contextlib.contextmanager
+def local_lock(path: str) -> Iterator[bool]:
+    """Hold flock(2) on ``path`` (created if missing) for the block; yields False if another process holds
+    it. The kernel drops the lock when its holder dies, so a lock is never left stale by a crash."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+

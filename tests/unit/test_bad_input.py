@@ -4,7 +4,6 @@ the CRD schema and through `assay run`; dataset.yaml and model.yaml through the 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml

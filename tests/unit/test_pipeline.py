@@ -131,11 +131,16 @@ class TestCmpRefusesIncompleteResults:
             cmp.run(finished)
 
     def test_duplicated_and_missing_sample(self, finished, test_split):
+        """A worker that wrote a consistent results file with a wrong id set (checksums cannot catch it)."""
         uri = layout.results_uri(finished.output_uri, 0)
         ids, preds, meta = results.read_local(uri)
         ids[1] = ids[0]  # one sample twice, another missing
         meta = {k: v for k, v in meta.items() if k not in ("fields", "samples")}
-        results.write_local(uri, ids, preds, meta)
+        local = Path(finished.output_uri) / "rewritten.parquet"
+        results.write_local(local, ids, preds, meta)
+        record = results.read_record(finished.output_uri, 0)
+        results.publish(local, finished.output_uri, 0, {k: v for k, v in record.items()
+                                                       if k not in ("sha256", "bytes")})
         with pytest.raises(EvaluationError, match="1 missing .* 1 duplicated"):
             cmp.run(finished)
 

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -148,7 +147,6 @@ class TestUnresponsiveEndpoint:
         assert silent_endpoint in done.stderr
         assert "s3cr3t" not in done.stderr and "Traceback" not in done.stderr
 
-    @pytest.mark.slow
     def test_cli_fails_within_90_s_at_default_settings(self, silent_endpoint):
         t0 = time.monotonic()
         done = _cli("dataset", "list", "--store", "s3://bucket/store", timeout=200)

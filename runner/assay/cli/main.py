@@ -5,6 +5,7 @@ Set ASSAY_DEBUG=1 to see tracebacks.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -32,7 +33,10 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register()
     try:
-        app.main(args=argv, prog_name="assay", standalone_mode=False)
+        # without standalone mode, click returns (not raises) the code of a command's Exit
+        code = app.main(args=argv, prog_name="assay", standalone_mode=False)
+        if isinstance(code, int):
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
@@ -46,7 +50,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.secho(f"error: {exc}", fg="red", err=True)
         return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
+    except Exception as exc:  # noqa: BLE001 - the one place where anything becomes a message
+        if os.environ.get("ASSAY_DEBUG") == "1":
+            raise
+        message, hint, code = describe_unexpected(exc)
+        click.secho(f"error: {message}\n  hint: {hint}", fg="red", err=True)
+        return code
     return 0
+
+
+#: OS errors that only a person can fix (retrying cannot help).
+_PERMANENT_ERRNOS = {errno.ENOSPC: "free disk space, then rerun", errno.EROFS: "choose a writable location",
+                     errno.EACCES: "fix the permissions, or choose another location",
+                     errno.EPERM: "fix the permissions, or choose another location",
+                     errno.ENAMETOOLONG: "use a shorter path", errno.ENOTDIR: "a path component is a file, not a folder",
+                     errno.EISDIR: "the path is a folder; give a file", errno.ENOENT: "check the path",
+                     errno.EDQUOT: "free space under your quota, then rerun"}
+
+
+def describe_unexpected(exc: Exception) -> tuple[str, str, int]:
+    """(message, hint, exit code) for an error that is not an AssayError."""
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}", _PERMANENT_ERRNOS[exc.errno], EXIT_PERMANENT
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"{type(exc).__name__}: {exc}", "check the network and the service, then rerun", EXIT_RETRYABLE
+    return (f"unexpected {type(exc).__name__}: {exc}",
+            "rerun with ASSAY_DEBUG=1 to see the traceback, and report it if it is assay's fault", EXIT_RETRYABLE)
 
 
 if __name__ == "__main__":

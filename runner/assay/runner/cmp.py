@@ -9,40 +9,67 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from assay import layout, packages, results, shards, storage
-from assay.errors import EvaluationError, SpecError
+from assay import layout, packages, results, runrecord, shards, storage
+from assay.errors import AssayError, EvaluationError, HandlerError, IntegrityError, SpecError
 from assay.metrics import MetricsReport, get_evaluator
+from assay.runner.inputs import load_pinned
 from assay.spec import RunContext
 
 log = logging.getLogger("assay.cmp")
 
 
-def iter_records(dataset: shards.DatasetManifest, output_uri: str):
-    """Yield (sample_id, label, prediction) for every sample, checking each shard's ids against its labels."""
-    missing = [i for i in range(len(dataset.shards)) if not storage.exists(layout.results_uri(output_uri, i))]
+def iter_records(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,
+                 settings_hash: str | None = None, conditions: list | None = None):
+    """Yield (sample_id, label, prediction) for every sample of ``dataset``.
+
+    Only results made by this model on this dataset version and shard (and, given ``settings_hash``,
+    these settings) are read; each file is checked against the sha256 recorded when it was written, and
+    its ids against the shard's labels. ``conditions`` collects each shard's run conditions.
+    """
+    records = [results.read_record(output_uri, i) for i in range(len(dataset.shards))]
+    missing = [i for i, r in enumerate(records)
+               if r is None or not storage.exists(layout.results_uri(output_uri, i))]
     if missing:
         raise EvaluationError(f"{len(missing)} of {len(dataset.shards)} shards have no results "
                               f"(first: {dataset.shards[missing[0]].name})",
                               "run the ppl workers again; finished shards are skipped")
-    with tempfile.TemporaryDirectory(prefix="assay-cmp-") as tmp:
-        for index in range(len(dataset.shards)):
+    for index, record in enumerate(records):
+        _check_origin(index, record, dataset, model, output_uri, settings_hash)
+    with storage.scratch_dir("cmp") as tmp:
+        for index, record in enumerate(records):
             labels = shards.read_labels(dataset, index)
             path = Path(tmp) / "r.parquet"
-            storage.download(layout.results_uri(output_uri, index), path)
+            results.fetch_verified(output_uri, index, record, path)
             ids, preds, meta = results.read_local(path)
-            if meta.get("dataset_version") != dataset.version:
-                raise EvaluationError(f"results of shard {index} were made for dataset version "
-                                      f"{meta.get('dataset_version')}, not {dataset.version}",
-                                      "use a fresh output.uri for a new dataset version")
+            if (meta.get("model_version"), meta.get("dataset_version")) != (model.version, dataset.version):
+                raise IntegrityError(f"{layout.results_uri(output_uri, index)} disagrees with its record",
+                                     "rerun the job: the shard is recomputed")
+            if conditions is not None and record.get("conditions") not in conditions:
+                conditions.append(record.get("conditions"))
             _check_ids(index, [r["id"] for r in labels], ids)
             by_id = dict(zip(ids, preds, strict=True))
-            for record in labels:
-                yield record["id"], record["label"], by_id[record["id"]]
+            for label_record in labels:
+                yield label_record["id"], label_record["label"], by_id[label_record["id"]]
+
+
+def _check_origin(index: int, record: dict[str, Any], dataset, model, output_uri: str,
+                  settings_hash: str | None) -> None:
+    """Refuse results that another model, dataset version, shard or settings produced."""
+    uri = layout.results_uri(output_uri, index)
+    expected = {"model_version": model.version, "dataset_version": dataset.version,
+                "shard_sha256": dataset.shards[index].sha256}
+    if settings_hash is not None:
+        expected["settings_hash"] = settings_hash
+    wrong = {k: (record.get(k), v) for k, v in expected.items() if record.get(k) != v}
+    if wrong:
+        what = ", ".join(f"{k.replace('_', ' ')} {got} (this run: {want})" for k, (got, want) in wrong.items())
+        raise EvaluationError(f"{uri} was made by another run: {what}",
+                              "score only results of this model and dataset: use a fresh spec.output.uri, or "
+                              "rerun the job with --overwrite")
 
 
 def _check_ids(index: int, expected: list[str], got: list[str]) -> None:
@@ -57,34 +84,44 @@ def _check_ids(index: int, expected: list[str], got: list[str]) -> None:
 
 
 def run(ctx: RunContext) -> MetricsReport:
-    dataset = shards.load_manifest(ctx.dataset_uri)
-    model = packages.load_manifest(ctx.model_uri)
+    dataset, model = load_pinned(ctx)
+    ident = runrecord.identity(ctx, model, dataset)
+    runrecord.claim(ctx.output_uri, ident)
     name = ctx.evaluator or model.evaluator
     if not name:
         raise SpecError("no evaluator: model.yaml has no run.evaluator and the job sets no spec.evaluator",
                         "set run.evaluator: coco (or classification, or handler) in model.yaml")
+    conditions: list = []
+    records = iter_records(dataset, model, ctx.output_uri, ident.settings_hash, conditions)
     if name == "handler":
-        report = _handler_evaluate(model, dataset, ctx)
+        report = _handler_evaluate(model, records)
     else:
         evaluator = get_evaluator(name, dataset.label_schema)
-        for sample_id, label, prediction in iter_records(dataset, ctx.output_uri):
+        for sample_id, label, prediction in records:
             evaluator.update(sample_id, label, prediction)
         report = evaluator.compute()
-    write_report(ctx, dataset, model, report)
+    write_report(ctx, dataset, model, report, ident, conditions)
     return report
 
 
-def _handler_evaluate(model, dataset, ctx) -> MetricsReport:
+def _handler_evaluate(model, records) -> MetricsReport:
     package_dir = packages.unpack(model)
     handler = packages.load_handler_class(model, package_dir)()
-    summary = {k: float(v) for k, v in handler.evaluate(iter_records(dataset, ctx.output_uri)).items()}
+    try:
+        summary = {k: float(v) for k, v in handler.evaluate(records).items()}
+    except AssayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise HandlerError(f"handler {model.handler}.evaluate() failed: {exc!r}",
+                           "evaluate() must return a mapping of metric names to numbers") from exc
     if not summary:
         raise EvaluationError(f"{model.handler}.evaluate returned no metrics")
     first = next(iter(summary.items()))
     return MetricsReport(evaluator="handler", summary=summary, headline=first, full={"summary": summary})
 
 
-def write_report(ctx: RunContext, dataset, model, report: MetricsReport) -> dict[str, Any]:
+def write_report(ctx: RunContext, dataset, model, report: MetricsReport, ident: runrecord.RunIdentity,
+                 conditions: list) -> dict[str, Any]:
     doc = {
         "evaluator": report.evaluator,
         "summary": report.summary,
@@ -93,6 +130,9 @@ def write_report(ctx: RunContext, dataset, model, report: MetricsReport) -> dict
         "model": {"uri": model.uri, "name": model.name, "version": model.version},
         "dataset": {"uri": dataset.uri, "name": dataset.name, "version": dataset.version,
                     "samples": dataset.samples},
+        "settings": {**ident.settings, "hash": ident.settings_hash, "workers": ctx.worker_count},
+        # one entry per distinct set of conditions the shards were predicted under (ideally one)
+        "runConditions": conditions,
     }
     storage.write_text(layout.metrics_uri(ctx.output_uri), json.dumps(doc, indent=1))
     header = (f"{ctx.job_name}: model {model.name}@{model.version} on dataset {dataset.name}@{dataset.version} "

@@ -1,25 +1,55 @@
 """Run a whole EvaluationJob on this machine: N ppl worker processes, then cmp, with a progress bar.
 
-The same ``ppl.run`` and ``cmp.run`` the pods call, with the same RunContext; the job folder gets
-``status.json`` (phase, conditions-like fields, progress, results) and ``logs/``. Run it again after a
-crash or Ctrl-C and finished shards are skipped.
+The same ``ppl.run`` and ``cmp.run`` the pods call, with the same RunContext. What the run guarantees:
+- its inputs are pinned: model and dataset are resolved to exact versions once, at the start, and every
+  worker and cmp refuses any other version;
+- it owns its output: it holds the output's lease while it runs and the run record names its model,
+  dataset and settings, so a job of another identity is refused (``overwrite`` clears the old run first);
+- its processes end with it: workers die with ``assay run`` however it dies (a signal, a closed
+  terminal, SIGKILL), ``spec.activeDeadlineSeconds`` stops the run, and ``status.json`` ends Succeeded or
+  Failed with a reason (a run killed without one is recorded as interrupted by the next start);
+- user code prints into the worker logs, never into the CLI's output.
+Run it again after a crash or Ctrl-C and finished shards are skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assay import layout, shards, storage
-from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError, EvaluationError
-from assay.spec import EvaluationJob, RunContext
+from assay import layout, packages, runrecord, shards, storage
+from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError, EvaluationError, SpecError
+from assay.metrics import MetricsReport, get_evaluator
+from assay.spec import EvaluationJob, RunContext, UriRef
+
+#: status.json above this size drops its copy of the spec (the spec itself is bounded, this is a backstop).
+MAX_STATUS_BYTES = 256 << 10
+
+
+class Interrupted(BaseException):
+    """``assay run`` got SIGINT, SIGTERM or SIGHUP (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunFailed(AssayError):
+    """A worker or cmp process failed; ``retryable`` follows the process's exit code."""
+
+    def __init__(self, message: str, hint: str | None, retryable: bool):
+        super().__init__(message, hint)
+        self.retryable = retryable
 
 
 @dataclass
@@ -40,38 +70,151 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _worker(ctx_json: str, log_path: str, threads: int, upload_log: bool) -> None:
-    """Child process: one ppl worker, its log in ``log_path``."""
+# ------------------------------------------------------------------------------------- child processes
+
+
+def _child_setup(log_path: str, parent: int) -> None:
+    """In a worker: die with the parent, and send everything printed (Python or C) to the log file."""
+    with contextlib.suppress(Exception):  # Linux only; elsewhere the parent's signal handlers still apply
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(EXIT_RETRYABLE)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal's Ctrl-C reaches all
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int, upload_log: bool,
+           parent: int) -> None:
+    """One ppl worker or the cmp step in its own process; its final error goes to ``exit_path``."""
+    _child_setup(log_path, parent)
     import logging
 
-    import torch
-
     from assay.logs import setup_logging
-    from assay.runner import ppl
 
-    torch.set_num_threads(threads)
     ctx = RunContext.model_validate_json(ctx_json)
-    with open(log_path, "a") as stream, setup_logging(ctx, "ppl", ctx.worker_index, stream=stream,
-                                                       upload=upload_log):
+    code, doc = 0, {}
+    with setup_logging(ctx, role, ctx.worker_index if role == "ppl" else None, stream=sys.stderr,
+                       upload=upload_log):
+        log = logging.getLogger(f"assay.{role}")
         try:
-            ppl.run(ctx)
+            import torch
+
+            torch.set_num_threads(threads)
+            if role == "ppl":
+                from assay.runner import ppl
+
+                ppl.run(ctx)
+            else:
+                from assay.runner import cmp
+
+                cmp.run(ctx)
         except AssayError as exc:
-            logging.getLogger("assay.ppl").error("%s: %s", type(exc).__name__, exc)
-            sys.exit(EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT)
-        except BaseException:
-            logging.getLogger("assay.ppl").exception("unexpected error")
-            sys.exit(EXIT_RETRYABLE)
+            log.error("%s: %s", type(exc).__name__, exc)
+            code = EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
+            doc = {"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}
+        except OSError as exc:  # disk full, read-only or missing folders: fixing them takes a person
+            log.exception("OS error")
+            code, doc = EXIT_PERMANENT, {"error": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                                         "hint": "free disk space or fix the folder's permissions, then rerun"}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+            log.exception("unexpected error")
+            code, doc = EXIT_RETRYABLE, {"error": f"unexpected {type(exc).__name__}: {exc}",
+                                         "hint": f"see {log_path}; rerun to resume"}
+    if doc:
+        Path(exit_path).write_text(json.dumps(doc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class _Children:
+    """The run's processes: spawned, watched, and stopped together."""
+
+    def __init__(self, job_dir: Path, upload: bool):
+        self.job_dir, self.upload = job_dir, upload
+        self.procs: dict[str, tuple[Any, Path, Path]] = {}
+        self._spawn = mp.get_context("spawn")
+
+    def start(self, role: str, name: str, ctx: RunContext, threads: int) -> None:
+        log_path = self.job_dir / "logs" / f"{name}.log"
+        exit_path = self.job_dir / "logs" / f".{name}.exit.json"
+        with contextlib.suppress(FileNotFoundError):
+            exit_path.unlink()
+        p = self._spawn.Process(target=_child, name=f"assay-{name}",
+                                args=(role, ctx.model_dump_json(), str(log_path), str(exit_path), threads,
+                                      self.upload, os.getpid()))
+        p.start()
+        self.procs[name] = (p, log_path, exit_path)
+
+    def alive(self) -> bool:
+        return any(p.is_alive() for p, _, _ in self.procs.values())
+
+    def stop(self, grace: float = 5.0) -> None:
+        for p, _, _ in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + grace
+        for p, _, _ in self.procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+    def failure(self) -> RunFailed | None:
+        """The first failed process's error, as the process reported it."""
+        for name, (p, log_path, exit_path) in self.procs.items():
+            if p.exitcode == 0:
+                continue
+            try:
+                doc = json.loads(exit_path.read_text())
+            except (OSError, ValueError):
+                doc = {"error": f"exit code {p.exitcode}", "hint": None}
+            hint = f"{doc['hint']}; log: {log_path}" if doc.get("hint") else f"see {log_path}"
+            return RunFailed(f"{name} failed: {doc['error']}", hint, retryable=p.exitcode != EXIT_PERMANENT)
+        return None
+
+
+# --------------------------------------------------------------------------------------------- status
 
 
 class _Status:
     def __init__(self, job: EvaluationJob, job_dir: Path):
         self.path = job_dir / "status.json"
-        self.doc: dict[str, Any] = {"job": job.name, "phase": "Pending", "startTime": _now(),
-                                    "spec": job.to_manifest()["spec"]}
+        self.previous = _unfinished_previous(self.path)
+        spec = job.to_manifest()["spec"]
+        if spec.get("storage", {}).get("endpoint"):
+            spec["storage"]["endpoint"] = storage.redact(spec["storage"]["endpoint"])
+        self.doc: dict[str, Any] = {"job": job.name, "phase": "Pending", "startTime": _now(), "pid": os.getpid(),
+                                    "spec": spec}
+        if self.previous:
+            self.doc["previousRun"] = self.previous
 
     def update(self, **fields) -> None:
         self.doc.update(fields)
-        storage.write_text(str(self.path), json.dumps(self.doc, indent=1))
+        text = json.dumps(self.doc, indent=1)
+        if len(text) > MAX_STATUS_BYTES:
+            text = json.dumps({**self.doc, "spec": "(omitted: too large)"}, indent=1)
+        storage.write_text(str(self.path), text)
+
+
+def _unfinished_previous(path: Path) -> dict[str, Any] | None:
+    """A status.json left non-terminal means that run was killed before it could say so."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or old.get("phase") in ("Succeeded", "Failed", None):
+        return None
+    return {"phase": "Failed", "reason": "Interrupted", "startTime": old.get("startTime"),
+            "message": f"the run started at {old.get('startTime')} (pid {old.get('pid')}) ended in phase "
+                       f"{old.get('phase')} without a final status (killed); this run resumes it"}
 
 
 def _read_progress(output_uri: str, workers: int) -> tuple[int, float]:
@@ -92,80 +235,192 @@ def _bar(done: int, total: int, rate: float, width: int = 30) -> str:
     return f"ppl [{'#' * int(frac * width):<{width}}] {done}/{total} {rate:6.2f} samples/s eta {eta}"
 
 
-def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=sys.stderr) -> LocalRun:
-    workers = workers or job.spec.ppl.workers
-    if workers != job.spec.ppl.workers:
-        job = job.model_copy(update={"spec": job.spec.model_copy(
-            update={"ppl": job.spec.ppl.model_copy(update={"workers": workers})})})
-    job_dir = job_dir_for(job)
-    (job_dir / "logs").mkdir(parents=True, exist_ok=True)
-    status = _Status(job, job_dir)
-    dataset = shards.load_manifest(job.spec.dataset.uri)
-    total = dataset.samples
-    status.update(phase="Running", shards={"total": len(dataset.shards)}, datasetDigest=dataset.version)
-    upload = not storage.is_local(job.spec.output.uri)  # a local output already holds job_dir/logs
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    spawn = mp.get_context("spawn")
-    procs = []
-    for i in range(workers):
-        ctx = RunContext.for_worker(job, i)
-        log_path = job_dir / "logs" / f"ppl-{i:04d}.log"
-        p = spawn.Process(target=_worker, args=(ctx.model_dump_json(), str(log_path), threads, upload),
-                          name=f"assay-ppl-{i}")
-        p.start()
-        procs.append(p)
-    try:
-        _wait(procs, job, total, status, progress, err)
-    except BaseException:
-        for p in procs:
-            p.terminate()
-        status.update(phase="Failed", message="interrupted; run the same command again to resume",
-                      completionTime=_now())
-        raise
-    failed = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
-    if failed:
-        i, code = failed[0]
-        msg = (f"ppl worker {i} failed with exit code {code}; see {job_dir / 'logs' / f'ppl-{i:04d}.log'} "
-               f"(rerun to resume: finished shards are kept)")
-        status.update(phase="Failed", reason="ShardFailed", message=msg, completionTime=_now())
-        raise EvaluationError(msg)
-    status.update(phase="Evaluating", progress=_progress_doc(total, total, 0.0))
-    report = _run_cmp(job, job_dir, upload)
-    status.update(phase="Succeeded", completionTime=_now(), results=report.summary,
-                  resultsUri=layout.metrics_uri(job.spec.output.uri))
-    return LocalRun(job_dir=job_dir, status=status.doc, report=report)
-
-
 def _progress_doc(done: int, total: int, rate: float) -> dict[str, Any]:
     return {"samplesDone": done, "samplesTotal": total, "percent": round(100 * done / total, 1) if total else 100.0,
             "samplesPerSecond": round(rate, 3)}
 
 
-def _wait(procs, job: EvaluationJob, total: int, status: _Status, progress: bool, err) -> None:
+# ------------------------------------------------------------------------------------------------ run
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Any:
+    """SIGTERM and SIGHUP (a closed terminal) raise Interrupted, as Ctrl-C raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _storage_settings(job: EvaluationJob) -> Any:
+    """spec.storage.endpoint and region for this process and its workers, as pods get them."""
+    env = {"AWS_ENDPOINT_URL": job.spec.storage.endpoint, "AWS_REGION": job.spec.storage.region}
+    env = {k: v for k, v in env.items() if v}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage.reset_clients()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset_clients()
+
+
+def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, packages.ModelManifest]:
+    """Resolve the job's model and dataset to exact version folders, once, at the start."""
+    dataset = shards.load_manifest(job.spec.dataset.uri)
+    model = packages.load_manifest(job.spec.model.uri)
+    spec = job.spec.model_copy(update={"dataset": UriRef(uri=dataset.uri), "model": UriRef(uri=model.uri)})
+    return job.model_copy(update={"spec": spec}), dataset, model
+
+
+def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:
+    """What can be known before any inference: the evaluator fits the labels, the handler is packaged."""
+    name = ctx.evaluator or model.evaluator
+    if not name:
+        raise SpecError("no evaluator: model.yaml has no run.evaluator and the job sets no spec.evaluator",
+                        "set run.evaluator: coco (or classification, or handler) in model.yaml")
+    if name != "handler":
+        try:
+            get_evaluator(name, dataset.label_schema)
+        except SpecError as exc:
+            raise SpecError(f"evaluator {name!r} does not fit dataset {dataset.name}@{dataset.version}: "
+                            f"{exc.message}", exc.hint) from exc
+    packages.check_handler_packaged(model)
+
+
+def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=sys.stderr,
+            overwrite: bool = False) -> LocalRun:
+    workers = workers or job.spec.ppl.workers
+    if workers != job.spec.ppl.workers:
+        job = job.model_copy(update={"spec": job.spec.model_copy(
+            update={"ppl": job.spec.ppl.model_copy(update={"workers": workers})})})
+    output = job.spec.output.uri
+    with _storage_settings(job):
+        job, dataset, model = pin(job)
+        ctx = _context(job, 0, dataset, model)
+        preflight(ctx, dataset, model)
+        job_dir = job_dir_for(job)
+        try:
+            (job_dir / "logs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpecError(f"cannot create the job folder {job_dir}: {exc.strerror}",
+                            "choose a spec.output.uri in a writable folder") from exc
+        with runrecord.Lease(output) as lease:
+            storage.clean_stale(output)
+            storage.clean_stale_scratch()
+            if overwrite:
+                runrecord.clear(output)
+            runrecord.claim(output, runrecord.identity(ctx, model, dataset))
+            status = _Status(job, job_dir)
+            status.update(phase="Running", shards={"total": len(dataset.shards)},
+                          model={"uri": model.uri, "name": model.name, "version": model.version},
+                          dataset={"uri": dataset.uri, "name": dataset.name, "version": dataset.version},
+                          datasetDigest=dataset.version)
+            children = _Children(job_dir, upload=not storage.is_local(output))
+            try:
+                with _signals_raise():
+                    report = _run(job, dataset, model, children, status, lease, progress, err)
+            except Interrupted as exc:
+                children.stop()
+                status.update(phase="Failed", reason="Interrupted", completionTime=_now(),
+                              message=f"interrupted by {exc}; run the same command again to resume")
+                raise
+            except KeyboardInterrupt:
+                children.stop()
+                status.update(phase="Failed", reason="Interrupted", completionTime=_now(),
+                              message="interrupted by Ctrl-C; run the same command again to resume")
+                raise
+            except AssayError as exc:
+                children.stop()
+                status.update(phase="Failed", reason=getattr(exc, "reason", type(exc).__name__),
+                              message=str(exc), completionTime=_now())
+                raise
+            status.update(phase="Succeeded", completionTime=_now(), results=report.summary,
+                          resultsUri=layout.metrics_uri(output))
+    return LocalRun(job_dir=job_dir, status=status.doc, report=report)
+
+
+def _context(job: EvaluationJob, index: int, dataset, model) -> RunContext:
+    return RunContext.for_worker(job, index).model_copy(
+        update={"model_version": model.version, "dataset_version": dataset.version})
+
+
+def _run(job: EvaluationJob, dataset, model, children: _Children, status: _Status, lease, progress: bool,
+         err) -> MetricsReport:
+    workers, total = job.spec.ppl.workers, dataset.samples
+    deadline = job.spec.active_deadline_seconds
+    started = time.monotonic()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    for i in range(workers):
+        children.start("ppl", f"ppl-{i:04d}", _context(job, i, dataset, model), threads)
+    _wait(children, job, total, status, progress, err, started, deadline, lease)
+    failed = children.failure()
+    if failed:
+        failed.reason = "ShardFailed"
+        raise failed
+    status.update(phase="Evaluating", progress=_progress_doc(total, total, 0.0))
+    children.procs.clear()
+    children.start("cmp", "cmp", _context(job, 0, dataset, model), max(1, os.cpu_count() or 1))
+    _wait(children, job, total, status, False, err, started, deadline, lease)
+    failed = children.failure()
+    if failed:
+        failed.reason = "EvaluationFailed"
+        raise failed
+    return read_report(job.spec.output.uri)
+
+
+def read_report(output_uri: str) -> MetricsReport:
+    doc = json.loads(storage.read_bytes(layout.metrics_uri(output_uri)))
+    return MetricsReport(evaluator=doc["evaluator"], summary=doc["summary"],
+                         headline=(doc["headline"]["name"], doc["headline"]["value"]), full=doc.get("full", {}))
+
+
+def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, progress: bool, err,
+          started: float, deadline: int | None, lease) -> None:
     last = 0.0
     tty = progress and err.isatty()
-    while any(p.is_alive() for p in procs):
-        time.sleep(0.5)
+    workers = job.spec.ppl.workers
+    while children.alive():
+        time.sleep(0.25)
+        if deadline is not None and time.monotonic() - started > deadline:
+            children.stop()
+            done, _ = _read_progress(job.spec.output.uri, workers)
+            exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={deadline} "
+                                  f"({done}/{total} samples predicted); its processes were stopped",
+                                  "raise spec.activeDeadlineSeconds, or see the logs for a handler that hangs; "
+                                  "rerun to resume")
+            exc.reason = "DeadlineExceeded"
+            raise exc
+        if lease.lost:
+            children.stop()
+            exc = EvaluationError(f"lost the lease on {job.spec.output.uri} to another run",
+                                  "two runs were writing into one output; rerun one of them alone")
+            exc.reason = "LeaseLost"
+            raise exc
         now = time.monotonic()
-        if now - last < (1 if tty else 10):
+        if not progress or now - last < (1 if tty else 10):
             continue
         last = now
-        done, rate = _read_progress(job.spec.output.uri, len(procs))
+        done, rate = _read_progress(job.spec.output.uri, workers)
         status.update(progress=_progress_doc(done, total, rate))
-        if progress:
-            print(("\r" if tty else "") + _bar(done, total, rate), end="" if tty else "\n", file=err, flush=True)
-    for p in procs:
+        print(("\r" if tty else "") + _bar(done, total, rate), end="" if tty else "\n", file=err, flush=True)
+    for p, _, _ in children.procs.values():
         p.join()
-    done, rate = _read_progress(job.spec.output.uri, len(procs))
     if progress:
+        done, rate = _read_progress(job.spec.output.uri, workers)
         print(("\r" if tty else "") + _bar(done, total, rate), file=err, flush=True)
-
-
-def _run_cmp(job: EvaluationJob, job_dir: Path, upload: bool):
-    from assay.logs import setup_logging
-    from assay.runner import cmp
-
-    ctx = RunContext.for_worker(job, 0)
-    with open(job_dir / "logs" / "cmp.log", "a") as stream, setup_logging(ctx, "cmp", None, stream=stream,
-                                                                        upload=upload):
-        return cmp.run(ctx)

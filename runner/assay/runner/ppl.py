@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assay import layout, logs, packages, results, shards, storage
+from assay import layout, logs, packages, results, runrecord, shards, storage
 from assay.errors import HandlerError, IntegrityError
+from assay.runner.inputs import load_pinned, run_conditions
 from assay.spec import RunContext
 
 log = logging.getLogger("assay.ppl")
@@ -52,20 +52,28 @@ def pick_device(name: str):
     return torch.device(name)
 
 
-def results_match(uri: str, dataset: shards.DatasetManifest, model: packages.ModelManifest, index: int) -> bool:
-    """True when ``uri`` holds complete results of shard ``index`` for this dataset and model."""
-    if not storage.exists(uri):
+def results_match(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
+                  settings_hash: str, index: int) -> bool:
+    """True when the output holds complete, undamaged results of shard ``index`` for this run."""
+    try:
+        record = results.read_record(ctx.output_uri, index)
+    except IntegrityError as exc:
+        log.warning("shard %d: %s; recomputing", index, exc.message)
         return False
-    with tempfile.TemporaryDirectory(prefix="assay-check-") as tmp:
-        path = Path(tmp) / "r.parquet"
-        storage.download(uri, path)
-        try:
-            meta = results.read_metadata(path)
-        except IntegrityError:
-            return False
     info = dataset.shards[index]
-    return (meta.get("dataset_version") == dataset.version and meta.get("model_version") == model.version
-            and meta.get("shard_sha256") == info.sha256 and meta.get("samples") == info.samples)
+    if record is None or not (record.get("dataset_version") == dataset.version
+                              and record.get("model_version") == model.version
+                              and record.get("shard_sha256") == info.sha256
+                              and record.get("samples") == info.samples
+                              and record.get("settings_hash") == settings_hash):
+        return False
+    with storage.scratch_dir("check") as tmp:
+        try:
+            results.fetch_verified(ctx.output_uri, index, record, Path(tmp) / "r.parquet")
+        except IntegrityError as exc:
+            log.warning("shard %d: %s; recomputing", index, exc.message)
+            return False
+    return True
 
 
 class _Progress:
@@ -167,13 +175,14 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
 
 
 def run(ctx: RunContext) -> PplSummary:
-    dataset = shards.load_manifest(ctx.dataset_uri)
-    model = packages.load_manifest(ctx.model_uri)
+    dataset, model = load_pinned(ctx)
+    ident = runrecord.identity(ctx, model, dataset)
+    runrecord.claim(ctx.output_uri, ident)
     mine = layout.shards_of_worker(len(dataset.shards), ctx.worker_index, ctx.worker_count)
     progress = _Progress(ctx, sum(dataset.shards[i].samples for i in mine), len(mine))
     todo = []
     for i in mine:
-        if results_match(layout.results_uri(ctx.output_uri, i), dataset, model, i):
+        if results_match(ctx, dataset, model, ident.settings_hash, i):
             progress.samples_done += dataset.shards[i].samples
             progress.shards_done += 1
             log.info("shard %d: results exist and match, skipped", i)
@@ -183,7 +192,7 @@ def run(ctx: RunContext) -> PplSummary:
              ctx.worker_count, len(mine), len(todo), dataset.name, dataset.version, model.name, model.version)
     progress.write(force=True)
     if todo:
-        _predict_shards(ctx, dataset, model, todo, progress)
+        _predict_shards(ctx, dataset, model, ident, todo, progress)
     progress.write(force=True)
     return PplSummary(len(mine), len(mine) - len(todo), len(todo), progress.computed, progress.rate())
 
@@ -202,8 +211,14 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest):
     return handler, device
 
 
-def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -> None:
+def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: list[int],
+                    progress: _Progress) -> None:
     handler, device = _load_handler(ctx, model)
+    import torch
+
+    meta = {"dataset_version": dataset.version, "model_version": model.version, "worker": ctx.worker_index,
+            "settings_hash": ident.settings_hash,
+            "conditions": run_conditions(str(device), torch.get_num_threads(), ctx)}
     _apply_model_options(handler, device, ctx)
     autocast = _autocast(device, ctx.precision)
     stager = _DeviceStager(device) if device.type == "cuda" and ctx.pin_memory else None
@@ -223,7 +238,7 @@ def _predict_shards(ctx, dataset, model, todo: list[int], progress: _Progress) -
             if kind == "error":
                 raise payload
             if kind == "end":
-                _write_shard(ctx, dataset, model, index, ids, preds)
+                _write_shard(ctx, dataset, meta, index, ids, preds)
                 progress.shards_done += 1
                 progress.write(force=True)
                 log.info("shard %d: %d samples written (%.2f samples/s)", index, len(ids), progress.rate())
@@ -289,14 +304,14 @@ def _autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _write_shard(ctx, dataset, model, index: int, ids: list[str], preds: list[dict[str, Any]]) -> None:
+def _write_shard(ctx, dataset, meta: dict[str, Any], index: int, ids: list[str],
+                 preds: list[dict[str, Any]]) -> None:
     info = dataset.shards[index]
     if len(ids) != info.samples or len(set(ids)) != len(ids):
         raise IntegrityError(f"shard {index}: read {len(ids)} samples ({len(set(ids))} distinct), "
                              f"manifest says {info.samples}", "the shard is corrupt; rebuild the dataset")
-    meta = {"dataset_version": dataset.version, "model_version": model.version, "shard": info.name,
-            "shard_sha256": info.sha256, "worker": ctx.worker_index}
-    with tempfile.TemporaryDirectory(prefix="assay-results-") as tmp:
+    meta = {**meta, "shard": info.name, "shard_sha256": info.sha256}
+    with storage.scratch_dir("results") as tmp:
         path = Path(tmp) / f"{info.name}.parquet"
         results.write_local(path, ids, preds, meta)
-        storage.upload(path, layout.results_uri(ctx.output_uri, index))
+        results.publish(path, ctx.output_uri, index, {**meta, "samples": len(ids)})

@@ -52,12 +52,20 @@ def mask_to_objects(mask: np.ndarray) -> list[dict]:
     return objects
 
 
-def read_label(mask_png: bytes) -> dict:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_label(mask_png: bytes, path: Path | str = "mask") -> dict:
     from PIL import Image
 
+    if not mask_png.startswith(PNG_SIGNATURE):
+        kind = "JPEG data" if mask_png[:3] == b"\xff\xd8\xff" else "not PNG data"
+        raise SpecError(f"{path} is {kind}: instance masks must be lossless PNG (lossy coding invents "
+                        "and merges instance ids)", "export the masks as PNG from the original label tool")
+    image_size(mask_png, Path(path))
     mask = np.asarray(Image.open(io.BytesIO(mask_png)))
     if mask.ndim != 2:
-        raise IntegrityError(f"a PennFudan mask must be single-channel, got shape {mask.shape}")
+        raise IntegrityError(f"{path}: a PennFudan mask must be single-channel, got shape {mask.shape}")
     return {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "objects": mask_to_objects(mask)}
 
 
@@ -84,9 +92,27 @@ class PennFudanSource:
 
     def __iter__(self) -> Iterator[Sample]:
         for image, mask in self.pairs:
-            mask_bytes = mask.read_bytes()
-            yield Sample(id=image.stem, files={"png": image.read_bytes(), "mask.png": mask_bytes},
-                         label=read_label(mask_bytes))
+            image_bytes, mask_bytes = image.read_bytes(), mask.read_bytes()
+            label = read_label(mask_bytes, mask)
+            width, height = image_size(image_bytes, image)
+            if (width, height) != (label["width"], label["height"]):
+                raise SpecError(f"{mask} is {label['width']}x{label['height']} but its image {image} is "
+                                f"{width}x{height}", "a mask must have its image's size; fix or drop the pair")
+            yield Sample(id=image.stem, files={"png": image_bytes, "mask.png": mask_bytes}, label=label)
+
+
+def image_size(data: bytes, path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, refusing empty, unreadable and decompression-bomb files."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Image.DecompressionBombError as exc:
+        raise SpecError(f"{path}: {exc}", "an image this large is almost certainly broken or hostile") from exc
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: not a readable image ({len(data)} bytes: {exc})",
+                        "replace the file, or drop it with data_filter") from exc
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,229 @@
+"""Who owns a job's output: the run record (which run the results belong to) and the lease (which live
+process is writing them).
+
+    <output>/run.json     model and dataset versions and the settings that shape predictions; written once
+                          by the first run, checked by every later one, every ppl worker and cmp
+    <output>/lease.json   the live run writing into the output (holder, heartbeat); local stores hold a
+                          flock(2) on <output>/.lease as well, which the kernel drops when the holder dies
+
+A job whose identity differs from the record is refused, so results of two models, two dataset versions
+or two batch sizes can never be scored together; ``--overwrite`` clears the old run's files first. Two
+live runs into one output cannot both proceed: the second finds the lease held and stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from assay import layout, storage
+from assay.errors import AssayError, IntegrityError, ObjectNotFound, SpecError
+
+FORMAT = "assay.run/v1"
+#: Seconds after its last heartbeat that a lease on a remote store counts as abandoned.
+LEASE_TTL = float(os.environ.get("ASSAY_LEASE_TTL", "60"))
+
+
+class OutputBusy(AssayError):
+    """Another live run holds the output's lease."""
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes two runs' results comparable: exact model and dataset versions plus the settings
+    that change predictions (``settings_hash``)."""
+
+    job: str
+    model_name: str
+    model_version: str
+    dataset_name: str
+    dataset_version: str
+    settings_hash: str
+    settings: dict[str, Any]
+
+    def describe(self) -> str:
+        return (f"job {self.job}: model {self.model_name}@{self.model_version} on dataset "
+                f"{self.dataset_name}@{self.dataset_version}, settings {self.settings_hash}")
+
+    def same_run(self, other: RunIdentity) -> bool:
+        keys = ("model_name", "model_version", "dataset_name", "dataset_version", "settings_hash")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+def prediction_settings(ctx) -> dict[str, Any]:
+    """The RunContext fields that can change what the model predicts (not the worker count)."""
+    return {"evaluator": ctx.evaluator, "batchSize": ctx.batch_size, "device": ctx.device,
+            "precision": ctx.precision, "channelsLast": ctx.channels_last, "compile": ctx.compile}
+
+
+def identity(ctx, model, dataset) -> RunIdentity:
+    settings = prediction_settings(ctx)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return RunIdentity(job=ctx.job_name, model_name=model.name, model_version=model.version,
+                       dataset_name=dataset.name, dataset_version=dataset.version, settings_hash=digest,
+                       settings=settings)
+
+
+def record_uri(output_uri: str) -> str:
+    return storage.join(output_uri, layout.RUN_RECORD)
+
+
+def read_record(output_uri: str) -> RunIdentity | None:
+    uri = record_uri(output_uri)
+    try:
+        doc = json.loads(storage.read_bytes(uri))
+        if doc.pop("format", None) != FORMAT:
+            raise ValueError(f"format is not {FORMAT}")
+        doc.pop("createdAt", None)
+        return RunIdentity(**doc)
+    except ObjectNotFound:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise IntegrityError(f"{uri}: not a valid run record ({exc})",
+                             "delete it, or run with --overwrite to start the output afresh") from exc
+
+
+def claim(output_uri: str, ident: RunIdentity) -> None:
+    """Make ``output_uri`` this run's, or check that it already is; refuse an output of another run."""
+    doc = {"format": FORMAT, **asdict(ident), "createdAt": datetime.now(UTC).isoformat(timespec="seconds")}
+    if storage.create_exclusive(record_uri(output_uri), json.dumps(doc, indent=1).encode()) is not None:
+        return
+    existing = read_record(output_uri)
+    if existing is None:  # removed between our create and read: try once more
+        return claim(output_uri, ident)
+    if not existing.same_run(ident):
+        changed = [f"{k} {getattr(existing, k)} -> {getattr(ident, k)}"
+                   for k in ("model_name", "model_version", "dataset_name", "dataset_version", "settings_hash")
+                   if getattr(existing, k) != getattr(ident, k)]
+        raise SpecError(
+            f"output {output_uri} belongs to another run ({existing.describe()}); this one differs: "
+            f"{', '.join(changed)}",
+            "give the job a new spec.output.uri, or rerun with `assay run JOB --overwrite` to discard the old "
+            "results first")
+
+
+#: What a run writes into its output; ``clear`` removes exactly these (never anything else in the folder).
+RUN_FILES = ("results", "progress", "logs", layout.METRICS, layout.SUMMARY, layout.RUN_RECORD)
+
+
+def clear(output_uri: str) -> int:
+    """Delete the previous run's files from the output (the caller holds the lease); return how many."""
+    removed = 0
+    for name in storage.list_names(output_uri):
+        if name.split("/")[0] in RUN_FILES:
+            storage.delete(storage.join(output_uri, name))
+            removed += 1
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------- lease
+
+
+def _holder() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "runId": uuid.uuid4().hex[:12]}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    """Exclusive, live ownership of an output while a run writes into it (a context manager).
+
+    Local stores: flock(2) on ``<output>/.lease``, dropped by the kernel when the holder dies.
+    S3: ``lease.json`` created with If-None-Match and renewed with If-Match every ttl/3 seconds; a lease
+    whose heartbeat is older than the ttl, or whose holder is a dead process on this host, is taken over
+    with If-Match, so two takers cannot both win. ``lost`` turns true if the lease was taken from us.
+    """
+
+    def __init__(self, output_uri: str, ttl: float = LEASE_TTL):
+        self.output_uri, self.ttl = output_uri, ttl
+        self.uri = storage.join(output_uri, layout.LEASE)
+        self.holder = _holder()
+        self.lost = False
+        self._stack = contextlib.ExitStack()
+        self._stop = threading.Event()
+        self._tag: str | None = None
+
+    def _doc(self) -> bytes:
+        now = time.time()
+        return json.dumps({**self.holder, "renewedAt": now, "ttlSeconds": self.ttl,
+                           "renewed": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")}).encode()
+
+    def _busy(self, doc: dict[str, Any]) -> OutputBusy:
+        who = f"{doc.get('host', '?')} pid {doc.get('pid', '?')} (run {doc.get('runId', '?')})"
+        return OutputBusy(f"output {self.output_uri} is in use by another live run: {who}",
+                          "wait for that run to finish (or stop it), or give this job another spec.output.uri")
+
+    def __enter__(self) -> Lease:
+        loc = storage.parse(self.output_uri)
+        if loc.scheme == "file":
+            held = self._stack.enter_context(storage.local_lock(os.path.join(loc.path, ".lease")))
+            if not held:
+                raise self._busy(self._peek())
+            storage.write_bytes(self.uri, self._doc())
+            return self
+        self._tag = storage.create_exclusive(self.uri, self._doc())
+        if self._tag is None:
+            data, tag = storage.read_tagged(self.uri)
+            doc = _loads(data)
+            if not self._abandoned(doc):
+                raise self._busy(doc)
+            self._tag = storage.replace_if(self.uri, self._doc(), tag)
+            if self._tag is None:  # another taker won the race
+                raise self._busy(self._peek())
+        threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True).start()
+        return self
+
+    def _peek(self) -> dict[str, Any]:
+        with contextlib.suppress(AssayError, ValueError):
+            return _loads(storage.read_bytes(self.uri))
+        return {}
+
+    def _abandoned(self, doc: dict[str, Any]) -> bool:
+        if doc.get("host") == self.holder["host"] and isinstance(doc.get("pid"), int):
+            return not _pid_alive(doc["pid"])
+        renewed = doc.get("renewedAt")
+        ttl = doc.get("ttlSeconds", self.ttl)
+        return not isinstance(renewed, int | float) or time.time() - renewed > float(ttl)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                tag = storage.replace_if(self.uri, self._doc(), self._tag or "")
+            except AssayError:
+                continue  # a store hiccup: the ttl leaves room for two more tries
+            if tag is None:
+                self.lost = True
+                return
+            self._tag = tag
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        with contextlib.suppress(AssayError):
+            if not self.lost:
+                storage.delete(self.uri)
+        self._stack.close()
+
+
+def _loads(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
