@@ -36,11 +36,11 @@ RUN pip install --no-cache-dir \
       pydantic-settings==2.16.3 \
       PyYAML==6.0.3 \
       jsonschema==4.26.0 \
-      boto3==1.44.5 \
       click==8.5.1 \
       prometheus-client==0.26.0
 COPY --from=wheel /dist/ /tmp/dist/
-# The project itself without its dependencies: the operator never imports torch, numpy or pyarrow.
+# The project itself without its dependencies: the operator never imports torch, numpy or pyarrow, and
+# has no S3 client at all (boto3 is absent): it reads Kubernetes objects only, never a store.
 RUN pip install --no-cache-dir --no-deps /tmp/dist/assay-0.1.0-py3-none-any.whl
 
 # ------------------------------------------------------------------------------------------ operator

@@ -96,7 +96,9 @@ class FaultProxy:
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 handler.send_header(k, v)
-        handler.send_header("Content-Length", str(len(data)))
+        # a HEAD answer has no body but states the object's size: pass that on
+        length = resp.getheader("Content-Length") if handler.command == "HEAD" else None
+        handler.send_header("Content-Length", length or str(len(data)))
         handler.end_headers()
         if fault == "cut" and handler.command == "GET" and len(data) > 64:
             handler.wfile.write(data[: len(data) // 2])  # half the body, then the connection dies

@@ -1,13 +1,14 @@
 """The only module of the operator that calls the Kubernetes API (the official ``kubernetes`` client).
 
 Objects go in and out as plain dicts (camelCase, as in YAML), so the pure modules never see client
-models. Creates are create-if-absent (409 returns the existing object), deletes tolerate 404: every
-call is safe to repeat after a restart.
+models. Creates are create-if-absent (409 returns the existing object), deletes tolerate 404 and carry
+the uid they mean: every call is safe to repeat after a restart, and none touches a namesake.
+The operator reads EvaluationJobs, Jobs, pods and Events and writes status, Jobs and Events: never a
+Secret, never the object store.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 MERGE_PATCH = "application/merge-patch+json"
+GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
 
 
 @functools.cache
@@ -43,8 +45,29 @@ def _core() -> client.CoreV1Api:
     return client.CoreV1Api(api_client())
 
 
+def _custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client())
+
+
 def _json(resp: Any) -> dict[str, Any]:
     return json.loads(resp.data or b"{}")
+
+
+def get_evaluationjob(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _json(_custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                            _preload_content=False))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource (null removes a field)."""
+    _custom().patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
+        _content_type=MERGE_PATCH)
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -56,12 +79,33 @@ def get_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+class Refused(Exception):
+    """The API server refused an object for good (4xx other than a conflict): its message says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
 def create_job(namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Create the Job unless one of that name exists; returns (the Job, whether this call created it)."""
+    """Create the Job unless one of that name exists; returns (the Job, whether this call created it).
+
+    Raises Refused for a 4xx (invalid, forbidden, over quota) so the caller can fail the job with the
+    API server's own message instead of retrying forever.
+    """
     try:
         return _json(_batch().create_namespaced_job(namespace, body, _preload_content=False)), True
     except ApiException as exc:
         if exc.status != 409:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                raise Refused(exc.status, _api_message(exc)) from exc
             raise
     existing = get_job(namespace, body["metadata"]["name"])
     if existing is None:  # deleted between the two calls; the next reconcile creates it
@@ -74,13 +118,15 @@ def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any
                                                _content_type=MERGE_PATCH))
 
 
-def delete_job(namespace: str, name: str) -> bool:
-    """Delete a Job and (in the background) its pods; False when it was already gone."""
+def delete_job(namespace: str, name: str, uid: str) -> bool:
+    """Delete the Job of that uid (never a namesake created since) and, in the background, its pods;
+    False when it was already gone."""
     try:
-        _batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+        _batch().delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                       body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
         return True
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status in (404, 409):
             return False
         raise
 
@@ -90,17 +136,12 @@ def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
     return list(_json(resp).get("items") or [])
 
 
-def read_secret(namespace: str, name: str) -> dict[str, str] | None:
-    """The decoded data of a Secret, or None when it does not exist."""
-    try:
-        raw = _json(_core().read_namespaced_secret(name, namespace, _preload_content=False))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    out = {k: base64.b64decode(v).decode("utf-8") for k, v in (raw.get("data") or {}).items()}
-    out.update(raw.get("stringData") or {})
-    return out
+def list_job_events(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    """Events about one Job (the Job controller's FailedCreate when quota, a LimitRange or admission
+    refuses its pods)."""
+    selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
+    resp = _core().list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
+    return list(_json(resp).get("items") or [])
 
 
 def post_event(owner: dict[str, Any], event_type: str, reason: str, message: str, when: str) -> None:

@@ -2,33 +2,42 @@
 
 Run: ``kopf run -m assay_operator.main --all-namespaces`` (or ``python -m assay_operator``, which
 watches ASSAY_OPERATOR_NAMESPACES).
+
+No handler here needs a finalizer (no timers, daemons or deletion handlers): deleting an EvaluationJob,
+or its namespace, completes with the operator gone, and the garbage collector removes the child Jobs
+through their ownerReferences. Reconciles are triggered by changes of the EvaluationJob and of its child
+Jobs, and, for unfinished jobs only, by a periodic resync (pods' states, such as an image that cannot be
+pulled, change without touching either).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
-from assay_operator import handlers, metrics
+from assay_operator import handlers, manifests, metrics, status
 from assay_operator import settings as operator_settings
 
 GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
 #: Read once when kopf loads this module; a bad variable stops the operator here, naming it.
 SETTINGS = operator_settings.load()
+#: (namespace, name) of the jobs the resync loop visits: unfinished ones, and finished ones whose child
+#: Jobs still wait for spec.ttlSecondsAfterFinished.
+WATCHED: set[tuple[str, str]] = set()
+LOG = logging.getLogger("assay_operator")
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf's own settings: bookkeeping in annotations, Events only from our phase transitions."""
+    """kopf's own settings: no bookkeeping on our objects, Events only from our phase transitions."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="assay.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="assay.dev")
-    settings.persistence.finalizer = "assay.dev/operator"
     settings.posting.enabled = False  # kube.post_event records one Event per phase transition
     settings.posting.level = logging.WARNING
-    # Sync handlers run in threads: reconciles of different jobs (each may read the store) overlap.
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = 16  # sync handlers run in threads; reconciles of jobs overlap
     settings.watching.server_timeout = 300
     settings.scanning.disabled = not SETTINGS.api_scanning
 
@@ -41,27 +50,66 @@ def serve_metrics(logger: kopf.Logger, **_: Any) -> None:
         logger.info("serving Prometheus metrics on :%d/metrics", port)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
-    """Reconcile at once when a job appears, when the operator starts, and on every spec change."""
-    with metrics.timed_reconcile():
-        handlers.reconcile(body, patch, logger, SETTINGS, memo)
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Visit the watched jobs every ASSAY_OPERATOR_RESYNC_SECONDS."""
+    memo["resync"] = asyncio.get_running_loop().create_task(_resync_forever())
 
 
-# The child Jobs' and pods' states and the runners' progress objects change without touching the
-# EvaluationJob, so a timer re-reads them: level-triggered, and no watch on every pod in the cluster.
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-def resync(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
-    """Refresh phase, progress and results from the child Jobs, their pods and the store."""
-    with metrics.timed_reconcile():
-        handlers.reconcile(body, patch, logger, SETTINGS, memo)
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
+
+
+async def _resync_forever() -> None:
+    while True:
+        await asyncio.sleep(SETTINGS.resync_seconds)
+        for namespace, name in sorted(WATCHED):
+            await asyncio.to_thread(_reconcile_logged, namespace, name, LOG)
+
+
+def _reconcile_logged(namespace: str, name: str, logger: logging.Logger) -> None:
+    try:
+        with metrics.timed_reconcile():
+            phase = handlers.reconcile(namespace, name, logger, SETTINGS)
+    except Exception:  # noqa: BLE001 - the next trigger retries; one job must not stop the others
+        logger.exception("reconcile of %s/%s failed; retrying at the next change or resync", namespace, name)
+        return
+    if phase is None:
+        WATCHED.discard((namespace, name))
+
+
+def _track(obj: dict[str, Any]) -> None:
+    meta, st = obj.get("metadata") or {}, obj.get("status") or {}
+    key = (meta.get("namespace") or "default", meta.get("name") or "")
+    ttl = (obj.get("spec") or {}).get("ttlSecondsAfterFinished")
+    if st.get("phase") in status.TERMINAL and ttl is None:
+        WATCHED.discard(key)
+    else:
+        WATCHED.add(key)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def forget_deleted(event: kopf.RawEvent, **_: Any) -> None:
-    """A deleted EvaluationJob's metric series go with it (no finalizer needed for that)."""
+def evaluationjob_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
+    """A job appeared (or was listed at start), changed, or was deleted."""
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
     if event.get("type") == "DELETED":
-        meta = (event.get("object") or {}).get("metadata") or {}
-        metrics.forget(meta.get("namespace") or "default", meta.get("name") or "")
+        WATCHED.discard((namespace, name))
+        metrics.forget(namespace, name)
+        return
+    _track(obj)
+    _reconcile_logged(namespace, name, logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={manifests.JOB_LABEL: kopf.PRESENT})
+def child_job_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
+    """A child Job's status moved (a shard group finished, the Job failed or completed)."""
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == manifests.KIND and ref.get("apiVersion") == manifests.API_VERSION:
+            _reconcile_logged(meta.get("namespace") or "default", ref["name"], logger)

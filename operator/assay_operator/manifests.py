@@ -1,12 +1,21 @@
-"""Pure builders: an EvaluationJob spec -> the ppl Indexed Job and the cmp Job, as plain dicts.
+"""Pure builders: an EvaluationJob -> its three child Jobs, as plain dicts.
 
-No API calls and no kopf here: ``handlers`` adopts the results (ownerReferences) and ``kube`` sends them.
-The same builders serve the operator and ``assay job submit --dry-run``-style previews.
+    <name>-resolve   one pod: pins model and dataset to exact versions, checks they are there, claims the
+                     output, and reports the pinned inputs through its termination message
+    <name>-ppl       Indexed Job: one index per group of consecutive shards (completions = groups,
+                     parallelism = workers), so the Job controller hands groups to pods as they finish
+    <name>-cmp       one pod: scores every shard's predictions and reports a bounded summary through its
+                     termination message
+
+No API calls and no kopf here: ``handlers`` sends what these return through ``kube``. Each child carries
+a controller ownerReference to its EvaluationJob (the garbage collector deletes it with its owner) and
+only assay's own labels: the owner's labels (a Kueue queue label, say) are never copied.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from assay.errors import EXIT_PERMANENT
@@ -14,9 +23,10 @@ from assay.spec import EvaluationJob, RunContext
 
 from assay_operator.settings import Settings
 
-PPL = "ppl"
-CMP = "cmp"
+RESOLVE, PPL, CMP = "resolve", "ppl", "cmp"
+ROLES = (RESOLVE, PPL, CMP)
 CONTAINER = "runner"
+API_VERSION, KIND = "assay.dev/v1alpha1", "EvaluationJob"
 #: Label selecting every pod and Job of one EvaluationJob (its name).
 JOB_LABEL = "assay.dev/job"
 ROLE_LABEL = "assay.dev/role"
@@ -25,19 +35,28 @@ RETRY_TOKEN_ANNOTATION = "assay.dev/retry-token"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TMP_DIR = "/tmp"
 CACHE_DIR = "/var/cache/assay"
-COMMANDS = {PPL: ["python", "-m", "assay.runner", PPL], CMP: ["python", "-m", "assay.runner", CMP]}
+SHM_DIR = "/dev/shm"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def child_name(name: str, role: str) -> str:
+    return f"{name}-{role}"
 
 
 def ppl_job_name(name: str) -> str:
-    return f"{name}-{PPL}"
+    return child_name(name, PPL)
 
 
 def cmp_job_name(name: str) -> str:
-    return f"{name}-{CMP}"
+    return child_name(name, CMP)
+
+
+def resolve_job_name(name: str) -> str:
+    return child_name(name, RESOLVE)
 
 
 def labels(job: EvaluationJob, role: str) -> dict[str, str]:
-    """Labels of a child Job and its pods; the Kueue queue label only when spec.queueName is set."""
+    """Labels of a child Job and its pods; the Kueue queue label only from spec.queueName."""
     out = {
         "app.kubernetes.io/name": "assay",
         "app.kubernetes.io/component": role,
@@ -55,27 +74,55 @@ def pod_selector(name: str, role: str | None = None) -> str:
     return f"{JOB_LABEL}={name}" + (f",{ROLE_LABEL}={role}" if role else "")
 
 
-def env(job: EvaluationJob, settings: Settings) -> list[dict[str, Any]]:
-    """Container environment: the RunContext, S3 access by Secret reference only, writable cache dirs."""
-    ctx = RunContext.for_worker(job, 0).to_env()  # JOB_COMPLETION_INDEX comes from Kubernetes
-    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(ctx.items())]
-    storage = job.spec.storage
-    if storage.endpoint:
-        out.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
-    if storage.region:
-        out.append({"name": "AWS_REGION", "value": storage.region})
-    if storage.secret_ref:
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """The controller reference that makes a Job this EvaluationJob's child (uid: not a namesake's)."""
+    meta = owner["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def controller_uid(child: dict[str, Any]) -> str | None:
+    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- pods
+
+
+def env(job: EvaluationJob, role: str, inputs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Container environment: the RunContext (pinned inputs once resolved), S3 access by Secret reference
+    only, and every cache and temp folder on the cache volume."""
+    ctx = RunContext.for_worker(job, 0)
+    if inputs:
+        ctx = ctx.model_copy(update={
+            "model_uri": inputs["model"]["uri"], "model_version": inputs["model"]["version"],
+            "dataset_uri": inputs["dataset"]["uri"], "dataset_version": inputs["dataset"]["version"],
+            "shards_per_index": inputs["shardsPerIndex"]})
+    # JOB_COMPLETION_INDEX comes from Kubernetes
+    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(ctx.to_env().items())]
+    store = job.spec.storage
+    if store.endpoint:
+        out.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint})
+    if store.region:
+        out.append({"name": "AWS_REGION", "value": store.region})
+    if store.secret_ref:  # the pods read the Secret through the kubelet; the operator never does
         for key, optional in (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False),
                               ("AWS_SESSION_TOKEN", True)):
-            ref: dict[str, Any] = {"name": storage.secret_ref.name, "key": key}
+            ref: dict[str, Any] = {"name": store.secret_ref.name, "key": key}
             if optional:
                 ref["optional"] = True
             out.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
     out += [
         {"name": "HOME", "value": f"{TMP_DIR}/home"},
+        # model packages, shards and every temp file go to the large cache volume, not the small /tmp
+        {"name": "ASSAY_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "TMPDIR", "value": CACHE_DIR},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "TORCH_HOME", "value": f"{CACHE_DIR}/torch"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "ASSAY_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
     # A user variable replaces ours of the same name (duplicates draw API server warnings).
     user = [copy.deepcopy(e) for e in job.spec.runtime.env]
@@ -96,15 +143,42 @@ def container_security_context() -> dict[str, Any]:
 
 
 def volumes(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts): writable emptyDirs for /tmp and the model/torch cache."""
+    """(volumes, volumeMounts): writable emptyDirs for /tmp and the cache, and a memory-backed /dev/shm
+    (data loaders share batches through it; the container runtime's default is 64 MiB)."""
     vols = [{"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
-            {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}}]
-    mounts = [{"name": "tmp", "mountPath": TMP_DIR}, {"name": "cache", "mountPath": CACHE_DIR}]
+            {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size_limit}}]
+    mounts = [{"name": "tmp", "mountPath": TMP_DIR}, {"name": "cache", "mountPath": CACHE_DIR},
+              {"name": "shm", "mountPath": SHM_DIR}]
     return vols, mounts
 
 
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(text: str) -> int:
+    m = _QUANTITY.match(str(text))
+    if not m:
+        raise ValueError(f"not a byte quantity: {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def with_ephemeral_storage(resources: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Request the ephemeral storage the emptyDirs may fill, so the scheduler places the pod on a node
+    that has it (and the kubelet does not evict it for using what it was given)."""
+    out = copy.deepcopy(resources)
+    requests = out.setdefault("requests", {})
+    if "ephemeral-storage" not in requests:
+        total = quantity_bytes(settings.tmp_size_limit) + quantity_bytes(settings.cache_size_limit)
+        requests["ephemeral-storage"] = f"{-(-total // 2**20)}Mi"
+    return out
+
+
 def pod_failure_policy() -> dict[str, Any]:
-    """The runner's EXIT_PERMANENT fails the Job at once; preemption and eviction do not count."""
+    """The runner's EXIT_PERMANENT fails the Job at once; preemption and eviction do not count.
+    Everything else (OOMKilled included) counts against the retry budget."""
     return {"rules": [
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                               "values": [EXIT_PERMANENT]}},
@@ -112,18 +186,20 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
-def pod_template(job: EvaluationJob, settings: Settings, role: str, resources: dict[str, Any]) -> dict[str, Any]:
+def pod_template(job: EvaluationJob, settings: Settings, role: str, inputs: dict[str, Any] | None,
+                 resources: dict[str, Any]) -> dict[str, Any]:
     runtime = job.spec.runtime
     vols, mounts = volumes(settings)
     container = {
         "name": CONTAINER,
         "image": runtime.image or settings.runner_image,
         "imagePullPolicy": runtime.image_pull_policy,
-        "command": list(COMMANDS[role]),
-        "env": env(job, settings),
-        "resources": copy.deepcopy(resources),
+        "command": ["python", "-m", "assay.runner", role],
+        "env": env(job, role, inputs),
+        "resources": with_ephemeral_storage(resources, settings),
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     spec: dict[str, Any] = {
@@ -134,15 +210,18 @@ def pod_template(job: EvaluationJob, settings: Settings, role: str, resources: d
         "containers": [container],
         "volumes": vols,
     }
-    if settings.pod_service_account:
-        spec["serviceAccountName"] = settings.pod_service_account
+    account = runtime.service_account_name or settings.pod_service_account
+    if account:  # e.g. IRSA or Workload Identity: the cloud's webhook projects its own token
+        spec["serviceAccountName"] = account
+    if runtime.runtime_class_name:
+        spec["runtimeClassName"] = runtime.runtime_class_name
     if runtime.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s.name} for s in runtime.image_pull_secrets]
     ppl = job.spec.ppl
     if ppl.priority_class_name:
         spec["priorityClassName"] = ppl.priority_class_name
     if role == PPL:
-        # Placement targets the accelerator nodes; cmp is CPU work and may run anywhere.
+        # Placement targets the accelerator nodes; resolve and cmp are CPU work and may run anywhere.
         if ppl.node_selector:
             spec["nodeSelector"] = dict(ppl.node_selector)
         if ppl.tolerations:
@@ -152,9 +231,13 @@ def pod_template(job: EvaluationJob, settings: Settings, role: str, resources: d
     return {"metadata": {"labels": labels(job, role)}, "spec": spec}
 
 
-def _metadata(job: EvaluationJob, name: str, role: str) -> dict[str, Any]:
-    return {"name": name, "namespace": job.namespace, "labels": labels(job, role),
-            "annotations": {RETRY_TOKEN_ANNOTATION: job.spec.retry_token or ""}}
+def _child(owner: dict[str, Any], job: EvaluationJob, role: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": child_name(job.name, role), "namespace": job.namespace,
+                         "labels": labels(job, role),
+                         "annotations": {RETRY_TOKEN_ANNOTATION: job.spec.retry_token or ""},
+                         "ownerReferences": [owner_reference(owner)]},
+            "spec": spec}
 
 
 def created_suspended(job: EvaluationJob) -> bool:
@@ -162,33 +245,52 @@ def created_suspended(job: EvaluationJob) -> bool:
     return job.spec.suspend or bool(job.spec.queue_name)
 
 
-def build_ppl_job(job: EvaluationJob, settings: Settings) -> dict[str, Any]:
-    """The inference Job: one index per worker; worker i takes shards i, i+N, ... (resumable)."""
+# ----------------------------------------------------------------------------------------------- Jobs
+
+
+def build_resolve_job(owner: dict[str, Any], job: EvaluationJob, settings: Settings) -> dict[str, Any]:
+    """The first stage: pin and check the inputs before any accelerator is held."""
+    spec: dict[str, Any] = {
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": settings.resolve_backoff_limit,  # an unreachable store is worth a few tries
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": pod_failure_policy(),
+        "suspend": created_suspended(job),
+        "template": pod_template(job, settings, RESOLVE, None, settings.resolve_resources),
+    }
+    return _child(owner, job, RESOLVE, spec)
+
+
+def build_ppl_job(owner: dict[str, Any], job: EvaluationJob, settings: Settings,
+                  inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inference Job: index k predicts the k-th group of consecutive shards (resumable)."""
     ppl = job.spec.ppl
+    indexes = int(inputs["indexes"])
     spec: dict[str, Any] = {
         "completionMode": "Indexed",
-        "completions": ppl.workers,
-        "parallelism": ppl.workers,
+        "completions": indexes,
+        # pods beyond the number of groups would hold accelerators and exit
+        "parallelism": min(ppl.workers, indexes),
         "backoffLimitPerIndex": ppl.max_retries_per_shard,
-        # One index past its budget fails the whole Job now rather than after the others finish;
+        # One group past its budget fails the whole Job now rather than after the others finish;
         # their finished shards stay in the store and a retry reuses them.
         "maxFailedIndexes": 0,
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": pod_failure_policy(),
         "suspend": created_suspended(job),
-        "template": pod_template(job, settings, PPL, ppl.resources),
+        "template": pod_template(job, settings, PPL, inputs, ppl.resources),
     }
     if job.spec.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = job.spec.active_deadline_seconds
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _metadata(job, ppl_job_name(job.name), PPL), "spec": spec}
+    return _child(owner, job, PPL, spec)
 
 
-def build_cmp_job(job: EvaluationJob, settings: Settings,
+def build_cmp_job(owner: dict[str, Any], job: EvaluationJob, settings: Settings, inputs: dict[str, Any],
                   active_deadline_seconds: int | None = None) -> dict[str, Any]:
     """The metrics Job: one pod merges every shard's predictions and writes metrics.json.
 
-    ``active_deadline_seconds`` is what is left of spec.activeDeadlineSeconds after the ppl phase.
+    ``active_deadline_seconds`` is what the ppl Job left of spec.activeDeadlineSeconds by its own clock.
     """
     spec: dict[str, Any] = {
         "completions": 1,
@@ -197,9 +299,8 @@ def build_cmp_job(job: EvaluationJob, settings: Settings,
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": pod_failure_policy(),
         "suspend": created_suspended(job),
-        "template": pod_template(job, settings, CMP, job.spec.cmp.resources),
+        "template": pod_template(job, settings, CMP, inputs, job.spec.cmp.resources),
     }
     if active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _metadata(job, cmp_job_name(job.name), CMP), "spec": spec}
+    return _child(owner, job, CMP, spec)

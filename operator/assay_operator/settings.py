@@ -31,9 +31,21 @@ class Settings(BaseSettings):
     max_result_keys: int = Field(32, ge=1, le=256)
     #: Pod retries of the cmp Job (the runner's exit code 3 still fails it at once).
     cmp_backoff_limit: int = Field(2, ge=0, le=20)
+    #: Pod retries of the resolve Job (a store that is briefly unreachable); exit code 3 fails at once.
+    resolve_backoff_limit: int = Field(3, ge=0, le=20)
+    #: Resources of the resolve pod (it reads two manifests and lists the dataset folder).
+    resolve_resources: dict = Field(default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                                             "limits": {"memory": "1Gi"}})
+    #: Seconds without a completed shard group, while ppl pods run, before the job's ShardsProgressing
+    #: condition turns False (a Warning; the job keeps running).
+    stall_seconds: float = Field(3600.0, gt=0)
+    #: At most one status write per job in this many seconds when only progress changed.
+    progress_write_seconds: float = Field(30.0, ge=0)
     #: Size limits of the job pods' writable emptyDir volumes (the root filesystem is read-only).
     tmp_size_limit: str = "2Gi"
     cache_size_limit: str = "20Gi"
+    #: Size of the memory-backed /dev/shm of job pods (counts against the pod's memory).
+    shm_size_limit: str = "1Gi"
     #: Service account of the job pods; its token is never mounted (pods get no API access).
     pod_service_account: str | None = None
     #: User and group id the job pods run as (the runner image's non-root user).

@@ -20,14 +20,14 @@ PENDING, RUNNING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED = (
 TERMINAL = {SUCCEEDED, FAILED}
 #: Reconciling and Stalled are kstatus' abnormal-true conditions: Flux and kstatus-based tools see a
 #: job in progress while Reconciling is True and give up at once when Stalled is True (a failed job).
-CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Reconciling", "Stalled")
+CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Reconciling", "Stalled",
+                   "ShardsProgressing")
 
 #: Container waiting reasons that rarely heal by themselves: fail after the short fail-fast grace.
 FAIL_FAST_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                      "CreateContainerError"}
 #: Failure reasons the operator decides itself (the Jobs are still running and must be stopped).
-OPERATOR_FAILURES = FAIL_FAST_REASONS | {"OOMKilled", "Unschedulable", "PendingDeadlineExceeded",
-                                         "DeadlineExceeded", "InvalidSpec"}
+OPERATOR_FAILURES = FAIL_FAST_REASONS | {"Unschedulable", "PendingDeadlineExceeded", "InvalidSpec"}
 
 
 # ---------------------------------------------------------------------------------------- time helpers
@@ -119,11 +119,6 @@ def pod_problem(pods: list[dict[str, Any]], now: dt.datetime, *, fail_fast_secon
         if meta.get("deletionTimestamp"):
             continue
         for cs in st.get("containerStatuses") or []:
-            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
-                term = state.get("terminated") or {}
-                if term.get("reason") == "OOMKilled":
-                    return "OOMKilled", (f"pod {name} ran out of memory (OOMKilled); lower spec.ppl.batchSize "
-                                         "or raise the memory limit in spec.ppl.resources / spec.cmp.resources")
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in FAIL_FAST_REASONS and _age(pod, now) >= fail_fast_seconds:
@@ -149,52 +144,40 @@ def any_pod_running(pods: list[dict[str, Any]]) -> bool:
 
 
 # -------------------------------------------------------------------------------------------- progress
+# Progress comes from the ppl Job's own status (completedIndexes, failedIndexes), never from the store.
 
 
-def aggregate_progress(reports: list[dict[str, Any]], samples_total: int | None, done: bool,
-                       now: dt.datetime, stale_seconds: float = 300.0) -> dict[str, Any] | None:
-    """Sum the ppl workers' progress objects; None when nothing is known yet."""
-    if not reports and not done:
-        return None
-    total = samples_total if samples_total is not None else sum(int(r.get("samplesTotal") or 0) for r in reports)
-    sample_done = sum(int(r.get("samplesDone") or 0) for r in reports)
-    if done:
-        sample_done = total or sample_done
-    sample_done = min(sample_done, total) if total else sample_done
-    rate = 0.0
-    for r in reports:
-        fresh = _age({}, now, r.get("updatedAt") or "") <= stale_seconds if r.get("updatedAt") else True
-        if fresh and int(r.get("samplesDone") or 0) < int(r.get("samplesTotal") or 0):
-            rate += float(r.get("samplesPerSecond") or 0.0)
-    out: dict[str, Any] = {"samplesDone": sample_done, "samplesTotal": total}
-    percent = 100.0 if done else (round(100.0 * sample_done / total, 1) if total else 0.0)
-    out["percent"] = percent
-    out["percentText"] = f"{percent:.1f}%"
-    if not done:
-        out["samplesPerSecond"] = round(rate, 2)
-        if rate > 0 and total:
-            out["eta"] = fmt_duration((total - sample_done) / rate)
-    return out
+def index_shards(inputs: dict[str, Any], indexes: list[int]) -> int:
+    """How many shards the given ppl indexes (shard groups) hold."""
+    total, per = int(inputs.get("shards") or 0), int(inputs.get("shardsPerIndex") or 1)
+    return sum(len(layout.shards_of_index(total, i, per)) for i in indexes)
 
 
-def shard_counts(total: int | None, workers: int, reports: list[dict[str, Any]], ppl_done: bool,
-                 failed_indexes: list[int]) -> dict[str, Any]:
-    by_worker = {int(r.get("worker", -1)): r for r in reports}
-    if ppl_done:
-        completed = total if total is not None else sum(int(r.get("shardsDone") or 0) for r in reports)
-    else:
-        completed = sum(int(r.get("shardsDone") or 0) for r in reports)
-        if total is not None:
-            completed = min(completed, total)
-    failed = 0
-    for i in failed_indexes:
-        done_i = int((by_worker.get(i) or {}).get("shardsDone") or 0)
-        failed += max(0, len(layout.shards_of_worker(total, i, workers)) - done_i) if total is not None else 1
-    out = {"completed": completed, "failed": failed,
-           "summary": f"{completed}/{total if total is not None else '?'}"}
-    if total is not None:
-        out["total"] = total
-    return out
+def progress_of(inputs: dict[str, Any] | None, ppl: dict[str, Any] | None, ppl_done: bool,
+                previous: dict[str, Any], now: dt.datetime) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(progress, shards) of status from the ppl Job's completed and failed indexes."""
+    if not inputs:
+        return None, {"completed": 0, "failed": 0, "summary": "0/?"}
+    total_shards, total_samples = int(inputs.get("shards") or 0), int(inputs.get("samples") or 0)
+    st = (ppl or {}).get("status") or {}
+    completed = total_shards if ppl_done else index_shards(inputs, parse_indexes(st.get("completedIndexes")))
+    failed = index_shards(inputs, parse_indexes(st.get("failedIndexes")))
+    shards = {"total": total_shards, "completed": completed, "failed": failed,
+              "summary": f"{completed}/{total_shards}"}
+    done = total_samples if ppl_done else (total_samples * completed // total_shards if total_shards else 0)
+    percent = 100.0 if ppl_done else (round(100.0 * completed / total_shards, 1) if total_shards else 0.0)
+    out: dict[str, Any] = {"samplesDone": done, "samplesTotal": total_samples, "percent": percent,
+                           "percentText": f"{percent:.1f}%"}
+    before = previous.get("progress") or {}
+    moved = (previous.get("shards") or {}).get("completed") != completed
+    out["lastProgressTime"] = fmt_time(now) if moved or not before.get("lastProgressTime") \
+        else before["lastProgressTime"]
+    started = parse_time(st.get("startTime"))
+    if not ppl_done and started and done:
+        rate = done / max(1.0, (now - started).total_seconds())
+        out["samplesPerSecond"] = round(rate, 3)
+        out["eta"] = fmt_duration((total_samples - done) / rate)
+    return out, shards
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -237,7 +220,8 @@ def set_condition(previous: list[dict[str, Any]], ctype: str, status: bool, reas
 
 
 def conditions_for(phase: str, reason: str, message: str, previous: list[dict[str, Any]],
-                   generation: int | None, now: dt.datetime) -> list[dict[str, Any]]:
+                   generation: int | None, now: dt.datetime,
+                   progressing: tuple[bool, str, str] | None = None) -> list[dict[str, Any]]:
     active = phase in (RUNNING, EVALUATING)
     # A condition that holds carries the phase's reason; one that does not names the phase instead.
     table = {
@@ -250,6 +234,7 @@ def conditions_for(phase: str, reason: str, message: str, previous: list[dict[st
         "Reconciling": (phase in (PENDING, RUNNING, EVALUATING), reason if phase in (PENDING, RUNNING, EVALUATING)
                         else phase, ""),
         "Stalled": (phase == FAILED, reason if phase == FAILED else phase, message if phase == FAILED else ""),
+        "ShardsProgressing": progressing or (phase == RUNNING, reason if phase == RUNNING else phase, ""),
     }
     return [set_condition(previous, t, *table[t], generation, now) for t in CONDITION_TYPES]
 
@@ -259,45 +244,65 @@ def conditions_for(phase: str, reason: str, message: str, previous: list[dict[st
 
 @dataclass
 class Observed:
-    """Everything ``derive`` looks at, gathered by the handlers."""
+    """Everything ``derive`` looks at, gathered by the handlers from Kubernetes objects only."""
 
     name: str
     spec: JobSpec
     now: dt.datetime
     generation: int | None = None
     previous: dict[str, Any] = field(default_factory=dict)
+    resolve: dict[str, Any] | None = None
     ppl: dict[str, Any] | None = None
     cmp: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
-    progress: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, Any] | None = None
-    metrics_error: str | None = None
-    shards_total: int | None = None
-    samples_total: int | None = None
-    model_digest: str | None = None
-    dataset_digest: str | None = None
+    #: the pinned inputs, from status or from the resolve pod's termination message
+    inputs: dict[str, Any] | None = None
+    #: the cmp pod's termination message (a bounded metrics summary)
+    report: dict[str, Any] | None = None
+    #: error lines from the termination messages of failed pods, by role
+    errors: dict[str, str] = field(default_factory=dict)
+    #: a failure the handlers met: (reason, message), e.g. a name conflict or a Job the API refused
+    blocker: tuple[str, str] | None = None
+    #: the Job controller's FailedCreate message (quota, LimitRange, admission), if pods cannot be made
+    failed_create: str | None = None
     results_uri: str | None = None
     fail_fast_seconds: float = 60.0
+    stall_seconds: float = 3600.0
     max_result_keys: int = 32
 
 
+def _stage_done(o: Observed, role: str) -> bool:
+    return (o.previous.get("stages") or {}).get(role) == "Complete" or job_state(getattr(o, role)) == "Complete"
+
+
 def decide(o: Observed) -> tuple[str, str, str]:
-    """(phase, reason, message), in order of precedence: failures, finish, metrics, suspend, run, wait."""
-    spec, ppl_state, cmp_state = o.spec, job_state(o.ppl), job_state(o.cmp)
-    workers, retries = spec.ppl.workers, spec.ppl.max_retries_per_shard
+    """(phase, reason, message), in order of precedence: failures, finish, suspend, run, wait."""
+    spec = o.spec
+    resolve_state, ppl_state, cmp_state = job_state(o.resolve), job_state(o.ppl), job_state(o.cmp)
+    retries = spec.ppl.max_retries_per_shard
+    if o.blocker:
+        return FAILED, o.blocker[0], o.blocker[1]
+    if resolve_state == "Failed" and not o.inputs:
+        reason, message = job_failure(o.resolve or {})
+        detail = o.errors.get("resolve") or f"{reason}: {message}"
+        return FAILED, "InputsUnavailable", (f"the inputs could not be pinned: {detail}; fix them, then change "
+                                             "spec.retryToken to try again")
     if ppl_state == "Failed":
         reason, message = job_failure(o.ppl or {})
         indexes = parse_indexes(((o.ppl or {}).get("status") or {}).get("failedIndexes"))
-        oom = pod_problem([p for p in o.pods if _is_oom(p)], o.now, fail_fast_seconds=0, pending_deadline_seconds=1e12)
-        if oom:
-            return FAILED, oom[0], oom[1]
+        oom = [p for p in o.pods if _is_oom(p) and _role(p) == "ppl"]
+        if oom and reason != "PodFailurePolicy":
+            return FAILED, "OOMKilled", (f"ppl pods ran out of memory (OOMKilled) {retries + 1} times, past "
+                                         f"spec.ppl.maxRetriesPerShard={retries}; lower spec.ppl.batchSize or raise "
+                                         "the memory limit in spec.ppl.resources, then change spec.retryToken")
         if reason == "PodFailurePolicy":
+            detail = o.errors.get("ppl") or message
             return FAILED, "PermanentError", (
                 f"a ppl worker exited with code 3 (a deterministic error such as a bad handler or a corrupt "
-                f"shard); read `assay job logs {o.name}`: {message}")
+                f"shard): {detail}; read `assay job logs {o.name}`")
         if reason == "DeadlineExceeded":
             return FAILED, "DeadlineExceeded", f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
-        where = ", ".join(_index_text(i, o.shards_total, workers) for i in indexes) or "a ppl index"
+        where = ", ".join(_index_text(i, o.inputs) for i in indexes) or "a ppl index"
         return FAILED, "ShardRetriesExhausted", (
             f"{where} failed {retries + 1} times, past spec.ppl.maxRetriesPerShard={retries}; fix the cause, "
             f"then change spec.retryToken to rerun only the unfinished shards ({reason}: {message})".rstrip())
@@ -305,37 +310,41 @@ def decide(o: Observed) -> tuple[str, str, str]:
         reason, message = job_failure(o.cmp or {})
         if reason == "DeadlineExceeded":
             return FAILED, "DeadlineExceeded", f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
-        return FAILED, "MetricsFailed", f"the cmp Job failed ({reason}): {message}; read `assay job logs {o.name}`"
+        detail = o.errors.get("cmp") or f"{reason}: {message}"
+        return FAILED, "MetricsFailed", f"the cmp Job failed: {detail}; read `assay job logs {o.name}`"
+    progressing = any_pod_running(o.pods) or bool(((o.ppl or {}).get("status") or {}).get("completedIndexes"))
     problem = pod_problem(o.pods, o.now, fail_fast_seconds=o.fail_fast_seconds,
                           pending_deadline_seconds=spec.pending_deadline_seconds)
-    if problem and cmp_state != "Complete":
+    if problem and cmp_state != "Complete" and (problem[0] in FAIL_FAST_REASONS or not progressing):
         return FAILED, problem[0], problem[1]
-    start = parse_time(o.previous.get("startTime"))
-    if spec.active_deadline_seconds and start and not spec.suspend and cmp_state != "Complete" \
-            and (o.now - start).total_seconds() > spec.active_deadline_seconds:
-        return FAILED, "DeadlineExceeded", f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
-    if cmp_state == "Complete":
-        if o.metrics is not None:
-            return SUCCEEDED, "Succeeded", _headline_message(o.metrics)
-        return EVALUATING, "WaitingForMetrics", o.metrics_error or "the cmp Job completed; reading metrics.json"
-    if spec.suspend and ppl_state != "Complete":
-        return SUSPENDED, "SuspendedBySpec", "spec.suspend is true; set it to false to resume"
+    if cmp_state == "Complete" or _stage_done(o, "cmp"):
+        if o.report is not None:
+            return SUCCEEDED, "Succeeded", _headline_message(o.report)
+        return EVALUATING, "WaitingForMetrics", "the cmp Job completed; reading its report"
     if spec.suspend:
-        return SUSPENDED, "SuspendedBySpec", "spec.suspend is true; set it to false to compute the metrics"
+        return SUSPENDED, "SuspendedBySpec", "spec.suspend is true; set it to false to resume where it stopped"
+    if o.failed_create:
+        return PENDING, "FailedCreate", f"pods cannot be created: {o.failed_create}"
     if cmp_state == "Active":
         return EVALUATING, "ComputingMetrics", "the cmp Job is computing the metrics"
-    if ppl_state == "Complete":
+    if _stage_done(o, "ppl"):
         return EVALUATING, "InferenceComplete", "every shard is predicted; starting the cmp Job"
-    if ppl_state == "Suspended" or cmp_state == "Suspended":
+    if "Suspended" in (resolve_state, ppl_state, cmp_state):
         if spec.queue_name:
             return PENDING, "WaitingForAdmission", f"queued in Kueue LocalQueue {spec.queue_name!r}"
         return PENDING, "Resuming", "resuming the suspended Jobs"
     if ppl_state == "Active":
         ready = int(((o.ppl or {}).get("status") or {}).get("ready") or 0)
         if ready or any_pod_running(o.pods):
-            return RUNNING, "ShardsRunning", f"{workers} ppl worker(s) predicting"
+            return RUNNING, "ShardsRunning", f"{spec.ppl.workers} ppl worker(s) predicting"
         return PENDING, "PodsStarting", "waiting for the ppl pods to start"
+    if not o.inputs:
+        return PENDING, "Resolving", "pinning the model and dataset to exact versions"
     return PENDING, "Creating", "creating the ppl Job"
+
+
+def _role(pod: dict[str, Any]) -> str | None:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get("assay.dev/role")
 
 
 def _is_oom(pod: dict[str, Any]) -> bool:
@@ -346,54 +355,68 @@ def _is_oom(pod: dict[str, Any]) -> bool:
     return False
 
 
-def _index_text(index: int, total: int | None, workers: int) -> str:
-    if total is None:
+def _index_text(index: int, inputs: dict[str, Any] | None) -> str:
+    if not inputs:
         return f"ppl index {index}"
-    shards = layout.shards_of_worker(total, index, workers)
-    shown = ", ".join(map(str, shards[:8])) + (", ..." if len(shards) > 8 else "")
+    shards = layout.shards_of_index(int(inputs["shards"]), index, int(inputs["shardsPerIndex"]))
+    shown = f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else ", ".join(map(str, shards))
     return f"ppl index {index} (shard{'s' if len(shards) != 1 else ''} {shown})"
 
 
-def _headline_message(metrics: dict[str, Any]) -> str:
-    h = metrics.get("headline") or {}
+def _headline_message(report: dict[str, Any]) -> str:
+    h = report.get("headline") or {}
     if isinstance(h.get("value"), int | float):
         return f"{h.get('name', 'headline')} = {float(h['value']):.4f}"
     return "metrics computed"
+
+
+def _progressing(o: Observed, phase: str, progress: dict[str, Any] | None) -> tuple[bool, str, str]:
+    """ShardsProgressing: False while ppl pods run but no shard group completed for stall_seconds."""
+    if phase != RUNNING:
+        return False, phase, ""
+    last = parse_time((progress or {}).get("lastProgressTime"))
+    idle = (o.now - last).total_seconds() if last else 0.0
+    if idle > o.stall_seconds:
+        return False, "NoShardCompleted", (f"no shard group completed for {fmt_duration(idle)}; check "
+                                           f"`assay job logs {o.name}` for a worker that hangs")
+    return True, "ShardsCompleting", ""
 
 
 def derive(o: Observed) -> tuple[dict[str, Any], str]:
     """The status to write (our fields only) and the phase reason; writes nothing."""
     phase, reason, message = decide(o)
     prev = o.previous
-    ppl_state, cmp_state = job_state(o.ppl), job_state(o.cmp)
-    ppl_done = ppl_state == "Complete" or cmp_state != "Absent"
+    ppl_done = _stage_done(o, "ppl") or job_state(o.cmp) != "Absent"
+    progress, shards = progress_of(o.inputs, o.ppl, ppl_done, prev, o.now)
     out: dict[str, Any] = {
         "phase": phase,
         "reason": reason,
         "message": message,
         "observedGeneration": o.generation,
         "retryToken": o.spec.retry_token or "",
-        "conditions": conditions_for(phase, reason, message, prev.get("conditions") or [], o.generation, o.now),
+        "conditions": conditions_for(phase, reason, message, prev.get("conditions") or [], o.generation, o.now,
+                                     _progressing(o, phase, progress)),
     }
-    start = prev.get("startTime") or (((o.ppl or {}).get("status") or {}).get("startTime")) \
-        or (fmt_time(o.now) if o.ppl is not None else None)
+    start = prev.get("startTime") or (fmt_time(o.now) if o.resolve is not None or o.inputs else None)
     if start:
         out["startTime"] = start
     if phase in TERMINAL:
         out["completionTime"] = prev.get("completionTime") or fmt_time(o.now)
-    failed_idx = parse_indexes(((o.ppl or {}).get("status") or {}).get("failedIndexes"))
-    out["shards"] = shard_counts(o.shards_total, o.spec.ppl.workers, o.progress, ppl_done, failed_idx)
-    progress = aggregate_progress(o.progress, o.samples_total, ppl_done, o.now)
+    if o.inputs:
+        out["inputs"] = o.inputs
+        out["modelDigest"] = o.inputs["model"]["version"]
+        out["datasetDigest"] = o.inputs["dataset"]["version"]
+    stages = {role: "Complete" for role in ("resolve", "ppl", "cmp")
+              if (role == "resolve" and o.inputs) or (role != "resolve" and _stage_done(o, role))}
+    if stages:
+        out["stages"] = stages
+    out["shards"] = shards
     if progress is not None:
         out["progress"] = progress
-    if o.metrics is not None:
-        out["results"] = bounded_results(o.metrics, o.max_result_keys)
-    if o.results_uri and o.metrics is not None:
-        out["resultsUri"] = o.results_uri
-    if o.model_digest:
-        out["modelDigest"] = o.model_digest
-    if o.dataset_digest:
-        out["datasetDigest"] = o.dataset_digest
+    if o.report is not None and phase == SUCCEEDED:
+        out["results"] = bounded_results(o.report, o.max_result_keys)
+        if o.results_uri:
+            out["resultsUri"] = o.results_uri
     if out["observedGeneration"] is None:
         del out["observedGeneration"]
     return out, reason

@@ -53,9 +53,23 @@ def summary_uri(output_uri: str) -> str:
     return storage.join(output_uri, SUMMARY)
 
 
-def shards_of_worker(shard_count: int, worker_index: int, worker_count: int) -> list[int]:
-    """Worker i takes shards i, i+N, i+2N, ...: shares differ by at most one shard."""
-    return list(range(worker_index, shard_count, worker_count))
+def shards_of_index(shard_count: int, index: int, per_index: int) -> list[int]:
+    """The consecutive shards of work item (Job index) ``index``; ``per_index`` 0 means one item of all."""
+    if per_index <= 0:
+        return list(range(shard_count)) if index == 0 else []
+    return list(range(index * per_index, min(shard_count, (index + 1) * per_index)))
+
+
+def index_count(shard_count: int, per_index: int) -> int:
+    """How many work items (Job indexes) ``shard_count`` shards make, ``per_index`` at a time."""
+    return max(1, -(-shard_count // per_index)) if per_index > 0 else 1
+
+
+def auto_shards_per_index(shard_count: int, workers: int) -> int:
+    """About four work items per worker. Workers take items as they finish the last, so a slow or
+    preempted worker holds back at most a quarter of its share; each item pays a pod start and a model
+    load on a cluster, so many more items would waste that time (spec.ppl.shardsPerIndex overrides)."""
+    return max(1, -(-shard_count // (max(1, workers) * 4)))
 
 
 def resolve_version(uri: str, what: str, hint: str) -> str:

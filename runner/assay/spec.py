@@ -160,6 +160,8 @@ class Runtime(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="imagePullPolicy")
     image_pull_secrets: list[NameRef] = Field(default_factory=list, alias="imagePullSecrets")
     env: list[dict[str, Any]] = Field(default_factory=list)
+    service_account_name: str | None = Field(None, alias="serviceAccountName")
+    runtime_class_name: str | None = Field(None, alias="runtimeClassName")
 
 
 class Ppl(_Model):
@@ -172,6 +174,7 @@ class Ppl(_Model):
     channels_last: bool = Field(False, alias="channelsLast")
     compile: bool = False
     pin_memory: bool = Field(True, alias="pinMemory")
+    shards_per_index: int = Field(0, alias="shardsPerIndex")
     max_retries_per_shard: int = Field(3, alias="maxRetriesPerShard")
     resources: dict[str, Any] = Field(default_factory=dict)
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
@@ -200,7 +203,7 @@ class JobSpec(_Model):
     cmp: Cmp = Field(default_factory=Cmp)
     storage: Storage = Field(default_factory=Storage)
     active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds")
-    pending_deadline_seconds: int = Field(600, alias="pendingDeadlineSeconds")
+    pending_deadline_seconds: int = Field(1800, alias="pendingDeadlineSeconds")
     ttl_seconds_after_finished: int | None = Field(None, alias="ttlSecondsAfterFinished")
     suspend: bool = False
     retry_token: str | None = Field(None, alias="retryToken")
@@ -263,8 +266,11 @@ class RunContext(_Model):
     model_version: str | None = None
     dataset_version: str | None = None
     evaluator: str | None = None
+    #: ppl: the work item (Job index) this process predicts: shards [i*n, (i+1)*n) for n shards per
+    #: index (``shards_per_index``; 0 means one item holding every shard).
     worker_index: int = 0
     worker_count: int = 1
+    shards_per_index: int = 0
     batch_size: int = 4
     device: str = "auto"
     precision: str = "fp32"
@@ -279,6 +285,7 @@ class RunContext(_Model):
         s = job.spec
         return cls(job_name=job.name, model_uri=s.model.uri, dataset_uri=s.dataset.uri, output_uri=s.output.uri,
                    evaluator=s.evaluator, worker_index=index, worker_count=s.ppl.workers,
+                   shards_per_index=s.ppl.shards_per_index,
                    batch_size=s.ppl.batch_size, device=s.ppl.device, precision=s.ppl.precision,
                    prefetch=s.ppl.prefetch, decode_threads=s.ppl.decode_threads,
                    channels_last=s.ppl.channels_last, compile=s.ppl.compile, pin_memory=s.ppl.pin_memory)
@@ -288,7 +295,7 @@ class RunContext(_Model):
         "job_name": "ASSAY_JOB_NAME", "model_uri": "ASSAY_MODEL_URI", "dataset_uri": "ASSAY_DATASET_URI",
         "output_uri": "ASSAY_OUTPUT_URI", "model_version": "ASSAY_MODEL_VERSION",
         "dataset_version": "ASSAY_DATASET_VERSION", "evaluator": "ASSAY_EVALUATOR", "worker_index": "JOB_COMPLETION_INDEX",
-        "worker_count": "ASSAY_WORKERS", "batch_size": "ASSAY_BATCH_SIZE", "device": "ASSAY_DEVICE",
+        "worker_count": "ASSAY_WORKERS", "shards_per_index": "ASSAY_SHARDS_PER_INDEX", "batch_size": "ASSAY_BATCH_SIZE", "device": "ASSAY_DEVICE",
         "precision": "ASSAY_PRECISION", "prefetch": "ASSAY_PREFETCH", "decode_threads": "ASSAY_DECODE_THREADS",
         "channels_last": "ASSAY_CHANNELS_LAST", "compile": "ASSAY_COMPILE", "pin_memory": "ASSAY_PIN_MEMORY",
     }

@@ -67,20 +67,22 @@ def test_targets_run_as_uid_1000_with_no_compiler_and_pinned_versions():
 def test_operator_image_has_no_torch_and_runner_has_torch():
     st = stages()
     assert "torch" not in " ".join(st["operator-venv"]) and "torch" not in " ".join(st["operator"])
+    assert "boto3" not in " ".join(st["operator-venv"]), "the operator has no S3 client"
     assert "torch==" in " ".join(st["runner-venv"]) and "torchvision==" in " ".join(st["runner-venv"])
 
 
 def test_operator_runs_with_only_the_operator_image_dependencies():
-    """What the operator image installs is enough: importing it never pulls torch, numpy or pyarrow."""
+    """What the operator image installs is enough: importing it never pulls torch, numpy, pyarrow or an S3
+    client (the operator reads no store)."""
     code = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in {'torch','torchvision','numpy','pyarrow','pycocotools','PIL'}:\n"
+        "        if name.split('.')[0] in {'torch','torchvision','numpy','pyarrow','pycocotools','PIL',\n"
+        "                                  'boto3','botocore','s3transfer'}:\n"
         "            raise ImportError('not in the operator image: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import assay_operator.__main__, assay_operator.handlers, assay_operator.metrics\n"
-        "import assay.shards, assay.packages\n"
+        "import assay_operator.__main__, assay_operator.main, assay_operator.handlers, assay_operator.metrics\n"
     )
     proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={"ASSAY_OPERATOR_API_SCANNING": "false", "PATH": "/usr/bin:/bin"})

@@ -34,7 +34,8 @@ def test_evaluation_job_uses_s3_the_minio_service_and_the_secret():
     (secret,) = [d for d in docs() if d["kind"] == "Secret"]
     (svc,) = [d for d in docs() if d["kind"] == "Service"]
     assert spec["storage"]["secretRef"]["name"] == secret["metadata"]["name"]
-    assert spec["storage"]["endpoint"] == f"http://{svc['metadata']['name']}:9000"
+    # fully qualified: the short name would resolve only from the job's own namespace
+    assert spec["storage"]["endpoint"] == f"http://{svc['metadata']['name']}.evals.svc.cluster.local:9000"
     assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert "CHANGE" in (EXAMPLE / "secret.yaml").read_text()
 

@@ -31,12 +31,19 @@ JOB_SPECS = {
 SETTINGS = [Settings(), Settings(run_as_user=2000, pod_service_account="jobs")]
 
 
+OWNER = {"metadata": {"name": "eval", "namespace": "evals", "uid": "uid-1"}}
+INPUTS = {"model": {"uri": "s3://b/m/v1", "name": "m", "version": "v1"},
+          "dataset": {"uri": "s3://b/d/v1", "name": "d", "version": "v1"},
+          "shards": 8, "samples": 80, "shardsPerIndex": 2, "indexes": 4}
+
+
 def built_jobs():
     for name, spec in JOB_SPECS.items():
         job = EvaluationJob(name="eval", namespace="evals", spec=JobSpec(**copy.deepcopy(spec)))
         for settings in SETTINGS:
-            yield name, manifests.build_ppl_job(job, settings)
-            yield name, manifests.build_cmp_job(job, settings, 600)
+            yield name, manifests.build_resolve_job(OWNER, job, settings)
+            yield name, manifests.build_ppl_job(OWNER, job, settings, INPUTS)
+            yield name, manifests.build_cmp_job(OWNER, job, settings, INPUTS, 600)
 
 
 def writable_paths(pod) -> set[str]:
@@ -97,7 +104,7 @@ CONTAINER_BAD = {
 
 def good_pod():
     return copy.deepcopy(pod_spec_of(manifests.build_ppl_job(
-        EvaluationJob(name="e", namespace="n", spec=JobSpec(**JOB_SPECS["minimal"])), Settings())))
+        OWNER, EvaluationJob(name="e", namespace="n", spec=JobSpec(**JOB_SPECS["minimal"])), Settings(), INPUTS)))
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -32,8 +32,10 @@ def _start(ctx: RunContext, delay: str) -> subprocess.Popen:
 def _kill_and_resume(test_split, oracle_model, tmp_path, kills: int, workers: int, seed: int):
     rng = random.Random(seed)
     out = str(tmp_path / "out")
+    per_index = -(-len(test_split.shards) // workers)  # one work item per worker
     ctxs = [RunContext(job_name="soak", model_uri=oracle_model.uri, dataset_uri=test_split.uri, output_uri=out,
-                       worker_index=i, worker_count=workers, batch_size=2, device="cpu") for i in range(workers)]
+                       worker_index=i, worker_count=workers, shards_per_index=per_index, batch_size=2,
+                       device="cpu") for i in range(workers)]
     killed = 0
     recomputed: Counter[int] = Counter()
     while killed < kills:
@@ -59,7 +61,8 @@ def _kill_and_resume(test_split, oracle_model, tmp_path, kills: int, workers: in
     ids = Counter()
     for i in range(len(test_split.shards)):
         ids.update(results.read_local(layout.results_uri(out, i))[0])
-    clean_ctx = ctxs[0].model_copy(update={"output_uri": str(tmp_path / "clean"), "worker_count": 1})
+    clean_ctx = ctxs[0].model_copy(update={"output_uri": str(tmp_path / "clean"), "worker_count": 1,
+                                           "shards_per_index": 0})
     ppl.run(clean_ctx)
     clean = cmp.run(clean_ctx)
     return killed, ids, faulted, clean

@@ -27,15 +27,22 @@ def job(*conds: tuple[str, str], suspend: bool = False, **st: Any) -> dict:
                                       for t, r in conds], **st}}
 
 
+#: 4 shards in 2 groups of 2, 40 samples.
+INPUTS = {"model": {"uri": "/m/v1", "name": "m", "version": "v1"}, "dataset": {"uri": "/d/v2", "name": "d", "version": "v2"},
+          "shards": 4, "samples": 40, "shardsPerIndex": 2, "indexes": 2}
+REPORT = {"evaluator": "coco", "headline": {"name": "bbox/AP", "value": 0.5}, "summary": {"bbox/AP": 0.5}}
+
+
 def observed(**kw: Any) -> S.Observed:
-    base: dict[str, Any] = {"name": "eval", "spec": spec(), "now": NOW, "generation": 1, "shards_total": 4,
-                            "samples_total": 40, "results_uri": "/o/metrics.json"}
+    base: dict[str, Any] = {"name": "eval", "spec": spec(), "now": NOW, "generation": 1, "inputs": INPUTS,
+                            "results_uri": "/o/metrics.json"}
     base.update(kw)
     return S.Observed(**base)
 
 
-def pod(name: str = "p", created: str = OLD, **status: Any) -> dict:
-    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+def pod(name: str = "p", created: str = OLD, role: str = "ppl", **status: Any) -> dict:
+    return {"metadata": {"name": name, "creationTimestamp": created, "labels": {"assay.dev/role": role}},
+            "status": status}
 
 
 def waiting(reason: str, message: str = "") -> list[dict]:
@@ -57,7 +64,23 @@ class TestJobState:
 
 class TestPhase:
     def test_nothing_yet_is_pending(self) -> None:
+        assert S.decide(observed(inputs=None))[:2] == ("Pending", "Resolving")
+        assert S.decide(observed(inputs=None, resolve=job()))[:2] == ("Pending", "Resolving")
         assert S.decide(observed())[:2] == ("Pending", "Creating")
+
+    def test_resolve_failure_names_the_inputs_error(self) -> None:
+        o = observed(inputs=None, resolve=job(("Failed", "PodFailurePolicy")),
+                     errors={"resolve": "no dataset at s3://b/d (no manifest.json or LATEST there)"})
+        phase, reason, message = S.decide(o)
+        assert (phase, reason) == ("Failed", "InputsUnavailable") and "no dataset at s3://b/d" in message
+
+    def test_blockers_fail_at_once(self) -> None:
+        o = observed(blocker=("ChildNameConflict", "Job eval-ppl exists and is not this EvaluationJob's"))
+        assert S.decide(o)[:2] == ("Failed", "ChildNameConflict")
+
+    def test_failed_create_is_shown(self) -> None:
+        o = observed(ppl=job(), failed_create='pods "eval-ppl-0-x" is forbidden: exceeded quota: q')
+        assert S.decide(o)[:2] == ("Pending", "FailedCreate") and "exceeded quota" in S.decide(o)[2]
 
     def test_running_once_a_pod_runs(self) -> None:
         assert S.decide(observed(ppl=job(), pods=[pod(phase="Running")]))[0] == "Running"
@@ -69,11 +92,14 @@ class TestPhase:
         assert S.decide(observed(ppl=job(("Complete", ""))))[:2] == ("Evaluating", "InferenceComplete")
         assert S.decide(observed(ppl=job(("Complete", "")), cmp=job()))[:2] == ("Evaluating", "ComputingMetrics")
 
-    def test_succeeded_only_with_metrics(self) -> None:
+    def test_succeeded_only_with_the_cmp_report(self) -> None:
         done = {"ppl": job(("Complete", "")), "cmp": job(("Complete", ""))}
         assert S.decide(observed(**done))[:2] == ("Evaluating", "WaitingForMetrics")
-        metrics = {"headline": {"name": "bbox/AP", "value": 0.5}, "summary": {"bbox/AP": 0.5}}
-        assert S.decide(observed(metrics=metrics, **done)) == ("Succeeded", "Succeeded", "bbox/AP = 0.5000")
+        assert S.decide(observed(report=REPORT, **done)) == ("Succeeded", "Succeeded", "bbox/AP = 0.5000")
+
+    def test_a_finished_stage_counts_even_when_its_job_is_gone(self) -> None:
+        o = observed(previous={"stages": {"resolve": "Complete", "ppl": "Complete"}})
+        assert S.decide(o)[:2] == ("Evaluating", "InferenceComplete")
 
     def test_suspended(self) -> None:
         assert S.decide(observed(spec=spec(suspend=True), ppl=job(suspend=True)))[0] == "Suspended"
@@ -86,21 +112,32 @@ class TestPhase:
         o = observed(ppl=job(("Failed", "FailedIndexes"), failedIndexes="1"))
         phase, reason, message = S.decide(o)
         assert (phase, reason) == ("Failed", "ShardRetriesExhausted")
-        assert "ppl index 1 (shards 1, 3) failed 4 times" in message and "retryToken" in message
+        assert "ppl index 1 (shards 2-3) failed 4 times" in message and "retryToken" in message
 
-    def test_permanent_exit_code(self) -> None:
-        assert S.decide(observed(ppl=job(("Failed", "PodFailurePolicy"))))[1] == "PermanentError"
+    def test_permanent_exit_code_with_the_pods_error(self) -> None:
+        o = observed(ppl=job(("Failed", "PodFailurePolicy")), errors={"ppl": "handler predict() failed"})
+        assert S.decide(o)[1] == "PermanentError" and "handler predict() failed" in S.decide(o)[2]
 
-    def test_job_deadline(self) -> None:
+    def test_deadlines_are_the_jobs_own(self) -> None:
+        """An operator wall clock counted time queued in Kueue: a queued job was failed at 3,601 s."""
         assert S.decide(observed(ppl=job(("Failed", "DeadlineExceeded"))))[1] == "DeadlineExceeded"
-        o = observed(spec=spec(activeDeadlineSeconds=60), ppl=job(), previous={"startTime": OLD})
-        assert S.decide(o)[1] == "DeadlineExceeded"
+        queued = observed(spec=spec(activeDeadlineSeconds=60, queueName="q"), ppl=job(suspend=True),
+                          previous={"startTime": OLD})
+        assert S.decide(queued)[:2] == ("Pending", "WaitingForAdmission")
 
-    def test_oom_killed_is_named(self) -> None:
+    def test_oom_killed_counts_against_the_retry_budget(self) -> None:
         oom = pod(phase="Failed", containerStatuses=[{"name": "runner", "state": {}, "lastState": {
             "terminated": {"reason": "OOMKilled", "exitCode": 137}}}])
-        assert S.decide(observed(ppl=job(), pods=[oom]))[1] == "OOMKilled"
+        assert S.decide(observed(ppl=job(), pods=[oom, pod(phase="Running")]))[0] == "Running"
         assert S.decide(observed(ppl=job(("Failed", "FailedIndexes")), pods=[oom]))[1] == "OOMKilled"
+
+    def test_pending_deadline_only_while_nothing_progresses(self) -> None:
+        """One unschedulable worker for 10 minutes failed a job whose other workers were running."""
+        stuck = pod(name="b", phase="Pending", conditions=[{"type": "PodScheduled", "status": "False",
+                                                            "reason": "Unschedulable", "message": "no gpu"}])
+        o = observed(spec=spec(pendingDeadlineSeconds=60), ppl=job(), pods=[pod(name="a", phase="Running"), stuck])
+        assert S.decide(o)[0] == "Running"
+        assert S.decide(observed(spec=spec(pendingDeadlineSeconds=60), ppl=job(), pods=[stuck]))[1] == "Unschedulable"
 
     def test_cmp_failure(self) -> None:
         o = observed(ppl=job(("Complete", "")), cmp=job(("Failed", "BackoffLimitExceeded")))
@@ -133,21 +170,28 @@ class TestPodProblems:
 
 
 class TestCounts:
-    def test_progress_sums_workers_and_estimates_eta(self) -> None:
-        reports = [{"worker": 0, "samplesDone": 10, "samplesTotal": 20, "samplesPerSecond": 2.0},
-                   {"worker": 1, "samplesDone": 20, "samplesTotal": 20, "samplesPerSecond": 3.0}]
-        p = S.aggregate_progress(reports, 40, False, NOW)
-        assert p == {"samplesDone": 30, "samplesTotal": 40, "percent": 75.0, "percentText": "75.0%",
-                     "samplesPerSecond": 2.0, "eta": "5s"}  # the finished worker adds no speed
-        assert S.aggregate_progress([], 40, True, NOW)["percent"] == 100.0
-        assert S.aggregate_progress([], 40, False, NOW) is None
+    def test_progress_from_the_ppl_jobs_completed_indexes(self) -> None:
+        ppl = job(completedIndexes="1", startTime="2026-01-01T11:59:00Z")
+        progress, shards = S.progress_of(INPUTS, ppl, False, {}, NOW)
+        assert shards == {"total": 4, "completed": 2, "failed": 0, "summary": "2/4"}
+        assert progress["samplesDone"] == 20 and progress["percent"] == 50.0
+        assert progress["samplesPerSecond"] == round(20 / 60, 3) and progress["eta"] == "1m00s"
+        assert progress["lastProgressTime"] == S.fmt_time(NOW)
+        later, _ = S.progress_of(INPUTS, ppl, False, {"progress": progress, "shards": shards},
+                                 NOW + dt.timedelta(minutes=5))
+        assert later["lastProgressTime"] == S.fmt_time(NOW), "it moves only when a group completes"
+        done, shards = S.progress_of(INPUTS, ppl, True, {}, NOW)
+        assert done["percent"] == 100.0 and shards["summary"] == "4/4"
+        _, failed = S.progress_of(INPUTS, job(failedIndexes="0"), False, {}, NOW)
+        assert failed["failed"] == 2
+        assert S.progress_of(None, None, False, {}, NOW) == (None, {"completed": 0, "failed": 0, "summary": "0/?"})
 
-    def test_shards(self) -> None:
-        reports = [{"worker": 0, "shardsDone": 2}, {"worker": 1, "shardsDone": 1}]
-        assert S.shard_counts(5, 2, reports, False, []) == {"total": 5, "completed": 3, "failed": 0,
-                                                            "summary": "3/5"}
-        assert S.shard_counts(5, 2, reports, False, [1])["failed"] == 1  # shards 1, 3: one done
-        assert S.shard_counts(None, 2, [], True, [])["summary"] == "0/?"
+    def test_stalled_shards_are_flagged_without_failing(self) -> None:
+        previous = {"shards": {"completed": 0}, "progress": {"lastProgressTime": OLD}}
+        st, _ = S.derive(observed(ppl=job(startTime=OLD), pods=[pod(phase="Running")], previous=previous,
+                                  stall_seconds=600))
+        cond = next(c for c in st["conditions"] if c["type"] == "ShardsProgressing")
+        assert st["phase"] == "Running" and (cond["status"], cond["reason"]) == ("False", "NoShardCompleted")
 
     def test_results_are_bounded(self) -> None:
         metrics = {"evaluator": "coco", "headline": {"name": "bbox/AP", "value": 0.81234},
@@ -178,7 +222,7 @@ class TestConditions:
         second, _ = S.derive(observed(ppl=job(), pods=[pod(phase="Running")], previous=first, now=later))
         assert second["conditions"] == first["conditions"]
         third, _ = S.derive(observed(ppl=job(("Complete", "")), cmp=job(("Complete", "")), previous=second,
-                                     now=later, metrics={"summary": {}}))
+                                     now=later, report=REPORT))
         times = {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}
         assert times["Ready"] == times["Running"] == times["Succeeded"] == S.fmt_time(later)
         assert times["Failed"] == S.fmt_time(NOW)
@@ -190,7 +234,7 @@ class TestConditions:
 
         running, _ = S.derive(observed(ppl=job(), pods=[pod(phase="Running")]))
         assert (cond(running, "Reconciling"), cond(running, "Stalled")) == ("True", "False")
-        done, _ = S.derive(observed(ppl=job(("Complete", "")), cmp=job(("Complete", "")), metrics={"summary": {}}))
+        done, _ = S.derive(observed(ppl=job(("Complete", "")), cmp=job(("Complete", "")), report=REPORT))
         assert (cond(done, "Reconciling"), cond(done, "Stalled"), cond(done, "Ready")) == ("False", "False", "True")
         failed, _ = S.derive(observed(ppl=job(("Failed", "BackoffLimitExceeded"))))
         assert failed["phase"] == "Failed"
@@ -198,11 +242,12 @@ class TestConditions:
 
     def test_terminal_status_fields(self) -> None:
         st, _ = S.derive(observed(ppl=job(("Complete", ""), startTime=OLD), cmp=job(("Complete", "")),
-                                  metrics={"summary": {"a": 1}}, model_digest="m1", dataset_digest="d1"))
+                                  report={**REPORT, "summary": {"a": 1}}, previous={"startTime": OLD}))
         assert st["phase"] == "Succeeded" and st["startTime"] == OLD
         assert st["completionTime"] == S.fmt_time(NOW)
         assert st["resultsUri"] == "/o/metrics.json" and st["results"]["summary"] == {"a": 1.0}
-        assert (st["modelDigest"], st["datasetDigest"]) == ("m1", "d1")
+        assert (st["modelDigest"], st["datasetDigest"]) == ("v1", "v2") and st["inputs"] == INPUTS
+        assert st["stages"] == {"resolve": "Complete", "ppl": "Complete", "cmp": "Complete"}
         assert st["shards"]["summary"] == "4/4"
 
 
@@ -213,12 +258,8 @@ def test_derived_status_matches_the_crd_status_schema() -> None:
     from assay import spec as spec_mod
 
     schema = spec_mod._strict(spec_mod.job_schema()["properties"]["status"])
-    metrics = {"evaluator": "coco", "headline": {"name": "bbox/AP", "value": 0.5}, "summary": {"bbox/AP": 0.5}}
-    done, _ = S.derive(observed(ppl=job(("Complete", "")), cmp=job(("Complete", "")), metrics=metrics,
-                                model_digest="m", dataset_digest="d",
-                                progress=[{"worker": 0, "samplesDone": 1, "samplesTotal": 2}]))
+    done, _ = S.derive(observed(ppl=job(("Complete", "")), cmp=job(("Complete", "")), report=REPORT))
     failed, _ = S.derive(observed(ppl=job(("Failed", "FailedIndexes"), failedIndexes="0")))
-    running, _ = S.derive(observed(ppl=job(ready=1), progress=[{"worker": 0, "samplesDone": 1, "samplesTotal": 2,
-                                                                "samplesPerSecond": 1.0}]))
+    running, _ = S.derive(observed(ppl=job(ready=1, completedIndexes="0", startTime=OLD)))
     for st in (done, failed, running, S.failed_status({}, None, "InvalidSpec", "bad", 1, NOW)):
         jsonschema.Draft7Validator(schema).validate(st)

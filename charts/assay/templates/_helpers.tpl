@@ -66,32 +66,30 @@ and kopf's own for the resources main.py registers; tests/deploy/test_rbac.py de
 code and compares.
 */}}
 {{- define "assay.rbacRules" -}}
-# kopf: watch EvaluationJobs, patch its bookkeeping annotations, write status via the subresource.
+# kopf watches EvaluationJobs; kube.get_evaluationjob reads one, kube.patch_evaluationjob_status writes
+# its status through the subresource (the operator never writes spec or metadata).
 - apiGroups: ["assay.dev"]
   resources: ["evaluationjobs"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["assay.dev"]
   resources: ["evaluationjobs/status"]
   verbs: ["patch"]
-# kopf.adopt sets blockOwnerDeletion on the child Jobs: admission (OwnerReferencesPermissionEnforcement,
+# The child Jobs' ownerReferences set blockOwnerDeletion: admission (OwnerReferencesPermissionEnforcement,
 # on in OpenShift) then requires update on the owner's finalizers subresource.
 - apiGroups: ["assay.dev"]
   resources: ["evaluationjobs/finalizers"]
   verbs: ["update"]
-# kube.get_job / create_job / patch_job (suspend) / delete_job: the ppl and cmp Jobs.
+# kopf watches the child Jobs (label assay.dev/job); kube.get_job / create_job / patch_job (suspend) /
+# delete_job act on the resolve, ppl and cmp Jobs.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "create", "patch", "delete"]
-# kube.list_pods: the job pods' states (image pull errors, OOM, unschedulable).
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# kube.list_pods: the job pods' states and termination messages (pinned inputs, metrics, errors).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# kube.read_secret: the job's spec.storage.secretRef, to read progress and metrics from the store.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-# kube.post_event: one Event per phase transition.
+# kube.post_event: one Event per phase transition; kube.list_job_events: the Job controller's FailedCreate.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}

@@ -1,48 +1,107 @@
-"""Pod entrypoint: ``python -m assay.runner ppl|cmp``.
+"""Pod entrypoint: ``python -m assay.runner resolve|ppl|cmp``.
 
-The context comes from the environment the operator sets (``RunContext.ENV``; the worker index is
+The context comes from the environment the operator sets (``RunContext.ENV``; a ppl pod's work item is
 Kubernetes' JOB_COMPLETION_INDEX). Exit codes: 0 done; EXIT_PERMANENT (3) for deterministic errors
 (bad spec, handler, corrupt data) so the Job fails at once; EXIT_RETRYABLE (1) for everything else.
+
+Pods report to the operator only through their termination message (the operator never reads the
+store): ``resolve`` writes the pinned inputs, ``cmp`` a bounded metrics summary, and a failing step its
+error and hint. Kubernetes keeps at most 4096 bytes of it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+from typing import Any
 
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError
 from assay.logs import setup_logging
 from assay.spec import RunContext
 
+ROLES = ("resolve", "ppl", "cmp")
+#: Where Kubernetes reads the termination message (the container's terminationMessagePath).
+TERMINATION_LOG = "/dev/termination-log"
+MAX_MESSAGE = 4000
+
+
+def write_termination_message(text: str) -> None:
+    path = os.environ.get("ASSAY_TERMINATION_LOG", TERMINATION_LOG)
+    try:
+        with open(path, "w") as f:
+            f.write(text[:MAX_MESSAGE])
+    except OSError:  # not in a pod (no such file, or read-only): nothing reads it
+        pass
+
+
+def bounded_summary(report, limit: int = 3000) -> dict[str, Any]:
+    """The metrics summary for the termination message: headline first, then as many keys as fit."""
+    doc: dict[str, Any] = {"evaluator": report.evaluator,
+                           "headline": {"name": report.headline[0], "value": report.headline[1]}, "summary": {}}
+    for key, value in report.summary.items():
+        doc["summary"][key] = value
+        if len(json.dumps(doc)) > limit:
+            del doc["summary"][key]
+            doc["truncated"] = len(report.summary) - len(doc["summary"])
+            break
+    return doc
+
+
+def _run(role: str, ctx: RunContext) -> str:
+    if role == "resolve":
+        from assay import runrecord
+        from assay.runner.inputs import resolve
+
+        pinned, dataset, model = resolve(ctx)
+        runrecord.claim(pinned.output_uri, runrecord.identity(pinned, model, dataset))
+        from assay import layout
+
+        return json.dumps({"model": {"uri": model.uri, "name": model.name, "version": model.version},
+                           "dataset": {"uri": dataset.uri, "name": dataset.name, "version": dataset.version},
+                           "shards": len(dataset.shards), "samples": dataset.samples,
+                           "shardsPerIndex": pinned.shards_per_index,
+                           "indexes": layout.index_count(len(dataset.shards), pinned.shards_per_index)})
+    if role == "ppl":
+        from assay.runner import ppl
+
+        summary = ppl.run(ctx)
+        return json.dumps({"shards": summary.shards_total, "skipped": summary.shards_skipped,
+                           "samples": summary.samples_done})
+    from assay.runner import cmp
+
+    return json.dumps(bounded_summary(cmp.run(ctx)))
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in ("ppl", "cmp"):
-        print("usage: python -m assay.runner ppl|cmp", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in ROLES:
+        print(f"usage: python -m assay.runner {'|'.join(ROLES)}", file=sys.stderr)
         return 2
     role = argv[0]
     try:
         ctx = RunContext.from_env()
     except AssayError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        write_termination_message(f"error: {exc}")
         return EXIT_PERMANENT
     worker = ctx.worker_index if role == "ppl" else None
     with setup_logging(ctx, role, worker, json_format=True):
         log = logging.getLogger(f"assay.{role}")
         try:
-            if role == "ppl":
-                from assay.runner import ppl
-
-                ppl.run(ctx)
-            else:
-                from assay.runner import cmp
-
-                cmp.run(ctx)
+            write_termination_message(_run(role, ctx))
         except AssayError as exc:
             log.error("%s: %s", type(exc).__name__, exc)
+            write_termination_message(f"error: {exc}")
             return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
-        except Exception:  # noqa: BLE001 - unknown failures are retried by the Job
+        except OSError as exc:
+            log.exception("OS error")
+            write_termination_message(f"error: {exc}")
+            return EXIT_RETRYABLE
+        except Exception as exc:  # noqa: BLE001 - unknown failures are retried by the Job
             log.exception("unexpected error")
+            write_termination_message(f"error: unexpected {type(exc).__name__}: {exc}")
             return EXIT_RETRYABLE
     return 0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import platform
 
-from assay import packages, shards
-from assay.errors import IntegrityError
+from assay import layout, packages, shards, storage
+from assay.errors import IntegrityError, ObjectNotFound, SpecError
 from assay.spec import RunContext
 
 
@@ -32,3 +32,51 @@ def run_conditions(device: str, threads: int, ctx: RunContext) -> dict[str, str 
     return {"assay": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "device": device, "threads": threads,
             "precision": ctx.precision, "batchSize": ctx.batch_size}
+
+
+def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:
+    """What can be known before any inference: the evaluator fits the labels, the handler is packaged."""
+    name = ctx.evaluator or model.evaluator
+    if not name:
+        raise SpecError("no evaluator: model.yaml has no run.evaluator and the job sets no spec.evaluator",
+                        "set run.evaluator: coco (or classification, or handler) in model.yaml")
+    if name != "handler":
+        from assay.metrics import get_evaluator
+
+        try:
+            get_evaluator(name, dataset.label_schema)
+        except SpecError as exc:
+            raise SpecError(f"evaluator {name!r} does not fit dataset {dataset.name}@{dataset.version}: "
+                            f"{exc.message}", exc.hint) from exc
+    packages.check_handler_packaged(model)
+
+
+def check_present(dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:
+    """Every object a run will read is in the store (one listing, one HEAD), so a missing shard or
+    package fails the run before any worker starts rather than one worker after hours."""
+    names = set(storage.list_names(dataset.uri))
+    missing = [f"{s.name}{suffix}" for s in dataset.shards for suffix in (".tar", ".labels.json")
+               if f"{s.name}{suffix}" not in names]
+    if missing:
+        raise ObjectNotFound(f"dataset {dataset.name}@{dataset.version} at {dataset.uri} lacks {len(missing)} "
+                             f"object(s), e.g. {', '.join(missing[:3])}",
+                             "upload the whole dataset folder again (`assay dataset build` resumes)")
+    package = storage.join(model.uri, packages.PACKAGE)
+    if storage.size(package) != model.package_bytes:
+        raise IntegrityError(f"{package} is not the size its manifest records",
+                             "upload the model folder again, or rebuild it with `assay model build`")
+
+
+def resolve(ctx: RunContext) -> tuple[RunContext, shards.DatasetManifest, packages.ModelManifest]:
+    """Pin a run: exact versions, objects present, evaluator and handler checked, shard groups chosen."""
+    dataset = shards.load_manifest(ctx.dataset_uri)
+    model = packages.load_manifest(ctx.model_uri)
+    check_present(dataset, model)
+    per_index = ctx.shards_per_index or layout.auto_shards_per_index(len(dataset.shards), ctx.worker_count)
+    pinned = ctx.model_copy(update={"model_uri": model.uri, "model_version": model.version,
+                                    "dataset_uri": dataset.uri, "dataset_version": dataset.version,
+                                    "shards_per_index": per_index})
+    preflight(pinned, dataset, model)
+    if per_index < 1:
+        raise SpecError(f"shards per index must be >= 1, got {per_index}")
+    return pinned, dataset, model

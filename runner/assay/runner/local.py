@@ -29,7 +29,8 @@ from typing import Any
 
 from assay import layout, packages, runrecord, shards, storage
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError, EvaluationError, SpecError
-from assay.metrics import MetricsReport, get_evaluator
+from assay.metrics import MetricsReport
+from assay.runner.inputs import check_present, preflight
 from assay.spec import EvaluationJob, RunContext, UriRef
 
 #: status.json above this size drops its copy of the spec (the spec itself is bounded, this is a backstop).
@@ -91,8 +92,11 @@ def _child_setup(log_path: str, parent: int) -> None:
 
 
 def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int, upload_log: bool,
-           parent: int) -> None:
-    """One ppl worker or the cmp step in its own process; its final error goes to ``exit_path``."""
+           parent: int, items=None) -> None:
+    """One ppl worker or the cmp step in its own process; its final error goes to ``exit_path``.
+
+    A ppl worker takes work items (shard groups) from ``items`` until it is empty, loading the model once.
+    """
     _child_setup(log_path, parent)
     import logging
 
@@ -110,7 +114,9 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
             if role == "ppl":
                 from assay.runner import ppl
 
-                ppl.run(ctx)
+                loaded: dict = {}
+                while (item := items.get()) is not None:
+                    ppl.run(ctx.model_copy(update={"worker_index": item}), loaded)
             else:
                 from assay.runner import cmp
 
@@ -142,14 +148,21 @@ class _Children:
         self.procs: dict[str, tuple[Any, Path, Path]] = {}
         self._spawn = mp.get_context("spawn")
 
-    def start(self, role: str, name: str, ctx: RunContext, threads: int) -> None:
+    def queue(self, items: list[int], workers: int):
+        """A work queue holding ``items`` and one end marker per worker."""
+        q = self._spawn.Queue()
+        for item in [*items, *([None] * workers)]:
+            q.put(item)
+        return q
+
+    def start(self, role: str, name: str, ctx: RunContext, threads: int, items=None) -> None:
         log_path = self.job_dir / "logs" / f"{name}.log"
         exit_path = self.job_dir / "logs" / f".{name}.exit.json"
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()
         p = self._spawn.Process(target=_child, name=f"assay-{name}",
                                 args=(role, ctx.model_dump_json(), str(log_path), str(exit_path), threads,
-                                      self.upload, os.getpid()))
+                                      self.upload, os.getpid(), items))
         p.start()
         self.procs[name] = (p, log_path, exit_path)
 
@@ -217,15 +230,17 @@ def _unfinished_previous(path: Path) -> dict[str, Any] | None:
                        f"{old.get('phase')} without a final status (killed); this run resumes it"}
 
 
-def _read_progress(output_uri: str, workers: int) -> tuple[int, float]:
+def _read_progress(output_uri: str, items: int) -> tuple[int, float]:
+    """Samples done and the current rate, summed over the work items' progress objects."""
     done, rate = 0, 0.0
-    for i in range(workers):
+    for i in range(items):
         try:
             doc = json.loads(storage.read_bytes(layout.progress_uri(output_uri, i)))
         except (AssayError, ValueError):
             continue
         done += int(doc.get("samplesDone", 0))
-        rate += float(doc.get("samplesPerSecond", 0.0))
+        if int(doc.get("samplesDone", 0)) < int(doc.get("samplesTotal", 0)):  # items still running
+            rate += float(doc.get("samplesPerSecond", 0.0))
     return done, rate
 
 
@@ -288,21 +303,6 @@ def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, pack
     return job.model_copy(update={"spec": spec}), dataset, model
 
 
-def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:
-    """What can be known before any inference: the evaluator fits the labels, the handler is packaged."""
-    name = ctx.evaluator or model.evaluator
-    if not name:
-        raise SpecError("no evaluator: model.yaml has no run.evaluator and the job sets no spec.evaluator",
-                        "set run.evaluator: coco (or classification, or handler) in model.yaml")
-    if name != "handler":
-        try:
-            get_evaluator(name, dataset.label_schema)
-        except SpecError as exc:
-            raise SpecError(f"evaluator {name!r} does not fit dataset {dataset.name}@{dataset.version}: "
-                            f"{exc.message}", exc.hint) from exc
-    packages.check_handler_packaged(model)
-
-
 def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=sys.stderr,
             overwrite: bool = False) -> LocalRun:
     workers = workers or job.spec.ppl.workers
@@ -313,6 +313,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
     with _storage_settings(job):
         job, dataset, model = pin(job)
         ctx = _context(job, 0, dataset, model)
+        check_present(dataset, model)
         preflight(ctx, dataset, model)
         job_dir = job_dir_for(job)
         try:
@@ -356,19 +357,25 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
 
 
 def _context(job: EvaluationJob, index: int, dataset, model) -> RunContext:
+    per_index = job.spec.ppl.shards_per_index or layout.auto_shards_per_index(len(dataset.shards),
+                                                                             job.spec.ppl.workers)
     return RunContext.for_worker(job, index).model_copy(
-        update={"model_version": model.version, "dataset_version": dataset.version})
+        update={"model_version": model.version, "dataset_version": dataset.version, "shards_per_index": per_index})
 
 
 def _run(job: EvaluationJob, dataset, model, children: _Children, status: _Status, lease, progress: bool,
          err) -> MetricsReport:
-    workers, total = job.spec.ppl.workers, dataset.samples
-    deadline = job.spec.active_deadline_seconds
+    total, deadline = dataset.samples, job.spec.active_deadline_seconds
     started = time.monotonic()
+    ctx = _context(job, 0, dataset, model)
+    items = layout.index_count(len(dataset.shards), ctx.shards_per_index)
+    workers = min(job.spec.ppl.workers, items)  # a worker without an item would only load the model
     threads = max(1, (os.cpu_count() or 1) // workers)
+    queue = children.queue(list(range(items)), workers)
     for i in range(workers):
-        children.start("ppl", f"ppl-{i:04d}", _context(job, i, dataset, model), threads)
-    _wait(children, job, total, status, progress, err, started, deadline, lease)
+        children.start("ppl", f"ppl-{i:04d}", ctx.model_copy(update={"worker_count": workers}), threads, queue)
+    status.update(shards={"total": len(dataset.shards), "perIndex": ctx.shards_per_index, "indexes": items})
+    _wait(children, job, total, status, progress, err, started, deadline, lease, items)
     failed = children.failure()
     if failed:
         failed.reason = "ShardFailed"
@@ -376,7 +383,7 @@ def _run(job: EvaluationJob, dataset, model, children: _Children, status: _Statu
     status.update(phase="Evaluating", progress=_progress_doc(total, total, 0.0))
     children.procs.clear()
     children.start("cmp", "cmp", _context(job, 0, dataset, model), max(1, os.cpu_count() or 1))
-    _wait(children, job, total, status, False, err, started, deadline, lease)
+    _wait(children, job, total, status, False, err, started, deadline, lease, items)
     failed = children.failure()
     if failed:
         failed.reason = "EvaluationFailed"
@@ -391,15 +398,14 @@ def read_report(output_uri: str) -> MetricsReport:
 
 
 def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, progress: bool, err,
-          started: float, deadline: int | None, lease) -> None:
+          started: float, deadline: int | None, lease, items: int) -> None:
     last = 0.0
     tty = progress and err.isatty()
-    workers = job.spec.ppl.workers
     while children.alive():
         time.sleep(0.25)
         if deadline is not None and time.monotonic() - started > deadline:
             children.stop()
-            done, _ = _read_progress(job.spec.output.uri, workers)
+            done, _ = _read_progress(job.spec.output.uri, items)
             exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={deadline} "
                                   f"({done}/{total} samples predicted); its processes were stopped",
                                   "raise spec.activeDeadlineSeconds, or see the logs for a handler that hangs; "
@@ -416,11 +422,11 @@ def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, 
         if not progress or now - last < (1 if tty else 10):
             continue
         last = now
-        done, rate = _read_progress(job.spec.output.uri, workers)
+        done, rate = _read_progress(job.spec.output.uri, items)
         status.update(progress=_progress_doc(done, total, rate))
         print(("\r" if tty else "") + _bar(done, total, rate), end="" if tty else "\n", file=err, flush=True)
     for p, _, _ in children.procs.values():
         p.join()
     if progress:
-        done, rate = _read_progress(job.spec.output.uri, workers)
+        done, rate = _read_progress(job.spec.output.uri, items)
         print(("\r" if tty else "") + _bar(done, total, rate), file=err, flush=True)

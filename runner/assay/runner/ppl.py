@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from assay import layout, logs, packages, results, runrecord, shards, storage
-from assay.errors import HandlerError, IntegrityError
+from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.runner.inputs import load_pinned, run_conditions
 from assay.spec import RunContext
 
@@ -70,7 +70,7 @@ def results_match(ctx: RunContext, dataset: shards.DatasetManifest, model: packa
     with storage.scratch_dir("check") as tmp:
         try:
             results.fetch_verified(ctx.output_uri, index, record, Path(tmp) / "r.parquet")
-        except IntegrityError as exc:
+        except (IntegrityError, ObjectNotFound) as exc:
             log.warning("shard %d: %s; recomputing", index, exc.message)
             return False
     return True
@@ -174,11 +174,13 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
         out.put(("error", None, None, exc))
 
 
-def run(ctx: RunContext) -> PplSummary:
+def run(ctx: RunContext, loaded: dict | None = None) -> PplSummary:
+    """Predict the shards of work item ``ctx.worker_index``. ``loaded`` keeps the handler between calls
+    of one process (a local worker takes item after item and loads the model once)."""
     dataset, model = load_pinned(ctx)
     ident = runrecord.identity(ctx, model, dataset)
     runrecord.claim(ctx.output_uri, ident)
-    mine = layout.shards_of_worker(len(dataset.shards), ctx.worker_index, ctx.worker_count)
+    mine = layout.shards_of_index(len(dataset.shards), ctx.worker_index, ctx.shards_per_index)
     progress = _Progress(ctx, sum(dataset.shards[i].samples for i in mine), len(mine))
     todo = []
     for i in mine:
@@ -188,16 +190,22 @@ def run(ctx: RunContext) -> PplSummary:
             log.info("shard %d: results exist and match, skipped", i)
         else:
             todo.append(i)
-    log.info("worker %d/%d: %d shards (%d to compute), dataset %s@%s, model %s@%s", ctx.worker_index,
-             ctx.worker_count, len(mine), len(todo), dataset.name, dataset.version, model.name, model.version)
+    log.info("work item %d: shards %s (%d to compute), dataset %s@%s, model %s@%s", ctx.worker_index,
+             _span(mine), len(todo), dataset.name, dataset.version, model.name, model.version)
     progress.write(force=True)
     if todo:
-        _predict_shards(ctx, dataset, model, ident, todo, progress)
+        _predict_shards(ctx, dataset, model, ident, todo, progress, {} if loaded is None else loaded)
     progress.write(force=True)
     return PplSummary(len(mine), len(mine) - len(todo), len(todo), progress.computed, progress.rate())
 
 
-def _load_handler(ctx: RunContext, model: packages.ModelManifest):
+def _span(shards: list[int]) -> str:
+    return f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else (str(shards[0]) if shards else "none")
+
+
+def _load_handler(ctx: RunContext, model: packages.ModelManifest, loaded: dict):
+    if model.version in loaded:
+        return loaded[model.version]
     device = pick_device(ctx.device)
     package_dir = packages.unpack(model)
     handler = packages.load_handler_class(model, package_dir)()
@@ -208,18 +216,19 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest):
         raise HandlerError(f"handler {model.handler}.load() failed: {exc!r}",
                            "check the weight files and the handler code of the model package") from exc
     log.info("model %s loaded on %s in %.1fs", model.name, device, time.monotonic() - t0)
+    _apply_model_options(handler, device, ctx)
+    loaded[model.version] = handler, device
     return handler, device
 
 
 def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: list[int],
-                    progress: _Progress) -> None:
-    handler, device = _load_handler(ctx, model)
+                    progress: _Progress, loaded: dict) -> None:
+    handler, device = _load_handler(ctx, model, loaded)
     import torch
 
     meta = {"dataset_version": dataset.version, "model_version": model.version, "worker": ctx.worker_index,
             "settings_hash": ident.settings_hash,
             "conditions": run_conditions(str(device), torch.get_num_threads(), ctx)}
-    _apply_model_options(handler, device, ctx)
     autocast = _autocast(device, ctx.precision)
     stager = _DeviceStager(device) if device.type == "cuda" and ctx.pin_memory else None
     q: queue.Queue = queue.Queue(maxsize=max(1, ctx.prefetch))

@@ -1,0 +1,78 @@
+"""The pod entrypoint `python -m assay.runner resolve|ppl|cmp` as a pod runs it: context from the
+environment, results in the store, and what the operator learns only through the termination message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from assay import layout
+from assay.errors import EXIT_PERMANENT
+from assay.spec import RunContext
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_role(role: str, ctx: RunContext, tmp_path: Path, index: int | None = None) -> tuple[int, str, str]:
+    message = tmp_path / f"termination-{role}-{index}"
+    env = {**os.environ, **ctx.to_env(), "ASSAY_TERMINATION_LOG": str(message)}
+    if index is not None:
+        env["JOB_COMPLETION_INDEX"] = str(index)
+    proc = subprocess.run([sys.executable, "-m", "assay.runner", role], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    return proc.returncode, message.read_text() if message.exists() else "", proc.stderr
+
+
+def test_resolve_then_ppl_groups_then_cmp_like_a_cluster_run(test_split, tmp_path):
+    """Name-folder URIs are pinned once by resolve; each ppl index predicts its own group of shards."""
+    from assay import packages
+    from tests.conftest import FIXTURES
+
+    # a store of its own: other tests build more versions of "oracle" into the session's store
+    oracle_model = packages.build(packages.load_config(FIXTURES / "oracle" / "model.yaml"), str(tmp_path / "s"),
+                                  log=lambda s: None)
+    ctx = RunContext(job_name="pods", model_uri=str(Path(oracle_model.uri).parent),
+                     dataset_uri=str(Path(test_split.uri).parent), output_uri=str(tmp_path / "out"),
+                     worker_count=2, device="cpu")
+    code, message, err = run_role("resolve", ctx, tmp_path)
+    assert code == 0, err
+    inputs = json.loads(message)
+    assert inputs["model"] == {"uri": oracle_model.uri, "name": oracle_model.name, "version": oracle_model.version}
+    assert inputs["dataset"]["version"] == test_split.version and inputs["shards"] == 3
+    assert inputs["samples"] == 17 and inputs["shardsPerIndex"] == 1 and inputs["indexes"] == 3
+    assert (tmp_path / "out" / "run.json").is_file(), "resolve claims the output for the run"
+    pinned = ctx.model_copy(update={"model_uri": inputs["model"]["uri"], "model_version": oracle_model.version,
+                                    "dataset_uri": inputs["dataset"]["uri"], "dataset_version": test_split.version,
+                                    "shards_per_index": inputs["shardsPerIndex"]})
+    for index in (2, 0, 1):  # the Job controller hands indexes out in any order
+        code, message, err = run_role("ppl", pinned, tmp_path, index)
+        assert code == 0, err
+        assert json.loads(message)["shards"] == 1
+        assert Path(layout.results_uri(pinned.output_uri, index)).is_file()
+    code, message, err = run_role("cmp", pinned, tmp_path)
+    assert code == 0, err
+    report = json.loads(message)
+    assert report["headline"] == {"name": "bbox/AP", "value": 1.0} and report["summary"]["segm/AP"] == 1.0
+    assert len(message) < 4096
+
+
+def test_resolve_fails_with_a_message_the_operator_can_show(test_split, tmp_path):
+    ctx = RunContext(job_name="pods", model_uri=str(tmp_path / "models" / "nothing"), dataset_uri=test_split.uri,
+                     output_uri=str(tmp_path / "out"), device="cpu")
+    code, message, _ = run_role("resolve", ctx, tmp_path)
+    assert code == EXIT_PERMANENT
+    assert message.startswith("error: no model package at") and "hint:" in message
+
+
+def test_cmp_summary_is_bounded_for_the_termination_message():
+    from assay.metrics import MetricsReport
+    from assay.runner.__main__ import bounded_summary
+
+    report = MetricsReport("classification", {f"class-{i:04d}/f1": i / 1000 for i in range(2000)},
+                           ("accuracy", 0.5))
+    doc = bounded_summary(report)
+    assert len(json.dumps(doc)) <= 3000 and doc["truncated"] == 2000 - len(doc["summary"])
+    assert doc["headline"] == {"name": "accuracy", "value": 0.5}
