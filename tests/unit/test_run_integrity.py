@@ -311,3 +311,25 @@ def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     assert proc.returncode == EXIT_PERMANENT
     assert "aliases expand to more than" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_spec_storage_endpoint_is_honoured_by_assay_run(s3, pennfudan_dir, tmp_path, monkeypatch):
+    """assay run ignored spec.storage.endpoint and region, which pods honour."""
+    from assay import datasets
+    from tests.conftest import write_dataset_yaml
+
+    s3.create_bucket(Bucket="bucket")
+    store = "s3://bucket/store"
+    dataset = datasets.build(datasets.load_config(write_dataset_yaml(tmp_path, pennfudan_dir, volume="64M")),
+                             store, log=lambda s: None)
+    model = build_model(tmp_path, store)
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    job = write_job(tmp_path, model.uri, dataset.uri, output="s3://bucket/out",
+                    storage={"endpoint": endpoint, "region": "us-east-1"})
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    proc = subprocess.run([sys.executable, "-m", "assay.cli.main", "run", str(job), "--no-progress",
+                           "--format", "json"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["phase"] == "Succeeded" and doc["results"]["bbox/AP"] == 1.0
+    assert doc["spec"]["storage"]["endpoint"] == endpoint
