@@ -1,4 +1,7 @@
-"""The real control plane, the process kubelet, moto S3 and the Helm chart, once per session.
+"""The real control plane, the process kubelet, moto S3 and the Helm chart, started once.
+
+The cluster fixtures are package-scoped: started by the first test here, stopped after the last, so
+the rest of the suite does not share the 2 cores with an idle control plane.
 
 Every test module here sets ``pytestmark = pytest.mark.cluster`` (``-m 'not cluster'`` leaves them out);
 the tests skip, naming what is missing, only when .tools/bin lacks the binaries (``bash scripts/install-kube.sh``).
@@ -42,7 +45,7 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # ------------------------------------------------------------------------------------ the cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control_plane(tmp_path_factory):
     missing = [b for b in (*BINARIES, "kubectl", "helm") if not (BIN / b).is_file()]
     if missing:
@@ -55,7 +58,7 @@ def control_plane(tmp_path_factory):
         plane.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admin(control_plane) -> client.ApiClient:
     cfg = client.Configuration()
     cfg.host, cfg.ssl_ca_cert = control_plane.server, str(control_plane.pki.ca)
@@ -70,7 +73,7 @@ def image_env() -> dict[str, str]:
             "PYTHONPATH": f"{REPO / 'runner'}:{REPO / 'operator'}", "LANG": "C.UTF-8"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubelet(control_plane, admin, image_env):
     # Outside /tmp: the pods' own /tmp is bind-mounted over it, and their volumes live here.
     folder = Path(tempfile.mkdtemp(prefix="assay-kubelet-", dir="/var/tmp"))
@@ -82,6 +85,11 @@ def kubelet(control_plane, admin, image_env):
         yield k
     finally:
         k.stop()
+        # Keep the containers' logs beside the control plane's (pytest keeps its last 3 base temps).
+        for log in folder.glob("*/containers/*/*.log"):
+            dest = control_plane.logs / "pods" / f"{log.parent.name}-{log.parents[2].name[:8]}-{log.name}"
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(log, dest)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -106,7 +114,7 @@ class Kubectl:
         return proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubectl(control_plane) -> Kubectl:
     return Kubectl(control_plane.kubeconfig)
 
@@ -142,7 +150,7 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60, inter
 # ---------------------------------------------------------------------------------- S3 and inputs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def s3_env(moto_endpoint):
     """The test process's own S3 settings (for building inputs and reading outputs)."""
     from assay import storage
@@ -158,7 +166,7 @@ def s3_env(moto_endpoint):
     storage.reset_clients()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def inputs(s3_env, pennfudan_dir, tmp_path_factory) -> dict[str, str]:
     """The real PennFudanPed test split (17 images, 3 shards) and the oracle model, in moto S3."""
     from assay import datasets, packages
@@ -174,7 +182,7 @@ def inputs(s3_env, pennfudan_dir, tmp_path_factory) -> dict[str, str]:
 # -------------------------------------------------------------------------------------- the chart
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(control_plane, kubelet, kubectl, admin):
     """``helm install`` of charts/assay: the operator runs in a pod with the chart's RBAC only."""
     create_namespace(admin, OPERATOR_NS)
@@ -205,8 +213,12 @@ class Operator:
         """Delete the operator's pod; its ReplicaSet starts a new one."""
         old = {p["metadata"]["uid"] for p in self.pods()}
         self.kubectl("delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=assay", "--wait=true")
-        wait_for(lambda: [p for p in self.pods() if p["metadata"]["uid"] not in old
-                          and p.get("status", {}).get("phase") == "Running"], "a new operator pod", timeout=60)
+        wait_for(lambda: [p for p in self.pods() if p["metadata"]["uid"] not in old and _ready(p)],
+                 "a new operator pod to pass its readiness probe", timeout=90)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
 
 
 # ------------------------------------------------------------------------------------- per test

@@ -11,7 +11,7 @@ so runAsUser is left to Pod Security admission, which checks it on the API serve
 Images are an allow-list: each known image names the environment it brings (PATH to this venv's
 python, PYTHONPATH to this checkout); any other image fails as ErrImagePull, then ImagePullBackOff.
 Container logs are files, served to the API server (``kubectl logs``) on the nodes' kubelet port.
-Not done: probes, resource limits (``oom_kill`` reports OOMKilled on request), init containers,
+httpGet readiness probes decide the Ready condition. Not done: liveness and startup probes, resource limits (``oom_kill`` reports OOMKilled on request), init containers,
 image pull secrets, exec/attach/port-forward, pod IPs other than 127.0.0.1.
 """
 
@@ -31,6 +31,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ class Container:
     restart_at: float = 0.0
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     volumes: dict[str, Path] = dataclasses.field(default_factory=dict)
+    ready: bool = False
+    next_probe: float = 0.0
 
 
 @dataclasses.dataclass
@@ -243,6 +246,7 @@ class Kubelet:
             with self.lock:
                 self.pods[run.uid] = run
             self._start(api, pod, run)
+            self._probe(run)
             self._report(api, pod, run)
         elif run.waiting is not None:
             if run.waiting[0] == "ErrImagePull" and time.monotonic() - run.waiting_since > 1:
@@ -251,7 +255,7 @@ class Kubelet:
             elif run.waiting[0] == "CreateContainerConfigError" and time.monotonic() - run.waiting_since > 3:
                 self._start(api, pod, run)  # the Secret or ConfigMap may exist now
                 self._report(api, pod, run)
-        elif self._reap(pod, run) or run.unreported:
+        elif self._reap(pod, run) | self._probe(run) or run.unreported:
             self._report(api, pod, run)
 
     # ------------------------------------------------------------------------------- containers
@@ -321,7 +325,7 @@ class Kubelet:
             c.proc = subprocess.Popen(cmd, env=env, cwd=spec.get("workingDir") or image.get("WORKDIR", "/"),
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       start_new_session=True, preexec_fn=_die_with_parent)
-        c.started_at, c.terminated, c.oom = now(), None, False
+        c.started_at, c.terminated, c.oom, c.ready, c.next_probe = now(), None, False, False, 0.0
 
     def _reap(self, pod: dict[str, Any], run: PodRun) -> bool:
         """Notice exited containers (restarting them per restartPolicy); True when the status changed."""
@@ -342,6 +346,37 @@ class Kubelet:
                 c.restart_at = time.monotonic() + min(10.0, 1.0 * 2 ** c.restarts)
             changed = True
         return changed
+
+    def _probe(self, run: PodRun) -> bool:
+        """Run due httpGet readiness probes (no probe: ready once running); True when readiness changed."""
+        changed = False
+        for c in run.containers:
+            running = c.proc is not None and c.terminated is None
+            probe = c.spec.get("readinessProbe")
+            ready = running
+            if running and probe and "httpGet" in probe:
+                if time.monotonic() < c.next_probe:
+                    continue
+                started = c.next_probe == 0.0
+                c.next_probe = time.monotonic() + (probe.get("initialDelaySeconds", 0) if started
+                                                   else probe.get("periodSeconds", 10))
+                ready = False if started and probe.get("initialDelaySeconds") else self._http_ok(c, probe)
+            changed |= ready != c.ready
+            c.ready = ready
+        return changed
+
+    @staticmethod
+    def _http_ok(c: Container, probe: dict[str, Any]) -> bool:
+        get = probe["httpGet"]
+        port = get["port"]
+        if isinstance(port, str):  # a named container port
+            port = next(p["containerPort"] for p in c.spec.get("ports") or [] if p.get("name") == port)
+        url = f"{get.get('scheme', 'HTTP').lower()}://127.0.0.1:{port}{get.get('path', '/')}"
+        try:
+            with urllib.request.urlopen(url, timeout=probe.get("timeoutSeconds", 1)) as resp:
+                return 200 <= resp.status < 400
+        except OSError:
+            return False
 
     def _terminated(self, c: Container) -> dict[str, Any]:
         code = c.proc.returncode
@@ -422,7 +457,7 @@ class Kubelet:
                 st["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting"}}
                 st["lastState"] = {"terminated": c.terminated}
             else:
-                st.update(ready=True, started=True, containerID=f"process://{c.proc.pid}",
+                st.update(ready=c.ready, started=True, containerID=f"process://{c.proc.pid}",
                           state={"running": {"startedAt": c.started_at}})
                 if c.last_terminated:
                     st["lastState"] = {"terminated": c.last_terminated}

@@ -148,7 +148,7 @@ def test_server_side_validation_refuses(operator, kubectl, ns, inputs, s3_env, c
 # ----------------------------------------------------------------------------------- failures
 
 
-def test_ppl_exit_3_fails_the_job_through_pod_failure_policy(operator, kubectl, api: Api, ns, inputs, s3_env):
+def test_ppl_exit_3_fails_the_job_through_pod_failure_policy_then_retry_token_reruns(operator, kubectl, api: Api, ns, inputs, s3_env):
     env = [{"name": "ASSAY_TEST_FAIL_ON", "value": "FudanPed00006"}]
     apply(kubectl, ns, evaljob("exit3", inputs, s3_env, runtime={"env": env}))
     st = api.wait_phase("exit3", ("Failed", "Succeeded"))
@@ -161,6 +161,12 @@ def test_ppl_exit_3_fails_the_job_through_pod_failure_policy(operator, kubectl, 
             if p["status"]["containerStatuses"][0]["state"].get("terminated", {}).get("exitCode") == 3]
     assert len(pods) == 1  # not retried: the shard's retry budget (2) was not spent
     assert "exit3-cmp" not in api.jobs()
+
+    # A new spec.retryToken (with the planted failure gone) reruns it: the failed Job is replaced.
+    fixed = {"spec": {"retryToken": "second", "runtime": {"env": [{"name": "ASSAY_TEST_JITTER", "value": "1"}]}}}
+    kubectl("patch", "evaljob", "exit3", "-n", ns, "--type=merge", "-p", json.dumps(fixed))
+    st = api.wait_phase("exit3", ("Succeeded",), timeout=240)
+    assert st["retryToken"] == "second"
     no_forbidden(operator)
 
 
@@ -220,6 +226,34 @@ def test_deleting_the_evaluationjob_deletes_its_jobs_and_pods(operator, kubectl,
     kubectl("delete", "evaljob", "owned", "-n", ns)  # background propagation: the garbage collector's work
     wait_for(lambda: not api.jobs() and not api.pods("assay.dev/job=owned"), "the Jobs and pods to go",
              timeout=120)
+
+
+def test_suspend_stops_the_pods_and_resume_finishes(operator, kubectl, api: Api, ns, inputs, s3_env):
+    """The real Job controller deletes a suspended Job's pods and recreates them on resume."""
+    manifest = evaljob("paused", inputs, s3_env, **slow())
+    apply(kubectl, ns, manifest)
+    wait_for(lambda: running_ppl_pods(api, "paused"), "a running ppl pod", timeout=120)
+    kubectl("patch", "evaljob", "paused", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    st = api.wait_phase("paused", ("Suspended",), timeout=60)
+    assert st["reason"] == "SuspendedBySpec"
+    assert api.jobs()["paused-ppl"]["spec"]["suspend"] is True
+    wait_for(lambda: not [p for p in api.pods("assay.dev/job=paused,assay.dev/role=ppl")
+                          if p["status"].get("phase") not in ("Succeeded", "Failed")],
+             "the suspended Job's pods to stop", timeout=60)
+    kubectl("patch", "evaljob", "paused", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    st = api.wait_phase("paused", ("Succeeded", "Failed"), timeout=300)
+    assert st["phase"] == "Succeeded", st
+    ids = result_ids(manifest["spec"]["output"]["uri"])
+    assert len(ids) == len(set(ids)) == int(inputs["samples"])
+
+
+def test_ttl_after_finished_deletes_the_jobs_and_keeps_the_evaluationjob(operator, kubectl, api: Api, ns, inputs,
+                                                                          s3_env):
+    apply(kubectl, ns, evaljob("expiring", inputs, s3_env, ttlSecondsAfterFinished=2))
+    assert api.wait_phase("expiring", ("Succeeded", "Failed"))["phase"] == "Succeeded"
+    wait_for(lambda: not api.jobs() and not api.pods("assay.dev/job=expiring"), "the Jobs and pods to go",
+             timeout=60)
+    assert api.status("expiring")["phase"] == "Succeeded"
 
 
 # ---------------------------------------------------------------------------------------- CLI
