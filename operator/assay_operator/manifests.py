@@ -112,6 +112,19 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
+def container_resources(resources: dict[str, Any]) -> dict[str, Any]:
+    """spec.*.resources with every quantity as a string.
+
+    The API server takes ``nvidia.com/gpu: 1`` or ``"1"``; the kubernetes client's typed models refuse
+    the integer, so the Job create failed before reaching the API server (found on a real cluster).
+    """
+    out = copy.deepcopy(resources)
+    for key in ("limits", "requests"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: str(value) for name, value in out[key].items()}
+    return out
+
+
 def pod_template(job: EvaluationJob, settings: Settings, role: str, resources: dict[str, Any]) -> dict[str, Any]:
     runtime = job.spec.runtime
     vols, mounts = volumes(settings)
@@ -121,7 +134,7 @@ def pod_template(job: EvaluationJob, settings: Settings, role: str, resources: d
         "imagePullPolicy": runtime.image_pull_policy,
         "command": list(COMMANDS[role]),
         "env": env(job, settings),
-        "resources": copy.deepcopy(resources),
+        "resources": container_resources(resources),
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",

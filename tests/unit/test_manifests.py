@@ -86,7 +86,8 @@ class TestPplJob:
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}], "priorityClassName": "batch"}),
             SETTINGS)
         ps = pod_spec(ppl)
-        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+        # As a string: the kubernetes client's typed models refuse an integer quantity.
+        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
         assert ps["nodeSelector"] == {"gpu": "a100"} and ps["priorityClassName"] == "batch"
         assert ps["tolerations"][0]["key"] == "nvidia.com/gpu"
 
