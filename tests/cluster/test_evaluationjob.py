@@ -177,6 +177,27 @@ def test_unknown_image_fails_fast_with_image_pull_back_off(operator, kubectl, ap
     wait_for(lambda: "noimage-ppl" not in api.jobs(), "the stopped ppl Job to go", timeout=60)
 
 
+def test_gpu_request_schedules_on_the_gpu_node_and_a_second_is_unschedulable(operator, kubectl, api: Api, ns,
+                                                                               inputs, s3_env):
+    """The real scheduler counts nvidia.com/gpu: one GPU, two workers asking for one each."""
+    gpu = {"limits": {"nvidia.com/gpu": 1}}
+    apply(kubectl, ns, evaljob("gpus", inputs, s3_env, pendingDeadlineSeconds=5,
+                               ppl={"resources": gpu, "workers": 2}, **slow()))
+    st = api.wait_phase("gpus", ("Failed",), timeout=120)
+    assert st["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in st["message"], st
+    nodes = [p["spec"].get("nodeName") for p in api.pods("assay.dev/job=gpus")]
+    assert "node-gpu" in nodes and "node-cpu" not in nodes
+
+
+def test_oom_killed_worker_fails_the_job_naming_it(operator, kubelet, kubectl, api: Api, ns, inputs, s3_env):
+    apply(kubectl, ns, evaljob("oom", inputs, s3_env, **slow()))
+    victim = wait_for(lambda: running_ppl_pods(api, "oom"), "a running ppl pod", timeout=120)[0]
+    kubelet.oom_kill(ns, victim["metadata"]["name"])
+    st = api.wait_phase("oom", ("Failed", "Succeeded"), timeout=60)
+    assert st["phase"] == "Failed" and st["reason"] == "OOMKilled", st
+    assert victim["metadata"]["name"] in st["message"]
+
+
 # ------------------------------------------------------------------------------ disruptions
 
 
