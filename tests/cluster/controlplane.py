@@ -2,13 +2,12 @@
 
 The binaries come from ``scripts/install-kube.sh`` (``.tools/bin``). Every component runs as a child
 process with its log in ``<folder>/logs/``, authenticates with its own client certificate, and dies
-with the test process (PR_SET_PDEATHSIG) even when pytest is killed.
+with the test process (``setpriv --pdeathsig``) even when pytest is killed.
 """
 
 from __future__ import annotations
 
-import ctypes
-import signal
+import shutil
 import socket
 import ssl
 import subprocess
@@ -34,8 +33,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+#: Run a command so that it gets SIGTERM when the test process dies (no preexec_fn: we have threads).
+WITH_PARENT = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "TERM", "--"]
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, namespace: str | None = None) -> Path:
@@ -128,8 +127,8 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        self.procs[name] = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.procs[name] = subprocess.Popen([*WITH_PARENT, str(self.bin / name), *args], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
     def _wait_ready(self, path: str, port: int, name: str, timeout: float) -> None:

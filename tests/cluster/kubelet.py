@@ -26,8 +26,8 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import ssl
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -40,15 +40,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
-from tests.cluster.controlplane import _die_with_parent
-
 STRATEGIC = "application/strategic-merge-patch+json"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json(resp: Any) -> dict[str, Any]:
@@ -156,7 +154,7 @@ class Kubelet:
         kubelet = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 url = urllib.parse.urlparse(self.path)
                 parts = url.path.strip("/").split("/")
                 path = kubelet.log_path(*parts[1:4]) if parts[0] == "containerLogs" and len(parts) == 4 else None
@@ -319,12 +317,12 @@ class Kubelet:
         if not argv:
             raise ConfigError(f"container {name} has no command and the test image has no entrypoint")
         cmd = [self.tools["unshare"], "-m", "--propagation", "private", "--", self.tools["sh"], "-c",
-               "\n".join(script), "sh", self.tools["setpriv"], "--no-new-privs", "--inh-caps=-all",
-               "--bounding-set=-all", "--", *argv]
+               "\n".join(script), "sh", self.tools["setpriv"], "--pdeathsig", "KILL", "--no-new-privs",
+               "--inh-caps=-all", "--bounding-set=-all", "--", *argv]
         with open(c.log, "wb") as log:
             c.proc = subprocess.Popen(cmd, env=env, cwd=spec.get("workingDir") or image.get("WORKDIR", "/"),
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+                                      start_new_session=True)
         c.started_at, c.terminated, c.oom, c.ready, c.next_probe = now(), None, False, False, 0.0
 
     def _reap(self, pod: dict[str, Any], run: PodRun) -> bool:
@@ -601,7 +599,7 @@ class Kubelet:
 
 def field_value(pod: dict[str, Any], path: str) -> str:
     """The downward API's value of ``path`` (fieldRef.fieldPath)."""
-    meta, status = pod["metadata"], pod.get("status") or {}
+    meta = pod["metadata"]
     match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
     if match:
         return (meta.get(match[1]) or {}).get(match[2], "")

@@ -37,7 +37,7 @@ class PKI:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._ca_key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self._ca = (x509.CertificateBuilder()
                     .subject_name(_name("assay-test-ca")).issuer_name(_name("assay-test-ca"))
                     .public_key(self._ca_key.public_key()).serial_number(x509.random_serial_number())
@@ -59,7 +59,7 @@ class PKI:
     def issue(self, name: str, common_name: str, orgs: tuple[str, ...] = (), server: bool = False) -> tuple[Path, Path]:
         """A certificate for a client identity (CN = user, O = groups), or the API server's serving one."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (x509.CertificateBuilder()
                    .subject_name(_name(common_name, orgs)).issuer_name(self._ca.subject)

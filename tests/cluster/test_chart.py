@@ -7,8 +7,18 @@ import json
 import pytest
 from kubernetes import client
 
-from tests.cluster.conftest import (CHART, OPERATOR_NS, RELEASE, S3_KEYS, Api, _ready, create_namespace, evaljob,
-                                    free_port, wait_for)
+from tests.cluster.conftest import (
+    CHART,
+    OPERATOR_NS,
+    RELEASE,
+    S3_KEYS,
+    Api,
+    _ready,
+    create_namespace,
+    evaljob,
+    free_port,
+    wait_for,
+)
 from tests.cluster.test_evaluationjob import apply, no_forbidden
 
 pytestmark = pytest.mark.cluster
