@@ -170,6 +170,26 @@ def test_ppl_exit_3_fails_the_job_through_pod_failure_policy_then_retry_token_re
     no_forbidden(operator)
 
 
+def test_shard_past_its_retry_budget_fails_naming_it_then_retry_token_reruns(operator, kubectl, api: Api, ns,
+                                                                            inputs, s3_env):
+    """Retryable failures (exit 1: the store unreachable) spend backoffLimitPerIndex, then the Job fails."""
+    unreachable = [{"name": "AWS_ENDPOINT_URL", "value": "http://127.0.0.1:9"},
+                   {"name": "ASSAY_STORAGE_RETRIES", "value": "1"}, {"name": "ASSAY_STORAGE_CONNECT_TIMEOUT",
+                                                                     "value": "1"}]
+    apply(kubectl, ns, evaljob("budget", inputs, s3_env, runtime={"env": unreachable},
+                               ppl={"maxRetriesPerShard": 1, "workers": 2}))
+    st = api.wait_phase("budget", ("Failed", "Succeeded"), timeout=180)
+    assert st["phase"] == "Failed" and st["reason"] == "ShardRetriesExhausted", st
+    assert "maxRetriesPerShard=1" in st["message"]
+    exits = [p["status"]["containerStatuses"][0]["state"].get("terminated", {}).get("exitCode")
+             for p in api.pods("assay.dev/job=budget,assay.dev/role=ppl")]
+    assert exits.count(1) >= 2, exits  # one index tried twice (the other may have been stopped)
+
+    kubectl("patch", "evaljob", "budget", "-n", ns, "--type=merge", "-p",
+            json.dumps({"spec": {"retryToken": "fixed", "runtime": {"env": []}}}))
+    assert api.wait_phase("budget", ("Succeeded",), timeout=240)["retryToken"] == "fixed"
+
+
 def test_unknown_image_fails_fast_with_image_pull_back_off(operator, kubectl, api: Api, ns, inputs, s3_env):
     apply(kubectl, ns, evaljob("noimage", inputs, s3_env, runtime={"image": "registry.example/missing:1"}))
     st = api.wait_phase("noimage", ("Failed",), timeout=120)
