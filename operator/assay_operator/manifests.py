@@ -166,9 +166,14 @@ def quantity_bytes(text: str) -> int:
 
 
 def with_ephemeral_storage(resources: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Request the ephemeral storage the emptyDirs may fill, so the scheduler places the pod on a node
-    that has it (and the kubelet does not evict it for using what it was given)."""
+    """spec.*.resources with every quantity as a string (the API server takes ``nvidia.com/gpu: 1``, the
+    kubernetes client's typed models refuse the integer: found on a real cluster), plus a request for the
+    ephemeral storage the emptyDirs may fill, so the scheduler places the pod on a node that has it (and
+    the kubelet does not evict it for using what it was given)."""
     out = copy.deepcopy(resources)
+    for key in ("limits", "requests"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: str(value) for name, value in out[key].items()}
     requests = out.setdefault("requests", {})
     if "ephemeral-storage" not in requests:
         total = quantity_bytes(settings.tmp_size_limit) + quantity_bytes(settings.cache_size_limit)

@@ -104,7 +104,8 @@ class TestPplJob:
             "resources": {"limits": {"nvidia.com/gpu": 1}}, "nodeSelector": {"gpu": "a100"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}], "priorityClassName": "batch"}))
         ps = pod_spec(ppl)
-        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1},
+        # quantities as strings: the kubernetes client's typed models refuse an integer quantity
+        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"},
                                                     "requests": {"ephemeral-storage": "22528Mi"}}
         assert ps["nodeSelector"] == {"gpu": "a100"} and ps["priorityClassName"] == "batch"
         assert ps["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -1,0 +1,149 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+The binaries come from ``scripts/install-kube.sh`` (``.tools/bin``). Every component runs as a child
+process with its log in ``<folder>/logs/``, authenticates with its own client certificate, and dies
+with the test process (``setpriv --pdeathsig``) even when pytest is killed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.cluster.pki import PKI
+
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+#: The controllers this suite relies on (kube-controller-manager --controllers).
+CONTROLLERS = ("job-controller", "garbage-collector-controller", "ttl-after-finished-controller",
+               "namespace-controller", "serviceaccount-controller", "serviceaccount-token-controller",
+               "root-ca-certificate-publisher-controller", "deployment-controller", "replicaset-controller")
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: Run a command so that it gets SIGTERM when the test process dies (no preexec_fn: we have threads).
+WITH_PARENT = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "TERM", "--"]
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, namespace: str | None = None) -> Path:
+    context = {"cluster": "test", "user": "user"} | ({"namespace": namespace} if namespace else {})
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": "user", "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": "test", "context": context}],
+    }))
+    return path
+
+
+class ControlPlane:
+    def __init__(self, bin_dir: Path, folder: Path) -> None:
+        self.bin, self.folder = bin_dir, folder
+        self.logs = folder / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pki = PKI(folder / "pki")
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.admin_cert = self.pki.issue("admin", "assay-test-admin", ("system:masters",))
+        self.kubeconfig = self.kubeconfig_for("admin", *self.admin_cert)
+
+    def kubeconfig_for(self, name: str, cert: Path, key: Path) -> Path:
+        return write_kubeconfig(self.folder / f"{name}.kubeconfig", self.server, self.pki.ca, cert, key)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ControlPlane:
+        etcd_client, etcd_peer = free_port(), free_port()
+        self._spawn("etcd", [
+            f"--data-dir={self.folder / 'etcd'}", "--name=test", "--log-level=error", "--unsafe-no-fsync",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=test=http://127.0.0.1:{etcd_peer}"])
+        crt, key = self.pki.issue("apiserver", "kube-apiserver", server=True)
+        kubelet_crt, kubelet_key = self.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.port}", "--advertise-address=127.0.0.1",
+            # The "kubernetes" Service's endpoints may not be a loopback address; nothing here needs them.
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={crt}", f"--tls-private-key-file={key}", f"--client-ca-file={self.pki.ca}",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction,PodSecurity",
+            f"--service-account-issuer={ISSUER}", f"--service-account-key-file={self.pki.sa_pub}",
+            f"--service-account-signing-key-file={self.pki.sa_key}",
+            # Logs come from the process kubelet's HTTPS endpoint; its certificate is checked.
+            f"--kubelet-certificate-authority={self.pki.ca}", f"--kubelet-client-certificate={kubelet_crt}",
+            f"--kubelet-client-key={kubelet_key}", "--kubelet-preferred-address-types=InternalIP",
+            "--service-cluster-ip-range=10.0.0.0/24", "--profiling=false", "--v=1"])
+        self._wait_ready("/readyz", self.port, "kube-apiserver", timeout=120)
+        kcm = self.kubeconfig_for("controller-manager",
+                                  *self.pki.issue("controller-manager", "system:kube-controller-manager"))
+        kcm_port = free_port()
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={kcm}", f"--authentication-kubeconfig={kcm}", f"--authorization-kubeconfig={kcm}",
+            # Each controller acts as its own service account with its bootstrap role, as on a real cluster.
+            "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", "--leader-elect=false",
+            f"--controllers={','.join(CONTROLLERS)}", f"--root-ca-file={self.pki.ca}",
+            f"--service-account-private-key-file={self.pki.sa_key}", "--use-service-account-credentials=true",
+            "--kube-api-qps=100", "--kube-api-burst=200", "--v=1"])
+        sched = self.kubeconfig_for("scheduler", *self.pki.issue("scheduler", "system:kube-scheduler"))
+        sched_port = free_port()
+        self._spawn("kube-scheduler", [
+            f"--kubeconfig={sched}", f"--authentication-kubeconfig={sched}", f"--authorization-kubeconfig={sched}",
+            "--bind-address=127.0.0.1", f"--secure-port={sched_port}", "--leader-elect=false", "--v=1"])
+        self._wait_ready("/healthz", kcm_port, "kube-controller-manager", timeout=60)
+        self._wait_ready("/healthz", sched_port, "kube-scheduler", timeout=60)
+        return self
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            proc = self.procs.pop(name)
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+        self.procs[name] = subprocess.Popen([*WITH_PARENT, str(self.bin / name), *args], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def _wait_ready(self, path: str, port: int, name: str, timeout: float) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca)) if port == self.port else \
+            ssl._create_unverified_context()  # the controllers serve self-signed certificates
+        ctx.load_cert_chain(*self.admin_cert)
+        deadline, last = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.procs[name].returncode}:\n{self.log_tail(name)}")
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise RuntimeError(f"{name} not ready after {timeout:.0f}s ({last}):\n{self.log_tail(name)}")
