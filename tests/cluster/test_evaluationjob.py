@@ -203,10 +203,16 @@ def test_gpu_request_schedules_on_the_gpu_node_and_a_second_is_unschedulable(ope
     gpu = {"limits": {"nvidia.com/gpu": 1}}
     apply(kubectl, ns, evaljob("gpus", inputs, s3_env, pendingDeadlineSeconds=5,
                                ppl={"resources": gpu, "workers": 2}, **slow()))
-    st = api.wait_phase("gpus", ("Failed",), timeout=120)
+
+    def placed():
+        pods = api.pods("assay.dev/job=gpus")
+        unschedulable = [p for p in pods for c in p["status"].get("conditions") or []
+                         if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"]
+        return [p["spec"].get("nodeName") for p in pods] if len(pods) == 2 and unschedulable else None
+
+    assert set(wait_for(placed, "one pod placed, one unschedulable", timeout=60)) == {"node-gpu", None}
+    st = api.wait_phase("gpus", ("Failed",), timeout=120)  # past pendingDeadlineSeconds
     assert st["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in st["message"], st
-    nodes = [p["spec"].get("nodeName") for p in api.pods("assay.dev/job=gpus")]
-    assert "node-gpu" in nodes and "node-cpu" not in nodes
 
 
 def test_oom_killed_worker_fails_the_job_naming_it(operator, kubelet, kubectl, api: Api, ns, inputs, s3_env):
