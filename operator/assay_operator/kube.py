@@ -122,8 +122,10 @@ def delete_job(namespace: str, name: str, uid: str) -> bool:
     """Delete the Job of that uid (never a namesake created since) and, in the background, its pods;
     False when it was already gone."""
     try:
-        _batch().delete_namespaced_job(name, namespace, propagation_policy="Background",
-                                       body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
+        # in the body: with a body the query's propagationPolicy is not applied, and a Job's default
+        # policy orphans its pods (found on a real control plane)
+        _batch().delete_namespaced_job(name, namespace, body=client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)))
         return True
     except ApiException as exc:
         if exc.status in (404, 409):

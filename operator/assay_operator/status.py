@@ -143,6 +143,12 @@ def any_pod_running(pods: list[dict[str, Any]]) -> bool:
     return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
 
 
+def any_pod_placed(pods: list[dict[str, Any]]) -> bool:
+    """A pod the scheduler bound to a node that has not failed: a worker is getting on with it."""
+    return any((p.get("spec") or {}).get("nodeName") and (p.get("status") or {}).get("phase") != "Failed"
+               and not (p.get("metadata") or {}).get("deletionTimestamp") for p in pods)
+
+
 # -------------------------------------------------------------------------------------------- progress
 # Progress comes from the ppl Job's own status (completedIndexes, failedIndexes), never from the store.
 
@@ -290,11 +296,12 @@ def decide(o: Observed) -> tuple[str, str, str]:
     if ppl_state == "Failed":
         reason, message = job_failure(o.ppl or {})
         indexes = parse_indexes(((o.ppl or {}).get("status") or {}).get("failedIndexes"))
-        oom = [p for p in o.pods if _is_oom(p) and _role(p) == "ppl"]
+        oom = sorted((p.get("metadata") or {}).get("name", "?") for p in o.pods if _is_oom(p) and _role(p) == "ppl")
         if oom and reason != "PodFailurePolicy":
-            return FAILED, "OOMKilled", (f"ppl pods ran out of memory (OOMKilled) {retries + 1} times, past "
-                                         f"spec.ppl.maxRetriesPerShard={retries}; lower spec.ppl.batchSize or raise "
-                                         "the memory limit in spec.ppl.resources, then change spec.retryToken")
+            return FAILED, "OOMKilled", (f"ppl pods ran out of memory (OOMKilled: {', '.join(oom[:4])}) and the "
+                                         f"group ran out of retries (spec.ppl.maxRetriesPerShard={retries}); lower "
+                                         "spec.ppl.batchSize or raise the memory limit in spec.ppl.resources, then "
+                                         "change spec.retryToken")
         if reason == "PodFailurePolicy":
             detail = o.errors.get("ppl") or message
             return FAILED, "PermanentError", (
@@ -312,7 +319,7 @@ def decide(o: Observed) -> tuple[str, str, str]:
             return FAILED, "DeadlineExceeded", f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
         detail = o.errors.get("cmp") or f"{reason}: {message}"
         return FAILED, "MetricsFailed", f"the cmp Job failed: {detail}; read `assay job logs {o.name}`"
-    progressing = any_pod_running(o.pods) or bool(((o.ppl or {}).get("status") or {}).get("completedIndexes"))
+    progressing = any_pod_placed(o.pods) or bool(((o.ppl or {}).get("status") or {}).get("completedIndexes"))
     problem = pod_problem(o.pods, o.now, fail_fast_seconds=o.fail_fast_seconds,
                           pending_deadline_seconds=spec.pending_deadline_seconds)
     if problem and cmp_state != "Complete" and (problem[0] in FAIL_FAST_REASONS or not progressing):

@@ -101,11 +101,15 @@ class Cluster:
     # ---------------------------------------------------------------------------------------- logs
 
     def logs(self, name: str, shard: int | None = None, role: str = "ppl") -> list[tuple[str, str]]:
-        """(pod name, log text) of the job's pods; ``shard`` picks the ppl worker that owns it."""
+        """(pod name, log text) of the job's pods; ``shard`` picks the ppl pods of the index (shard group)
+        that holds it."""
         selector = f"{JOB_LABEL}={name},assay.dev/role={role}"
         if shard is not None:
-            workers = int(((self.get(name).get("spec") or {}).get("ppl") or {}).get("workers") or 1)
-            selector += f",{INDEX_LABEL}={shard % workers}"
+            per_index = int(((self.get(name).get("status") or {}).get("inputs") or {}).get("shardsPerIndex") or 0)
+            if per_index < 1:
+                raise ClusterError(f"{name} has not pinned its inputs yet, so its shard groups are unknown",
+                                   f"wait for it to start (`assay job watch {name}`), or drop --shard")
+            selector += f",{INDEX_LABEL}={shard // per_index}"
         pods = self._call(lambda: self.core.list_namespaced_pod(self.namespace, label_selector=selector),
                           f"pods of {name}").items
         if not pods:

@@ -23,7 +23,8 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler
 #: The controllers this suite relies on (kube-controller-manager --controllers).
 CONTROLLERS = ("job-controller", "garbage-collector-controller", "ttl-after-finished-controller",
                "namespace-controller", "serviceaccount-controller", "serviceaccount-token-controller",
-               "root-ca-certificate-publisher-controller", "deployment-controller", "replicaset-controller")
+               "root-ca-certificate-publisher-controller", "deployment-controller", "replicaset-controller",
+               "resourcequota-controller")
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 

@@ -100,7 +100,8 @@ def test_apply_wait_ready_metrics_equal_assay_run(operator, kubectl, api: Api, n
 
     # Job pods were admitted under the namespace's enforced Pod Security "restricted" level.
     pods = api.pods("assay.dev/job=pennfudan")
-    assert {p["metadata"]["labels"]["assay.dev/role"] for p in pods} == {"ppl", "cmp"}
+    assert {p["metadata"]["labels"]["assay.dev/role"] for p in pods} == {"resolve", "ppl", "cmp"}
+    assert st["inputs"]["model"]["uri"] == inputs["model"] and st["stages"]["cmp"] == "Complete"
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
     no_forbidden(operator)
 
@@ -111,19 +112,24 @@ def test_apply_wait_ready_metrics_equal_assay_run(operator, kubectl, api: Api, n
 def test_kubectl_explain_shows_the_descriptions(operator, kubectl):
     out = kubectl("explain", "evaluationjob.spec").stdout
     assert "What to evaluate and how to run it" in out
-    assert "Number of ppl workers" in kubectl("explain", "evaluationjob.spec.ppl.workers").stdout
+    assert "ppl pods running at once" in kubectl("explain", "evaluationjob.spec.ppl.workers").stdout
+    # the core/v1 types are typed: explain sees into them
+    assert "operator" in kubectl("explain", "evaluationjob.spec.ppl.tolerations").stdout
+    assert "nodeAffinity" in kubectl("explain", "evaluationjob.spec.ppl.affinity").stdout
 
 
 CEL_CASES = [
     # (rule, refused change, accepted change next to it)
-    ("spec.model is immutable", {"model": {"uri": "s3://assay/store/models/other"}}, {"ppl": {"batchSize": 2}}),
+    ("spec.model is immutable", {"model": {"uri": "s3://assay/store/models/other"}}, {"ppl": {"workers": 3}}),
     ("spec.dataset is immutable", {"dataset": {"uri": "s3://assay/store/datasets/other"}}, {"suspend": False}),
     ("spec.output is immutable", {"output": {"uri": "s3://assay/jobs/elsewhere"}}, {"retryToken": "again"}),
-    ("spec.ppl.workers is immutable", {"ppl": {"workers": 3}}, {"ppl": {"maxRetriesPerShard": 1}}),
+    ("the run settings", {"ppl": {"batchSize": 2}}, {"ppl": {"batchSize": 2}, "retryToken": "with-a-new-token"}),
+    ("the run settings", {"runtime": {"env": []}}, {"runtime": {"env": []}, "retryToken": "new"}),
 ]
 
 
-@pytest.mark.parametrize("message,refused,accepted", CEL_CASES, ids=[c[0].split()[0] for c in CEL_CASES])
+@pytest.mark.parametrize("message,refused,accepted", CEL_CASES, ids=["model", "dataset", "output", "settings",
+                                                                     "runtime"])
 def test_cel_rules_refuse_and_accept(operator, kubectl, api: Api, ns, inputs, s3_env, message, refused, accepted):
     apply(kubectl, ns, evaljob("cel", inputs, s3_env, suspend=True))
     bad = kubectl("patch", "evaljob", "cel", "-n", ns, "--type=merge", "-p", json.dumps({"spec": refused}),
@@ -139,7 +145,8 @@ def test_cel_rules_refuse_and_accept(operator, kubectl, api: Api, ns, inputs, s3
     ({"ppl": {"device": "tpu"}}, 'Unsupported value: "tpu"'),
     ({"storage": {"endpoint": "minio:9000"}}, "should match"),
     ({"ppl": {"wokers": 2}}, 'unknown field "spec.ppl.wokers"'),
-], ids=["minimum", "enum", "pattern", "unknown-field"])
+    ({"ppl": {"tolerations": [{"key": "k", "tolerationSeconds": "soon"}]}}, "tolerationSeconds"),
+], ids=["minimum", "enum", "pattern", "unknown-field", "typed-core-v1"])
 def test_server_side_validation_refuses(operator, kubectl, ns, inputs, s3_env, change, message):
     out = apply(kubectl, ns, evaljob("invalid", inputs, s3_env, **change), check=False)
     assert out.returncode != 0 and message in out.stderr, out.stderr
@@ -173,14 +180,12 @@ def test_ppl_exit_3_fails_the_job_through_pod_failure_policy_then_retry_token_re
 def test_shard_past_its_retry_budget_fails_naming_it_then_retry_token_reruns(operator, kubectl, api: Api, ns,
                                                                             inputs, s3_env):
     """Retryable failures (exit 1: the store unreachable) spend backoffLimitPerIndex, then the Job fails."""
-    unreachable = [{"name": "AWS_ENDPOINT_URL", "value": "http://127.0.0.1:9"},
-                   {"name": "ASSAY_STORAGE_RETRIES", "value": "1"}, {"name": "ASSAY_STORAGE_CONNECT_TIMEOUT",
-                                                                     "value": "1"}]
-    apply(kubectl, ns, evaljob("budget", inputs, s3_env, runtime={"env": unreachable},
+    dies = [{"name": "ASSAY_TEST_EXIT_ON", "value": "PennPed00016"}]  # in shard 1: the worker exits 1
+    apply(kubectl, ns, evaljob("budget", inputs, s3_env, runtime={"env": dies},
                                ppl={"maxRetriesPerShard": 1, "workers": 2}))
     st = api.wait_phase("budget", ("Failed", "Succeeded"), timeout=180)
     assert st["phase"] == "Failed" and st["reason"] == "ShardRetriesExhausted", st
-    assert "maxRetriesPerShard=1" in st["message"]
+    assert "ppl index 1 (shard 1) failed 2 times" in st["message"] and "maxRetriesPerShard=1" in st["message"]
     exits = [p["status"]["containerStatuses"][0]["state"].get("terminated", {}).get("exitCode")
              for p in api.pods("assay.dev/job=budget,assay.dev/role=ppl")]
     assert exits.count(1) >= 2, exits  # one index tried twice (the other may have been stopped)
@@ -197,26 +202,29 @@ def test_unknown_image_fails_fast_with_image_pull_back_off(operator, kubectl, ap
     wait_for(lambda: "noimage-ppl" not in api.jobs(), "the stopped ppl Job to go", timeout=60)
 
 
-def test_gpu_request_schedules_on_the_gpu_node_and_a_second_is_unschedulable(operator, kubectl, api: Api, ns,
-                                                                               inputs, s3_env):
-    """The real scheduler counts nvidia.com/gpu: one GPU, two workers asking for one each."""
+def test_gpu_request_schedules_on_the_gpu_node_and_a_second_worker_waits(operator, kubectl, api: Api, ns,
+                                                                          inputs, s3_env):
+    """The real scheduler counts nvidia.com/gpu: one GPU, two workers asking for one each. One
+    unschedulable worker used to fail a job whose other worker was running; now the groups queue for
+    the one GPU and the job finishes."""
     gpu = {"limits": {"nvidia.com/gpu": 1}}
     apply(kubectl, ns, evaljob("gpus", inputs, s3_env, pendingDeadlineSeconds=5,
-                               ppl={"resources": gpu, "workers": 2}, **slow()))
-
-    def placed():
-        pods = api.pods("assay.dev/job=gpus")
-        unschedulable = [p for p in pods for c in p["status"].get("conditions") or []
-                         if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"]
-        return [p["spec"].get("nodeName") for p in pods] if len(pods) == 2 and unschedulable else None
-
-    assert set(wait_for(placed, "one pod placed, one unschedulable", timeout=60)) == {"node-gpu", None}
-    st = api.wait_phase("gpus", ("Failed",), timeout=120)  # past pendingDeadlineSeconds
-    assert st["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in st["message"], st
+                               ppl={"resources": gpu, "workers": 2, "shardsPerIndex": 1}))
+    waiting = wait_for(lambda: [p for p in api.pods("assay.dev/job=gpus,assay.dev/role=ppl") if any(
+        c.get("reason") == "Unschedulable" for c in p["status"].get("conditions") or [])], "an unschedulable worker",
+        timeout=120)
+    assert "Insufficient nvidia.com/gpu" in next(c["message"] for c in waiting[0]["status"]["conditions"]
+                                                 if c.get("reason") == "Unschedulable")
+    st = api.wait_phase("gpus", ("Succeeded", "Failed"), timeout=300)
+    assert st["phase"] == "Succeeded", st
+    nodes = {p["spec"].get("nodeName") for p in api.pods("assay.dev/job=gpus,assay.dev/role=ppl")}
+    assert nodes == {"node-gpu"}
 
 
 def test_oom_killed_worker_fails_the_job_naming_it(operator, kubelet, kubectl, api: Api, ns, inputs, s3_env):
-    apply(kubectl, ns, evaljob("oom", inputs, s3_env, **slow()))
+    """OOMKilled counts against the group's retry budget; with none left the job fails naming the pod."""
+    apply(kubectl, ns, evaljob("oom", inputs, s3_env, **slow(ppl={"workers": 2, "maxRetriesPerShard": 0,
+                                                                  "batchSize": 4, "device": "cpu"})))
     victim = wait_for(lambda: running_ppl_pods(api, "oom"), "a running ppl pod", timeout=120)[0]
     kubelet.oom_kill(ns, victim["metadata"]["name"])
     st = api.wait_phase("oom", ("Failed", "Succeeded"), timeout=60)
@@ -261,7 +269,7 @@ def test_operator_restarted_mid_run(operator, kubectl, api: Api, ns, inputs, s3_
     operator.restart()
     st = api.wait_phase("restarted", ("Succeeded", "Failed"), timeout=300)
     assert st["phase"] == "Succeeded", st
-    assert sorted(api.jobs()) == ["restarted-cmp", "restarted-ppl"]
+    assert sorted(api.jobs()) == ["restarted-cmp", "restarted-ppl", "restarted-resolve"]
     no_forbidden(operator)
 
 

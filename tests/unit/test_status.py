@@ -135,7 +135,11 @@ class TestPhase:
         """One unschedulable worker for 10 minutes failed a job whose other workers were running."""
         stuck = pod(name="b", phase="Pending", conditions=[{"type": "PodScheduled", "status": "False",
                                                             "reason": "Unschedulable", "message": "no gpu"}])
-        o = observed(spec=spec(pendingDeadlineSeconds=60), ppl=job(), pods=[pod(name="a", phase="Running"), stuck])
+        placed = pod(name="a", phase="Pending") | {"spec": {"nodeName": "gpu-1"}}  # bound, still starting
+        o = observed(spec=spec(pendingDeadlineSeconds=60), ppl=job(), pods=[placed, stuck])
+        assert S.decide(o)[0] == "Pending"
+        o = observed(spec=spec(pendingDeadlineSeconds=60), ppl=job(), pods=[pod(name="a", phase="Running")
+                                                                              | {"spec": {"nodeName": "gpu-1"}}, stuck])
         assert S.decide(o)[0] == "Running"
         assert S.decide(observed(spec=spec(pendingDeadlineSeconds=60), ppl=job(), pods=[stuck]))[1] == "Unschedulable"
 

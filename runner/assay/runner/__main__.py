@@ -28,11 +28,15 @@ MAX_MESSAGE = 4000
 
 
 def write_termination_message(text: str) -> None:
-    path = os.environ.get("ASSAY_TERMINATION_LOG", TERMINATION_LOG)
+    """Into ASSAY_TERMINATION_LOG when set (the operator sets it), else into the kubelet's file if this
+    runs in a pod; a run by hand never creates /dev/termination-log."""
+    path = os.environ.get("ASSAY_TERMINATION_LOG")
+    if path is None and not os.path.isfile(TERMINATION_LOG):
+        return
     try:
-        with open(path, "w") as f:
+        with open(path or TERMINATION_LOG, "w") as f:
             f.write(text[:MAX_MESSAGE])
-    except OSError:  # not in a pod (no such file, or read-only): nothing reads it
+    except OSError:  # read-only or gone: nothing would read it
         pass
 
 
