@@ -44,7 +44,8 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return not self.faults and self.error is None and all(v == 1.0 for v in self.scores.values())
+        return (not self.faults and self.error is None and bool(self.scores)
+                and all(v == 1.0 for v in self.scores.values()))
 
     def line(self) -> str:
         scores = ", ".join(f"{k.replace('/', ' ')} {v:.3f}" for k, v in self.scores.items()) or "no score"

@@ -58,7 +58,10 @@ def _object_faults(obj: dict[str, Any], cat_ids: set[int], with_masks: bool, hei
     faults = []
     if obj.get("category_id") not in cat_ids:
         faults.append(("unknown category", f"category_id {obj.get('category_id')!r} not in {sorted(cat_ids)}"))
-    x, y, w, h = (float(v) for v in obj.get("bbox", (0, 0, 0, 0)))
+    try:
+        x, y, w, h = (float(v) for v in obj["bbox"])
+    except (KeyError, TypeError, ValueError):
+        return [*faults, ("malformed box", f"bbox {obj.get('bbox')!r} is not [x, y, w, h]")]
     if w <= 0 or h <= 0:
         faults.append(("empty box", f"bbox {obj.get('bbox')}"))
     elif x < 0 or y < 0 or x + w > width or y + h > height:
