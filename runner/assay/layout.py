@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+
 from assay import storage
 
 #: Every dataset and model version folder holds this file, written last (its presence means complete).
@@ -22,6 +24,31 @@ METRICS = "metrics.json"
 SUMMARY = "summary.txt"
 RUN_RECORD = "run.json"
 LEASE = "lease.json"
+
+
+#: The store everything uses unless told otherwise (CLI, demo, examples): one place, so what the demo
+#: builds is what `assay dataset list` shows. Relative to the working folder, like the examples' job.yaml
+#: URIs are relative to the repository root.
+DEFAULT_STORE = ".assay/store"
+
+
+def default_store() -> str:
+    """``$ASSAY_STORE`` when set, else ``.assay/store``."""
+    return os.environ.get("ASSAY_STORE") or DEFAULT_STORE
+
+
+def resolve_ref(ref: str, store: str, kind: str) -> str:
+    """A dataset or model reference as a URI: ``NAME`` or ``NAME@VERSION`` in ``store``, else ``ref`` itself.
+
+    ``kind`` is ``datasets`` or ``models``. Anything with a scheme or a slash is a URI or a path; a bare
+    word is a name in the store, unless a local folder of that name holds a manifest or LATEST.
+    """
+    if "://" in ref or "/" in ref or os.sep in ref:
+        return ref
+    if os.path.isfile(os.path.join(ref, MANIFEST)) or os.path.isfile(os.path.join(ref, LATEST)):
+        return ref
+    name, _, version = ref.partition("@")
+    return storage.join(store, kind, name, version) if version else storage.join(store, kind, name)
 
 
 def shard_name(index: int) -> str:

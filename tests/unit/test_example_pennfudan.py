@@ -7,6 +7,7 @@ metric values of a one-step model mean nothing, only that they exist and are val
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,12 @@ def test_train_package_and_evaluate(pennfudan_dir, test_split, tmp_path):
     for name in ("handler.py", "model_def.py", "model.yaml"):
         shutil.copy(EXAMPLE / name, pkg / name)
     proc = subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--data", str(pennfudan_dir), "--out", str(pkg),
-                           "--arch", "mobilenet_v3_fpn", "--min-size", "128", "--max-size", "192", "--epochs", "1",
-                           "--time-budget", "1", "--batch-size", "2"], capture_output=True, text=True, timeout=600)
+                           "--min-size", "128", "--test-size", "128", "--max-size", "192", "--steps", "2",
+                           "--warmup", "1", "--batch-size", "2"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "153 images" in proc.stdout, "training uses every image outside the 17-image test split"
     config = json.loads((pkg / "config.json").read_text())
-    assert config["arch"] == "mobilenet_v3_fpn" and config["trained_steps"] >= 1
+    assert config["arch"] == "resnet18_gn_fpn" and config["trained_steps"] == 2 and config["min_size"] == 128
     model = packages.build(packages.load_config(pkg / "model.yaml"), str(tmp_path / "store"), log=lambda s: None)
     ctx = RunContext(job_name="example", model_uri=model.uri, dataset_uri=test_split.uri,
                      output_uri=str(tmp_path / "out"), batch_size=4, device="cpu")
@@ -40,3 +41,56 @@ def test_train_package_and_evaluate(pennfudan_dir, test_split, tmp_path):
     for iou in ("bbox", "segm"):
         for stat in ("AP", "AP50", "AR100"):
             assert 0.0 <= report.summary[f"{iou}/{stat}"] <= 1.0
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_train_weights_errors_are_one_line(pennfudan_dir, tmp_path):
+    """Pins issue 12: `train.py --weights FILE` with a missing or wrong file ended in a traceback."""
+    missing = _run([sys.executable, str(EXAMPLE / "train.py"), "--data", str(pennfudan_dir), "--out", str(tmp_path),
+                    "--weights", str(tmp_path / "nope.pth"), "--steps", "0"])
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
+    assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in missing.stderr, "says where the file comes from"
+    (tmp_path / "junk.pth").write_bytes(b"not a state dict")
+    junk = _run([sys.executable, str(EXAMPLE / "train.py"), "--data", str(pennfudan_dir), "--out", str(tmp_path),
+                 "--weights", str(tmp_path / "junk.pth"), "--steps", "0"])
+    assert junk.returncode == 1 and "Traceback" not in junk.stderr and "not a torch state dict" in junk.stderr
+    # --pretrained without network (a proxy that refuses; an empty torch cache): one line, and what to do
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    offline = _run([sys.executable, str(EXAMPLE / "train.py"), "--data", str(pennfudan_dir), "--out", str(tmp_path),
+                    "--pretrained", "--steps", "0"], env=env)
+    assert offline.returncode == 1 and "Traceback" not in offline.stderr
+    assert offline.stderr.strip().splitlines()[-1].startswith("error: cannot download the COCO weights")
+    assert "pass --weights FILE" in offline.stderr
+
+
+def test_demo_weights_missing_file_is_one_line(tmp_path):
+    proc = _run([sys.executable, str(EXAMPLE / "demo.py"), "--weights", str(tmp_path / "coco.pth"),
+                 "--workdir", str(tmp_path / "work"), "--store", str(tmp_path / "store")])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: --weights {tmp_path / 'coco.pth'}: no such file "
+                                                "(download it from https://download.pytorch.org/models/"
+                                                "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth)"]
+
+
+def test_make_demo_runs_the_whole_demo(tmp_path):
+    """The README's first command (its install step skipped: this venv is the one under test), with a
+    2-step model: data, training, build into the store, the pipeline check's line, the tables."""
+    store, work = tmp_path / "store", tmp_path / "work"
+    proc = _run(["make", "-o", "install", "demo", f"PY={sys.executable}",
+                 f"DEMO_ARGS=--offline --steps 2 --store {store} --workdir {work}"], cwd=EXAMPLE.parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "training resnet18_gn_fpn for 2 steps" in out
+    assert "bbox AP 1.000, segm AP 1.000: the pipeline scores exactly" in out
+    assert "COCO bbox (17 images)" in out and "COCO segm (17 images)" in out and "\nmodel:          bbox AP " in out
+    assert f"store: {store}" in out
+    # what the demo built is what the CLI finds in that store, by name
+    info = _run([sys.executable, "-m", "assay.cli.main", "dataset", "info", "pennfudan", "--store", str(store)])
+    assert info.returncode == 0 and "samples: 17" in info.stdout, info.stderr
+    info = _run([sys.executable, "-m", "assay.cli.main", "model", "info", "pennfudan-maskrcnn", "--store", str(store)])
+    assert info.returncode == 0 and "handler: handler:MaskRCNNHandler" in info.stdout, info.stderr

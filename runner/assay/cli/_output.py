@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from assay.layout import DEFAULT_STORE
+
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if not rows:
@@ -24,5 +26,5 @@ def emit(fmt: str, data: Any, human: str) -> None:
 
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                              show_default=True, help="Output format.")
-store_option = click.option("--store", default=".assay/store", show_default=True, envvar="ASSAY_STORE",
-                            help="Store URI: a local folder, file:// or s3://bucket/prefix.")
+store_option = click.option("--store", default=DEFAULT_STORE, show_default=True, envvar="ASSAY_STORE",
+                            help="Store URI: a local folder, file:// or s3://bucket/prefix ($ASSAY_STORE).")

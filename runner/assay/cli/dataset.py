@@ -1,4 +1,4 @@
-"""`assay dataset build|info|list`."""
+"""`assay dataset build|info|list|check`."""
 
 from __future__ import annotations
 
@@ -34,15 +34,20 @@ def build(config: Path, store: str, data_dir: Path | None, fmt: str) -> None:
 
 
 @dataset.command()
-@click.argument("uri")
+@click.argument("ref")
+@store_option
 @format_option
-def info(uri: str, fmt: str) -> None:
-    """Show a dataset's manifest: URI of its folder (or its name folder for the latest version)."""
+def info(ref: str, store: str, fmt: str) -> None:
+    """Show a dataset's manifest. REF is a NAME (its latest version) or NAME@VERSION in the store, or a URI.
+
+    Example: assay dataset info pennfudan
+    """
     from dataclasses import asdict
 
+    from assay.layout import resolve_ref
     from assay.shards import load_manifest
 
-    m = load_manifest(uri)
+    m = load_manifest(resolve_ref(ref, store, "datasets"))
     rows = [{"shard": s.name, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256[:16]} for s in m.shards]
     human = (f"name: {m.name}\nversion: {m.version}\nuri: {m.uri}\nsamples: {m.samples}\n"
              f"labels: {m.label_schema}\ndesc: {m.desc}\n\n" + table(rows, ["shard", "samples", "bytes", "sha256"]))
@@ -59,3 +64,38 @@ def list_(store: str, fmt: str) -> None:
     rows = [{"name": m.name, "version": m.version, "samples": m.samples, "shards": len(m.shards),
              "bytes": sum(s.bytes for s in m.shards), "uri": m.uri} for m in list_datasets(store)]
     emit(fmt, rows, table(rows, ["name", "version", "samples", "shards", "bytes", "uri"]))
+
+
+@dataset.command()
+@click.argument("ref")
+@store_option
+@click.option("--evaluator", type=click.Choice(["coco", "classification"]),
+              help="Default: coco when the label schema has categories, classification when it has classes.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="ppl worker processes.")
+@click.option("--output", type=click.Path(path_type=Path), help="Keep the check's job folder here (default: a "
+              "temporary folder, deleted).")
+@format_option
+@click.pass_context
+def check(ctx: click.Context, ref: str, store: str, evaluator: str | None, workers: int, output: Path | None,
+          fmt: str) -> None:
+    """Score the dataset's own ground truth through ppl and cmp: anything but 1.000 is a fault, named.
+
+    A built-in oracle model predicts each sample's labels; the same runner, results files and
+    evaluator as a real run must then give AP 1.000 (coco) or accuracy 1.000 (classification).
+    Exits 0 when they do, 3 when not, with the labelling or pipeline fault and its samples.
+
+    Example: assay dataset check pennfudan
+    """
+    from assay.check import check as run_check
+    from assay.errors import EXIT_PERMANENT
+    from assay.layout import resolve_ref
+
+    result = run_check(resolve_ref(ref, store, "datasets"), evaluator, workers, output)
+    doc = {"ok": result.ok, "dataset": result.dataset, "evaluator": result.evaluator, "samples": result.samples,
+           "scores": result.scores, "error": result.error,
+           "faults": {k: [{"sample": s, "detail": d} for s, d in v] for k, v in result.faults.items()}}
+    human = result.line()
+    if not result.ok:
+        human += "".join(f"\n  {kind}: {s}: {d}" for kind, items in result.faults.items() for s, d in items[:20])
+    emit(fmt, doc, human)
+    ctx.exit(0 if result.ok else EXIT_PERMANENT)

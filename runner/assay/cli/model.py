@@ -32,15 +32,20 @@ def build(config: Path, store: str, fmt: str) -> None:
 
 
 @model.command()
-@click.argument("uri")
+@click.argument("ref")
+@store_option
 @format_option
-def info(uri: str, fmt: str) -> None:
-    """Show a model package's manifest."""
+def info(ref: str, store: str, fmt: str) -> None:
+    """Show a model package's manifest. REF is a NAME (its latest version) or NAME@VERSION in the store, or a URI.
+
+    Example: assay model info pennfudan-maskrcnn
+    """
     from dataclasses import asdict
 
+    from assay.layout import resolve_ref
     from assay.packages import load_manifest
 
-    m = load_manifest(uri)
+    m = load_manifest(resolve_ref(ref, store, "models"))
     rows = [{"file": f["path"], "bytes": f["bytes"], "sha256": f["sha256"][:16]} for f in m.files]
     human = (f"name: {m.name}\nversion: {m.version}\nuri: {m.uri}\nhandler: {m.handler}\n"
              f"evaluator: {m.evaluator}\ndesc: {m.desc}\n\n" + table(rows, ["file", "bytes", "sha256"]))

@@ -1,0 +1,40 @@
+# The README's two commands, with everything they need set up on a fresh machine.
+#   make demo    venv + package (torch, torchvision, ...) + the PennFudanPed demo
+#   make test    + test extras, helm and kubectl, the Kubernetes binaries of tests/cluster + the whole suite
+# CPU-only torch (about 4.5 GB less than PyPI's CUDA build), for users with internet:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_INDEX ?=
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-test
+
+demo: install
+	$(PY) examples/pennfudan/demo.py $(DEMO_ARGS)
+
+test: install-test
+	bash scripts/install-helm.sh
+	if [ -f scripts/install-kube.sh ]; then bash scripts/install-kube.sh; fi
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.assay-installed
+install-test: $(VENV)/.assay-test-installed
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Stamps: a second `make demo` installs nothing unless pyproject.toml changed.
+$(VENV)/.assay-installed: pyproject.toml | $(PY)
+	$(if $(TORCH_INDEX),$(PY) -m pip install -q torch torchvision --index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e .
+	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+$(VENV)/.assay-test-installed: pyproject.toml $(VENV)/.assay-installed
+	$(PY) -m pip install -q -e ".[test,operator]"
+	touch $@
