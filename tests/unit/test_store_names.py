@@ -28,10 +28,12 @@ def test_default_store_is_shared(monkeypatch):
 
 def test_info_and_list_by_name(test_split, oracle_model, store, capsys, monkeypatch):
     assert main(["dataset", "info", "pennfudan", "--store", store]) == 0
-    assert f"version: {test_split.version}" in capsys.readouterr().out
+    assert "name: pennfudan\nversion: " in capsys.readouterr().out
     assert main(["dataset", "info", f"pennfudan@{test_split.version}", "--store", store]) == 0
     assert "samples: 17" in capsys.readouterr().out
     assert main(["model", "info", "oracle", "--store", store]) == 0
+    assert "name: oracle\nversion: " in capsys.readouterr().out  # the latest (other tests build variants)
+    assert main(["model", "info", f"oracle@{oracle_model.version}", "--store", store]) == 0
     assert f"version: {oracle_model.version}" in capsys.readouterr().out
     monkeypatch.setenv("ASSAY_STORE", store)  # the default store, as the demo and the CLI share it
     assert main(["dataset", "list"]) == 0
