@@ -65,16 +65,17 @@ def read_text(path: str | Path, kind: str) -> str:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_BYTES:
-            raise SpecError(f"{path}: larger than {MAX_BYTES >> 10} KiB", f"pass the path of a {kind}")
+            raise SpecError(f"{path}: larger than {MAX_BYTES >> 10} KiB", f"check the path of the {kind}")
         return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise SpecError(f"no such file: {path}", f"pass the path of a {kind}") from exc
+        raise SpecError(f"no such file: {path}", f"check the path of the {kind}") from exc
     except IsADirectoryError as exc:
-        raise SpecError(f"{path} is a folder", f"pass the path of a {kind}") from exc
+        raise SpecError(f"{path} is a folder", f"check the path of the {kind}") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})", f"save the {kind} as UTF-8") from exc
     except OSError as exc:
-        raise SpecError(f"cannot read {path}: {exc.strerror}", f"pass the path of a readable {kind}") from exc
+        raise SpecError(f"cannot read {path}: {exc.strerror}",
+                        f"check the path of the {kind} and that it is readable") from exc
 
 
 def read_mapping(path: str | Path, kind: str, expected: str, known: set[str]) -> dict[str, Any]:
