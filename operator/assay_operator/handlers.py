@@ -238,7 +238,7 @@ def _failed_create(job: EvaluationJob, children, pods: list[dict[str, Any]]) -> 
     for child in children:
         if child is None or status.job_state(child) != "Active":
             continue
-        uid = child["metadata"]["uid"]
+        uid = child["metadata"].get("uid")
         if any(((p.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/controller-uid") == uid
                for p in pods):
             continue
