@@ -299,6 +299,16 @@ class Kubelet:
         mounts.append((c.message_file, spec.get("terminationMessagePath") or "/dev/termination-log", False))
         secctx = spec.get("securityContext") or {}
         script = ["set -e"]
+        image = self.images[spec["image"]]
+        # The test image's interpreter and code are host folders; when one lies below a mount point (a
+        # checkout under /tmp, say) it is held aside first and bound back over the pod's volume.
+        keep = _image_paths(image, [dst for _, dst, _ in mounts])
+        holds = []
+        for i, path in enumerate(keep):
+            hold = run.folder / "hold" / f"{name}-{i}"
+            hold.mkdir(parents=True, exist_ok=True)
+            script.append(f"{self.tools['mount']} --bind {shlex.quote(path)} {shlex.quote(str(hold))}")
+            holds.append((hold, path))
         for src, dst, ro in mounts:
             if str(self.folder).startswith(dst.rstrip("/") + "/"):
                 raise ConfigError(f"mountPath {dst} would hide the kubelet's folder {self.folder}")
@@ -309,10 +319,12 @@ class Kubelet:
             script.append(f"{self.tools['mount']} --bind {shlex.quote(str(src))} {shlex.quote(dst)}")
             if ro:
                 script.append(f"{self.tools['mount']} -o remount,bind,ro {shlex.quote(dst)}")
+        for hold, path in holds:
+            script.append(f"mkdir -p {shlex.quote(path)}")
+            script.append(f"{self.tools['mount']} --bind {shlex.quote(str(hold))} {shlex.quote(path)}")
         if secctx.get("readOnlyRootFilesystem"):
             script.append(f"{self.tools['mount']} -o remount,bind,ro /")
         script.append('exec "$@"')
-        image = self.images[spec["image"]]
         argv = list(spec.get("command") or []) + list(spec.get("args") or [])
         if not argv:
             raise ConfigError(f"container {name} has no command and the test image has no entrypoint")
@@ -595,6 +607,22 @@ class Kubelet:
 
     def _node_capacity(self, node: str | None) -> dict[str, str]:
         return next((n.capacity for n in self.nodes if n.name == node), {})
+
+
+def _image_paths(image: dict[str, str], mount_points: list[str]) -> list[str]:
+    """Host folders the test image runs from (PATH and PYTHONPATH entries; a virtualenv's bin folder
+    stands for the whole virtualenv) that a pod's mount would hide."""
+    found: set[str] = set()
+    for entry in image.get("PATH", "").split(":") + image.get("PYTHONPATH", "").split(":"):
+        path = Path(entry)
+        if not entry or not path.is_absolute() or not path.is_dir():
+            continue
+        if path.name == "bin" and (path.parent / "pyvenv.cfg").is_file():
+            path = path.parent
+        if any(str(path).startswith(m.rstrip("/") + "/") for m in mount_points):
+            found.add(str(path))
+    # a folder inside another one already kept comes along with it
+    return sorted(p for p in found if not any(p != q and p.startswith(q + "/") for q in found))
 
 
 def field_value(pod: dict[str, Any], path: str) -> str:
