@@ -31,7 +31,8 @@ NOT_HERE = {
     "python examples/pennfudan/train.py --data ../shared/data/PennFudanPed --out examples/pennfudan --pretrained":
         "needs internet; offline it fails in one line: test_train_weights_errors_are_one_line",
     "docker ": "tests/deploy/test_dockerfile.py", "helm ": "tests/deploy/test_chart.py",
-    "kubectl ": "a cluster (tests/cluster)", "assay job ": "a cluster (tests/operator, tests/cluster)",
+    "kubectl ": "a cluster (tests/cluster)", "assay job ": "a cluster (tests/cluster/test_evaluationjob.py)",
+    "bash scripts/install-helm.sh": ".ci/run (make test)", "bash scripts/install-kube.sh": ".ci/run",
 }
 
 
