@@ -318,13 +318,13 @@ def test_spec_storage_endpoint_is_honoured_by_assay_run(s3, pennfudan_dir, tmp_p
     from assay import datasets
     from tests.conftest import write_dataset_yaml
 
-    s3.create_bucket(Bucket="bucket")
-    store = "s3://bucket/store"
+    s3.create_bucket(Bucket="run-endpoint")  # the moto server is shared by the session: a bucket of its own
+    store = "s3://run-endpoint/store"
     dataset = datasets.build(datasets.load_config(write_dataset_yaml(tmp_path, pennfudan_dir, volume="64M")),
                              store, log=lambda s: None)
     model = build_model(tmp_path, store)
     endpoint = os.environ["AWS_ENDPOINT_URL"]
-    job = write_job(tmp_path, model.uri, dataset.uri, output="s3://bucket/out",
+    job = write_job(tmp_path, model.uri, dataset.uri, output="s3://run-endpoint/out",
                     storage={"endpoint": endpoint, "region": "us-east-1"})
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
     proc = subprocess.run([sys.executable, "-m", "assay.cli.main", "run", str(job), "--no-progress",
