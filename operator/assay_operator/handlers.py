@@ -42,20 +42,18 @@ _locks_guard = threading.Lock()
 _last_write: dict[str, float] = {}
 
 
-def _lock(uid: str) -> threading.Lock:
+def _lock(key: str) -> threading.Lock:
     with _locks_guard:
-        return _locks.setdefault(uid, threading.Lock())
+        return _locks.setdefault(key, threading.Lock())
 
 
 def reconcile(namespace: str, name: str, logger: logging.Logger, settings: Settings,
               now: dt.datetime | None = None) -> str | None:
     """Bring one EvaluationJob's children in line and write its status; returns the phase (None if gone)."""
-    body = kube.get_evaluationjob(namespace, name)
-    meta = (body or {}).get("metadata") or {}
-    if body is None or meta.get("deletionTimestamp"):
-        return None  # the garbage collector removes the children with their owner
-    with _lock(meta["uid"]):
-        body = kube.get_evaluationjob(namespace, name) or body  # what the last holder of the lock wrote
+    with _lock(f"{namespace}/{name}"):  # read inside the lock: what the last holder wrote
+        body = kube.get_evaluationjob(namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # the garbage collector removes the children with their owner
         return _reconcile(body, logger, settings, now or status.now_utc())
 
 

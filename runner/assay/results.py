@@ -98,16 +98,6 @@ def write_local(path: str | Path, ids: list[str], predictions: list[dict[str, An
     pq.write_table(encode_table(ids, predictions, metadata), str(path), compression="zstd")
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(str(path)).metadata or {}
-        return json.loads(meta[META_KEY])
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is corrupt
-        raise IntegrityError(f"{path}: not an assay results file ({exc})") from exc
-
-
 def read_local(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     """(sample ids, predictions, metadata) of a results file, with arrays restored exactly."""
     import pyarrow.parquet as pq
