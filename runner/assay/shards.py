@@ -28,6 +28,8 @@ from assay.errors import IntegrityError
 from assay.layout import MANIFEST, resolve_version
 
 FORMAT = "assay.dataset/v1"
+#: File extensions that hold a sample's image, in the order ``Sample.image`` looks for them.
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,18 @@ class Sample:
     id: str
     files: dict[str, bytes]
     label: dict[str, Any] = field(default_factory=dict)
+
+    def image(self) -> tuple[str, bytes]:
+        """The sample's image as (extension, bytes): the first of ``IMAGE_EXTENSIONS`` it has.
+
+        Sources name an image file by its format (``png``, ``jpg``); built-in handlers and ``assay
+        report`` find it here, so they work with every source that follows that convention.
+        """
+        for ext in IMAGE_EXTENSIONS:
+            if ext in self.files:
+                return ext, self.files[ext]
+        raise IntegrityError(f"sample {self.id!r} has no image file (its files: {sorted(self.files)})",
+                             f"a source must store the image under one of: {', '.join(IMAGE_EXTENSIONS)}")
 
 
 @dataclass(frozen=True)

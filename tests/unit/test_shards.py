@@ -137,3 +137,13 @@ def test_volume_size_parsing():
 def test_manifest_json_is_plain_json(test_split):
     doc = json.loads((Path(test_split.uri) / "manifest.json").read_text())
     assert doc["format"] == "assay.dataset/v1" and doc["samples"] == 17
+
+
+def test_sample_image_is_found_by_extension_and_missing_one_is_named():
+    from assay.errors import IntegrityError
+    from assay.shards import Sample
+
+    assert Sample("a", {"mask.png": b"m", "jpg": b"j"}).image() == ("jpg", b"j")
+    assert Sample("a", {"png": b"p", "mask.png": b"m"}).image() == ("png", b"p")
+    with pytest.raises(IntegrityError, match="sample 'b' has no image file.*txt"):
+        Sample("b", {"txt": b""}).image()
