@@ -1,6 +1,7 @@
 # The README's two commands, with everything they need set up on a fresh machine.
 #   make demo    venv + package (torch, torchvision, ...) + the PennFudanPed demo
-#   make test    + test extras, helm and kubectl, the Kubernetes binaries of tests/cluster + the whole suite
+#   make test    + test extras, helm and kubectl, the Kubernetes binaries of tests/cluster, headless Chromium
+#                (for the report tests) + the whole suite
 # CPU-only torch (about 4.5 GB less than PyPI's CUDA build), for users with internet:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -18,6 +19,7 @@ demo: install
 
 test: install-test
 	bash scripts/install-helm.sh
+	bash scripts/install-chromium.sh
 	if [ -f scripts/install-kube.sh ]; then bash scripts/install-kube.sh; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 

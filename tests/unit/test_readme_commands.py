@@ -33,6 +33,7 @@ NOT_HERE = {
     "docker ": "tests/deploy/test_dockerfile.py", "helm ": "tests/deploy/test_chart.py",
     "kubectl ": "a cluster (tests/cluster)", "assay job ": "a cluster (tests/cluster/test_evaluationjob.py)",
     "bash scripts/install-helm.sh": ".ci/run (make test)", "bash scripts/install-kube.sh": ".ci/run",
+    "bash scripts/install-chromium.sh": ".ci/run (make test)",
 }
 
 

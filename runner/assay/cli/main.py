@@ -22,11 +22,13 @@ def app() -> None:
 
 
 def _register() -> None:
-    from assay.cli import dataset, job, model, run
+    from assay.cli import compare, dataset, job, model, report, run
 
     app.add_command(dataset.dataset)
     app.add_command(model.model)
     app.add_command(run.run)
+    app.add_command(report.report)
+    app.add_command(compare.compare)
     app.add_command(job.job)
 
 

@@ -32,11 +32,13 @@ class ClassificationEvaluator(Evaluator):
     """Accuracy, precision/recall/F1 (per class, macro, micro), confusion matrix, ROC AUC."""
 
     name = "classification"
+    per_sample_score = "1.0 when the predicted class is the true class, else 0.0"
 
     def __init__(self, label_schema: dict[str, Any]):
         super().__init__(label_schema)
         self.classes = _parse_classes(label_schema)
         self._seen: set[str] = set()
+        self._ids: list[str] = []
         self._true: list[int] = []
         self._pred: list[int] = []
         self._scores: list[np.ndarray | None] = []
@@ -56,6 +58,7 @@ class ClassificationEvaluator(Evaluator):
             hint = f"labels are class indices 0..{n - 1}; scores have shape ({n},)"
             raise EvaluationError(f"sample '{sample_id}': bad label or prediction: {exc}", hint=hint) from exc
         self._seen.add(sample_id)
+        self._ids.append(sample_id)
         self._true.append(true)
         self._pred.append(pred)
         self._scores.append(scores)
@@ -90,6 +93,9 @@ class ClassificationEvaluator(Evaluator):
             if full["roc_auc"]["macro"] is not None:
                 summary["roc_auc/macro"] = full["roc_auc"]["macro"]
         return MetricsReport(evaluator=self.name, summary=summary, headline=("accuracy", accuracy), full=full)
+
+    def per_sample(self) -> dict[str, float]:
+        return {i: float(t == p) for i, t, p in zip(self._ids, self._true, self._pred, strict=True)}
 
     def _roc_auc(self, y_true: np.ndarray) -> dict[str, Any]:
         scores = np.stack(self._scores)  # type: ignore[arg-type]  # none are None here
@@ -143,6 +149,22 @@ def binary_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
         return None
     ranks = _average_ranks(np.asarray(score, dtype=np.float64))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false positive rates, true positive rates) at every distinct score threshold, from (0, 0) to
+    (1, 1), as scikit-learn's ``roc_curve(drop_intermediate=False)``; None when undefined (see binary_auc)."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+    ordered, hits = np.asarray(score, dtype=np.float64)[order], positive[order]
+    # one point per distinct threshold: the last position of each run of equal scores
+    last = np.concatenate([np.flatnonzero(ordered[1:] != ordered[:-1]), [ordered.size - 1]])
+    tps, fps = np.cumsum(hits)[last], np.cumsum(~hits)[last]
+    return np.concatenate([[0.0], fps / n_neg]), np.concatenate([[0.0], tps / n_pos])
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

@@ -37,6 +37,11 @@ from assay.metrics.registry import Evaluator, MetricsReport, register
 
 #: Names of COCOeval's 12 summary stats, in ``COCOeval.stats`` order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+#: The IoU thresholds of the stored precision curves; "0.50:0.95" is the mean over COCOeval's ten.
+CURVE_IOUS = ("0.50", "0.75", "0.50:0.95")
+#: What ``CocoEvaluator.per_sample`` scores, in words (for reports and ``assay compare``).
+PER_SAMPLE_SCORE = ("bbox AP at IoU 0.50 of the image alone (COCO's 101-point interpolation, every category "
+                    "of the image averaged); 1.0 for an image with no objects and no detections")
 
 
 class _Presence:
@@ -70,6 +75,7 @@ class CocoEvaluator(Evaluator):
     """bbox AP (always) and segm AP (when ground truth and predictions both carry masks)."""
 
     name = "coco"
+    per_sample_score = PER_SAMPLE_SCORE
 
     def __init__(self, label_schema: dict[str, Any]):
         super().__init__(label_schema)
@@ -177,9 +183,52 @@ class CocoEvaluator(Evaluator):
             summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats)})
             full[f"{iou_type}/stats"] = stats
             full[f"{iou_type}/per_category"] = per_category
-            full[f"{iou_type}/precision_iou50"] = curves
+            full[f"{iou_type}/precision_iou50"] = curves[CURVE_IOUS[0]]
+            # the precision-recall curves `assay report` draws: a few KB, so no run has to be re-scored
+            full[f"{iou_type}/precision_curves"] = curves
         return MetricsReport(evaluator=self.name, summary=summary,
                              headline=("bbox/AP", summary["bbox/AP"]), full=full)
+
+    def per_sample(self) -> dict[str, float]:
+        """Each image's own bbox AP at IoU 0.50 (``PER_SAMPLE_SCORE``), from COCOeval's per-image matching.
+
+        pycocotools, whatever the engine: faster-coco-eval keeps its per-image matches in C++. Only IoU
+        0.50 and the "all" area range are evaluated, a fifth of a full evaluation's matching.
+        """
+        from pycocotools.cocoeval import COCOeval
+
+        engine = _Engine("pycocotools")
+        gt = _ground_truth(self._images, self._gt, self.categories, engine)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(gt, _load_results(gt, self._box_dets, engine, "bbox"), "bbox")
+            ev.params.iouThrs = np.array([0.5])
+            ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
+            ev.evaluate()
+        per_image: list[list[float]] = [[] for _ in self._images]
+        for e in ev.evalImgs:  # one per (category, image) that has ground truth or detections
+            ap = _image_ap(e) if e is not None else None
+            if ap is not None:
+                per_image[e["image_id"] - 1].append(ap)
+        return {sid: float(np.mean(aps)) if aps else 1.0 for sid, aps in zip(self._sample_ids, per_image, strict=True)}
+
+
+def _image_ap(e: dict[str, Any]) -> float | None:
+    """AP of one (image, category) entry of COCOeval.evalImgs at its single IoU threshold, interpolated at
+    101 recall points as COCOeval.accumulate does; None when neither counts (all ignored)."""
+    gt_count = int((~np.asarray(e["gtIgnore"], dtype=bool)).sum())
+    keep = ~np.asarray(e["dtIgnore"], dtype=bool).reshape(1, -1)[0]
+    matched = (np.asarray(e["dtMatches"]).reshape(1, -1)[0] > 0)[keep]
+    if gt_count == 0:
+        return 0.0 if matched.size else None  # detections where there is nothing: all false positives
+    if not matched.size:
+        return 0.0  # objects and no detection of them
+    order = np.argsort(-np.asarray(e["dtScores"], dtype=np.float64)[keep], kind="mergesort")
+    tp, fp = np.cumsum(matched[order]), np.cumsum(~matched[order])
+    recall = tp / gt_count
+    precision = tp / np.maximum(tp + fp, np.spacing(1))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # COCOeval's envelope: non-increasing
+    at = np.searchsorted(recall, np.linspace(0.0, 1.0, 101), side="left")
+    return float(np.where(at < precision.size, precision[np.minimum(at, precision.size - 1)], 0.0).mean())
 
 
 def _parse_categories(label_schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -326,8 +375,8 @@ def _load_results(gt: Any, dets: list[dict[str, Any]], engine: _Engine, iou_type
 
 
 def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str, categories: list[dict[str, Any]],
-              engine: _Engine | None = None) -> tuple[list[float], dict[str, Any], dict[str, list[float]]]:
-    """COCOeval's 12 stats, per-category AP/AR, and per-category precision curves at IoU 0.5."""
+              engine: _Engine | None = None) -> tuple[list[float], dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """COCOeval's 12 stats, per-category AP/AR, and per-category precision curves by ``CURVE_IOUS``."""
     engine = engine or _engine()
     with contextlib.redirect_stdout(io.StringIO()):
         ev = engine.cocoeval(gt, _load_results(gt, dets, engine, iou_type), iou_type)
@@ -341,14 +390,17 @@ def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str, categories: li
     names = {c["id"]: c["name"] for c in categories}
     num_gt = Counter(a["category_id"] for a in gt.dataset["annotations"])
     per_category: dict[str, Any] = {}
-    curves: dict[str, list[float]] = {}
+    curves: dict[str, dict[str, list[float]]] = {t: {} for t in CURVE_IOUS}
     for k, cid in enumerate(ev.params.catIds):
         # Area "all" (index 0) and the largest maxDets (index -1), as COCOeval's AP and AR100.
         per_category[names[cid]] = {
             "AP": _mean_valid(precision[:, :, k, 0, -1]), "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
             "AP75": _mean_valid(precision[t75, :, k, 0, -1]), "AR100": _mean_valid(recall[:, k, 0, -1]),
             "num_ground_truth": num_gt[cid]}
-        curves[names[cid]] = precision[t50, :, k, 0, -1].round(6).tolist()
+        by_iou = {"0.50": precision[t50, :, k, 0, -1], "0.75": precision[t75, :, k, 0, -1],
+                  "0.50:0.95": _mean_curve(precision[:, :, k, 0, -1])}
+        for t in CURVE_IOUS:
+            curves[t][names[cid]] = by_iou[t].round(6).tolist()
     return stats, per_category, curves
 
 
@@ -356,3 +408,10 @@ def _mean_valid(values: np.ndarray) -> float:
     """Mean over entries COCOeval filled in; -1 (its own convention) when there are none."""
     valid = values[values > -1]
     return float(valid.mean()) if valid.size else -1.0
+
+
+def _mean_curve(curves: np.ndarray) -> np.ndarray:
+    """The mean of [iou, recall] precision curves over IoU thresholds; -1 (no ground truth) stays -1."""
+    if (curves < 0).all():
+        return curves[0]
+    return np.where(curves > -1, curves, 0.0).mean(axis=0)

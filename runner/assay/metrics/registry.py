@@ -51,6 +51,8 @@ class Evaluator(abc.ABC):
     name: ClassVar[str]
     #: Whether a larger headline is better (for comparing runs).
     higher_is_better: ClassVar[bool] = True
+    #: What ``per_sample`` scores, in words; empty when the family has no per-sample score.
+    per_sample_score: ClassVar[str] = ""
 
     def __init__(self, label_schema: dict[str, Any]):
         self.label_schema = label_schema
@@ -62,6 +64,14 @@ class Evaluator(abc.ABC):
     @abc.abstractmethod
     def compute(self) -> MetricsReport:
         """Score everything added so far."""
+
+    def per_sample(self) -> dict[str, float]:
+        """A score of each sample added so far, higher is better (``assay report``'s worst samples and
+        ``assay compare``'s regressions); families without one raise."""
+        from assay.errors import EvaluationError
+
+        raise EvaluationError(f"the {self.name} evaluator has no per-sample score",
+                              "compare the summary metrics only")
 
 
 _REGISTRY: dict[str, type[Evaluator]] = {}

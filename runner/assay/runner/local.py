@@ -277,7 +277,7 @@ def _signals_raise() -> Any:
 
 
 @contextlib.contextmanager
-def _storage_settings(job: EvaluationJob) -> Any:
+def storage_settings(job: EvaluationJob) -> Any:
     """spec.storage.endpoint and region for this process and its workers, as pods get them."""
     env = {"AWS_ENDPOINT_URL": job.spec.storage.endpoint, "AWS_REGION": job.spec.storage.region}
     env = {k: v for k, v in env.items() if v}
@@ -310,7 +310,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
         job = job.model_copy(update={"spec": job.spec.model_copy(
             update={"ppl": job.spec.ppl.model_copy(update={"workers": workers})})})
     output = job.spec.output.uri
-    with _storage_settings(job):
+    with storage_settings(job):
         job, dataset, model = pin(job)
         ctx = _context(job, 0, dataset, model)
         check_present(dataset, model)

@@ -1,0 +1,96 @@
+"""Ground truth and predictions drawn over a sample's image, for the report's galleries (PIL only).
+
+Ground truth is green, predictions are orange; masks are filled at 40% opacity under their box
+outline. Predictions below ``min_score`` are left out (a detector's long tail of low scores would hide
+the image) and counted in the caption instead.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+GROUND_TRUTH = (0, 200, 80)
+PREDICTION = (255, 140, 0)
+#: Gallery images are scaled to fit this box; tiny images (8x8 digits) are scaled up to the lower bound.
+MAX_SIDE, MIN_SIDE = 400, 96
+
+
+def open_rgb(data: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def fit(img):
+    """``img`` scaled to the gallery's size: down to MAX_SIDE, or up to MIN_SIDE with crisp pixels."""
+    from PIL import Image
+
+    side = max(img.size)
+    if side > MAX_SIDE:
+        scale, resample = MAX_SIDE / side, Image.Resampling.LANCZOS
+    elif side < MIN_SIDE:
+        scale, resample = MIN_SIDE / side, Image.Resampling.NEAREST
+    else:
+        return img
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample)
+
+
+def jpeg(img) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def detections(data: bytes, label: dict[str, Any], prediction: dict[str, Any],
+               min_score: float = 0.5) -> tuple[bytes, int]:
+    """(JPEG bytes of the image with the coco label and prediction drawn, predictions left out)."""
+    from PIL import Image, ImageDraw
+
+    img = open_rgb(data)
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for obj in label.get("objects", []):
+        _fill(layer, _gt_mask(obj.get("segmentation"), img.height, img.width), GROUND_TRUTH)
+        x, y, w, h = (float(v) for v in obj["bbox"])
+        draw.rectangle([x, y, x + w, y + h], outline=(*GROUND_TRUTH, 255), width=3)
+    boxes = np.asarray(prediction.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(prediction.get("scores", np.zeros(len(boxes))), dtype=np.float64)
+    masks = prediction.get("masks")
+    masks = masks.to_coco() if hasattr(masks, "to_coco") else masks
+    shown = np.flatnonzero(scores >= min_score)
+    for i in shown.tolist():
+        if masks is not None:
+            _fill(layer, _decode(masks[i]), PREDICTION)
+        draw.rectangle(boxes[i].tolist(), outline=(*PREDICTION, 255), width=2)
+        draw.text((boxes[i][0] + 3, boxes[i][1] + 2), f"{scores[i]:.2f}", fill=(*PREDICTION, 255))
+    img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
+    return jpeg(fit(img)), len(boxes) - len(shown)
+
+
+def _fill(layer, mask: np.ndarray | None, color: tuple[int, int, int]) -> None:
+    if mask is None or not mask.any():
+        return
+    from PIL import Image
+
+    tint = Image.new("RGBA", layer.size, (*color, 100))
+    layer.paste(tint, (0, 0), Image.fromarray((mask > 0).astype(np.uint8) * 255, mode="L"))
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    from pycocotools import mask as mask_util
+
+    counts = rle["counts"]
+    return mask_util.decode({"size": [int(v) for v in rle["size"]],
+                             "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+
+
+def _gt_mask(segm: Any, height: int, width: int) -> np.ndarray | None:
+    """A ground-truth segmentation (RLE or polygons) as a mask of the image's size, or None."""
+    from assay.oracle import to_rle
+
+    counts = to_rle(segm, height, width)
+    return None if counts is None else _decode({"size": [height, width], "counts": counts})

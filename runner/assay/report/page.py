@@ -1,0 +1,151 @@
+"""The report of one finished run as one self-contained HTML page.
+
+Sections (their ids are stable; tests and links use them):
+- ``overview``: model, dataset and evaluator with versions, settings and run conditions;
+- ``metrics``: every summary metric;
+- coco: ``per-category`` (AP, AP50, AP75, AR100 per category), ``pr-curves`` (precision-recall curves
+  at IoU 0.50, 0.75 and averaged over 0.50:0.95, from the curves cmp stored in metrics.json) and
+  ``worst`` (the lowest per-sample scores, ground truth and predictions drawn over the image);
+- classification: ``per-class`` (precision, recall, F1, support), ``confusion``, ``roc`` (one-vs-rest,
+  from the stored scores) and ``misclassified`` (images with true and predicted class).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from assay.metrics import Evaluator
+from assay.report import html, overlay, plots
+from assay.report.finished import FinishedRun
+from assay.report.html import Html, section, table, tag
+
+#: Images in the worst-samples and misclassified galleries unless told otherwise.
+GALLERY = 12
+
+
+def build(run: FinishedRun, gallery: int = GALLERY) -> str:
+    """The HTML text of ``run``'s report (reads every record and the gallery's shards)."""
+    metrics = run.metrics
+    sections = [_overview(run), _metrics(metrics)]
+    kept: dict[str, tuple[dict, dict]] = {}
+    if metrics["evaluator"] == "coco":
+        evaluator = run.evaluate(kept)
+        sections += _coco(run, evaluator, kept, gallery)
+    elif metrics["evaluator"] == "classification":
+        evaluator = run.evaluate(kept)
+        sections += _classification(run, evaluator, kept, gallery)
+    else:  # a handler's own evaluate(): its numbers are all there is, once the results verify
+        run.verify()
+    model, dataset = metrics["model"], metrics["dataset"]
+    title = f"{model['name']} on {dataset['name']}"
+    subtitle = (f"assay report: model {model['name']}@{model['version']}, dataset {dataset['name']}@"
+                f"{dataset['version']} ({dataset.get('samples')} samples), evaluator {metrics['evaluator']}")
+    return html.page(title, subtitle, *sections)
+
+
+def _overview(run: FinishedRun) -> Html:
+    m = run.metrics
+    rows = [["model", m["model"]["name"], m["model"]["version"], m["model"]["uri"]],
+            ["dataset", m["dataset"]["name"], m["dataset"]["version"], m["dataset"]["uri"]]]
+    engine = m.get("full", {}).get("engine")
+    settings = [[k, v] for k, v in m.get("settings", {}).items()]
+    conditions = [[k, v] for c in m.get("runConditions") or [] if isinstance(c, dict) for k, v in c.items()]
+    return section("overview", "Run",
+                   table(["", "name", "version", "uri"], rows),
+                   tag("p", f"evaluator {m['evaluator']}" + (f" ({engine})" if engine else "")
+                       + f"; results in {run.output_uri}"),
+                   tag("div", tag("div", tag("h3", "settings"), table(["setting", "value"], settings)),
+                       tag("div", tag("h3", "run conditions"), table(["condition", "value"], conditions)),
+                       class_="row"))
+
+
+def _metrics(metrics: dict[str, Any]) -> Html:
+    headline = metrics.get("headline", {}).get("name")
+    summary = metrics["summary"]
+    iou_types = metrics.get("full", {}).get("iou_types", []) if metrics["evaluator"] == "coco" else []
+    if iou_types:  # COCO's 12 stats as rows, bbox and segm as columns: half the height
+        stats = list(dict.fromkeys(name.split("/", 1)[1] for name in summary))
+        rows = [[stat, *(summary.get(f"{t}/{stat}") for t in iou_types)] for stat in stats]
+        return section("metrics", "Metrics", table(["metric", *iou_types], rows, class_="metrics"),
+                       tag("p", f"headline: {headline}", class_="muted"))
+    rows = [[f"{name} (headline)" if name == headline else name, value] for name, value in summary.items()]
+    return section("metrics", "Metrics", table(["metric", "value"], rows, class_="metrics"))
+
+
+# ------------------------------------------------------------------------------------------------ coco
+
+
+def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> list[Html]:
+    full = run.metrics["full"]
+    per_category, curves = [], []
+    for iou_type in full.get("iou_types", []):
+        rows = [[name, c["AP"], c["AP50"], c["AP75"], c["AR100"], c["num_ground_truth"]]
+                for name, c in full[f"{iou_type}/per_category"].items()]
+        per_category += [tag("h3", iou_type),
+                         table(["category", "AP", "AP50", "AP75", "AR100", "ground truth"], rows)]
+        # metrics.json of runs made before the curves were stored has the IoU 0.50 curve only
+        by_iou = full.get(f"{iou_type}/precision_curves") or {"0.50": full[f"{iou_type}/precision_iou50"]}
+        png = plots.pr_curves(by_iou, full["recall_thresholds"], iou_type)
+        curves.append(html.image(png, "image/png", f"{iou_type} precision-recall curves", class_="plot"))
+    scores = evaluator.per_sample()
+    worst = sorted(scores, key=lambda i: (scores[i], i))[:gallery]
+    images = run.images(set(worst))
+    figures = []
+    for sample_id in worst:
+        label, prediction = kept[sample_id]
+        drawn, hidden = overlay.detections(images[sample_id][1], label, prediction)
+        caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {len(label.get('objects', []))} objects, "
+                   f"{len(prediction.get('boxes', []))} detections"
+                   + (f" ({hidden} below score 0.5 not drawn)" if hidden else ""))
+        figures.append(tag("figure", html.image(drawn, "image/jpeg", sample_id), tag("figcaption", caption)))
+    legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {evaluator.per_sample_score}. ",
+                 tag("span", "ground truth", class_="legend-gt"), " and ",
+                 tag("span", "predictions (score at least 0.5)", class_="legend-pred"), " drawn over the image.")
+    return [section("per-category", "Per category", *per_category),
+            section("pr-curves", "Precision-recall curves",
+                    tag("p", "COCOeval's interpolated precision at 101 recall points (area all, 100 detections).",
+                        class_="muted"), *curves),
+            section("worst", "Worst samples", legend, tag("div", *figures, class_="gallery"))]
+
+
+# -------------------------------------------------------------------------------------- classification
+
+
+def _classification(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> list[Html]:
+    from assay.metrics.classification import roc_curve
+
+    full = run.metrics["full"]
+    classes = full["classes"]
+    rows = [[name, c["precision"], c["recall"], c["f1"], c["support"]] for name, c in full["per_class"].items()]
+    rows += [[f"{avg} average", full[avg]["precision"], full[avg]["recall"], full[avg]["f1"], None]
+             for avg in ("macro", "micro")]
+    confusion = html.image(plots.confusion_matrix(full["confusion_matrix"], classes), "image/png",
+                           "confusion matrix", class_="plot")
+    labels = [kept[i] for i in sorted(kept)]
+    if all(p.get("scores") is not None for _, p in labels):
+        y_true = np.array([int(lab["label"]) for lab, _ in labels])
+        scores = np.stack([np.asarray(p["scores"], dtype=np.float64) for _, p in labels])
+        auc = (full.get("roc_auc") or {}).get("per_class", {})
+        curves = {name: (*curve, auc.get(name)) for k, name in enumerate(classes)
+                  if (curve := roc_curve(y_true == k, scores[:, k])) is not None}
+        roc: Html = html.image(plots.roc_curves(curves), "image/png", "ROC curves", class_="plot")
+    else:
+        roc = tag("p", "The predictions carry no per-class scores, so there is no ROC curve.")
+    wrong = sorted(i for i, s in evaluator.per_sample().items() if s < 1.0)
+    shown = wrong[:gallery]
+    images = run.images(set(shown))
+    figures = []
+    for sample_id in shown:
+        label, prediction = kept[sample_id]
+        thumb = overlay.jpeg(overlay.fit(overlay.open_rgb(images[sample_id][1])))
+        caption = (f"{sample_id}: true {classes[int(label['label'])]}, "
+                   f"predicted {classes[int(np.asarray(prediction['label']))]}")
+        figures.append(tag("figure", html.image(thumb, "image/jpeg", sample_id), tag("figcaption", caption)))
+    return [section("per-class", "Per class", table(["class", "precision", "recall", "F1", "support"], rows)),
+            section("confusion", "Confusion matrix", confusion),
+            section("roc", "ROC curves", roc),
+            section("misclassified", "Misclassified samples",
+                    tag("p", f"{len(wrong)} of {len(kept)} samples misclassified; the first {len(shown)} by id."),
+                    tag("div", *figures, class_="gallery"))]
