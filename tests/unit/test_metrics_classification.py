@@ -177,3 +177,22 @@ def test_importing_metrics_does_not_import_torch():
 
     code = "import sys, assay.metrics; assert 'torch' not in sys.modules and 'sklearn' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_curve_matches_sklearn_and_per_sample_is_correctness(seed):
+    """The ROC points `assay report` draws are scikit-learn's, ties included; per_sample is 1/0 per sample."""
+    from assay.metrics.classification import roc_curve
+
+    rng = np.random.default_rng(seed)
+    positive = rng.random(200) < 0.3
+    score = np.round(rng.random(200) + positive * 0.4, 1)  # rounded: many tied scores
+    fpr, tpr = roc_curve(positive, score)
+    ref_fpr, ref_tpr, _ = skm.roc_curve(positive, score, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert roc_curve(np.zeros(5, bool), score[:5]) is None
+    ev = get_evaluator("classification", {"classes": ["a", "b"]})
+    for i, (t, p) in enumerate([(0, 0), (1, 0), (1, 1)]):
+        ev.update(f"s{i}", {"label": t}, {"label": p})
+    assert ev.per_sample() == {"s0": 1.0, "s1": 0.0, "s2": 1.0}
