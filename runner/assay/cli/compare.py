@@ -41,7 +41,8 @@ def _human(doc: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:+.4f}"
 
     rows = [{"metric": m["name"], "a": "-" if m["a"] is None else f"{m['a']:.4f}",
-             "b": "-" if m["b"] is None else f"{m['b']:.4f}", "delta": num(m["delta"]), "change": m["change"]}
+             "b": "-" if m["b"] is None else f"{m['b']:.4f}",
+             "delta": "0" if m["change"] == "same" else num(m["delta"]), "change": m["change"]}
             for m in doc["metrics"]]
     lines = [f"A: {who(doc['a'])}", f"B: {who(doc['b'])}", ""]
     if not doc["sameDataset"]:
