@@ -84,11 +84,15 @@ def write_coco(pennfudan_dir: Path, folder: Path, polygons: bool = False) -> Pat
     return _yaml(folder, "coco", SPLIT, "annotations/instances.json", name="coco-ped")
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``assay ARGS`` in a child process, importing this checkout's assay."""
+    path = os.pathsep.join([str(REPO / "runner"), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "assay.cli.main", *args], check=False, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": path}, timeout=300)
+
+
 def cli_build(config: Path, store: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "runner"), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-m", "assay.cli.main", "dataset", "build", str(config), "--store", store,
-                          "--format", "json"], capture_output=True, text=True, env=env, timeout=300)
+    out = cli("dataset", "build", str(config), "--store", store, "--format", "json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -194,20 +198,20 @@ class TestCoco:
     @pytest.mark.parametrize("change, message", [
         (lambda d: d["annotations"][0].update(category_id=9), "annotation 7: category_id 9 is not in categories"),
         (lambda d: d["annotations"][0].update(image_id=5), "annotation 7: image_id 5 is not in images"),
-        (lambda d: d["annotations"][0].update(bbox=[1, 2, 0, 4]), "annotation 7: bbox [1, 2, 0, 4] is not "
-                                                                  "[x, y, w, h] with w, h > 0"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 0, 4]),
+         "annotation 7: bbox [1, 2, 0, 4] is not [x, y, w, h] with w, h > 0"),
         (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4]]),
          "annotation 7: bad segmentation (a polygon must be a flat list"),
         (lambda d: d["annotations"][0].update(segmentation={"size": [10, 20], "counts": [5, 5]}),
-         "annotation 7: bad segmentation (RLE counts must be non-negative and add up to height x width (200), "
-         "got 10)"),
+         ("annotation 7: bad segmentation (RLE counts must be non-negative and add up to height x width (200), "
+          "got 10)")),
         (lambda d: d["annotations"][0].pop("bbox"), "annotations[0] has no 'bbox'"),
         (lambda d: d["images"].append(dict(d["images"][0])), "images id 1 occurs twice"),
         (lambda d: d["categories"].append({"id": 2, "name": "pedestrian"}), "category name 'pedestrian' occurs twice"),
         (lambda d: d.pop("annotations"), "no 'annotations' list"),
         (lambda d: d["images"][0].update(width=21), "image 1 is 21x10 in the JSON but {a} is 20x10"),
-        (lambda d: d["images"][0].update(file_name="missing.png"), "image 1: file 'missing.png' is not among "
-                                                                    "the images data_filter selects under {dir}"),
+        (lambda d: d["images"][0].update(file_name="missing.png"),
+         "image 1: file 'missing.png' is not among the images data_filter selects under {dir}"),
     ])
     def test_errors_name_the_json_and_the_entry(self, tmp_path, change, message):
         write_images(tmp_path, {"a.png": (20, 10)})
@@ -221,9 +225,7 @@ class TestCoco:
         write_images(tmp_path, {"a.png": (20, 10)})
         (tmp_path / "instances.json").write_text('{"images": [}')
         config = _yaml(tmp_path, "coco", "*.png", "instances.json")
-        out = subprocess.run([sys.executable, "-m", "assay.cli.main", "dataset", "build", str(config), "--store",
-                              str(tmp_path / "store")], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": f"{REPO / 'runner'}{os.pathsep}{REPO / 'operator'}"})
+        out = cli("dataset", "build", str(config), "--store", str(tmp_path / "store"))
         assert out.returncode != 0
         assert f"{tmp_path / 'instances.json'}: not valid JSON (Expecting value: line 1 column 13" in out.stderr
 

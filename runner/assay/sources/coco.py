@@ -19,7 +19,7 @@ from typing import Any
 from assay.errors import SpecError
 from assay.shards import Sample
 from assay.sources import masks
-from assay.sources.images import image_info
+from assay.sources.images import read_image
 
 _HINT = "fix the instances JSON (see docs/formats.md, process: coco)"
 
@@ -48,8 +48,7 @@ class CocoSource:
     def __iter__(self) -> Iterator[Sample]:
         for image_id, image in self.images.items():
             file = self.files[image_id]
-            data = file.read_bytes()
-            ext, width, height = image_info(data, file)
+            data, ext, width, height = read_image(file)
             if (width, height) != (image["width"], image["height"]):
                 raise SpecError(f"{self.json_path}: image {image_id} is {image['width']}x{image['height']} in "
                                 f"the JSON but {file} is {width}x{height}", _HINT)

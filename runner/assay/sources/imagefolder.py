@@ -12,7 +12,7 @@ from pathlib import Path
 
 from assay.errors import SpecError
 from assay.shards import Sample
-from assay.sources.images import image_info
+from assay.sources.images import read_image
 
 
 class ImageFolderSource:
@@ -51,6 +51,5 @@ class ImageFolderSource:
 
     def __iter__(self) -> Iterator[Sample]:
         for sample_id, file, label in self.items:
-            data = file.read_bytes()
-            ext, _, _ = image_info(data, file)
+            data, ext, _, _ = read_image(file)
             yield Sample(id=sample_id, files={ext: data}, label={"label": label})

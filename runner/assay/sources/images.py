@@ -37,3 +37,9 @@ def image_info(data: bytes, path: Path) -> tuple[str, int, int]:
         raise SpecError(f"{path}: {fmt} images are not supported",
                         f"convert it to one of: {', '.join(FORMAT_EXTENSIONS)}")
     return ext, width, height
+
+
+def read_image(path: Path) -> tuple[bytes, str, int, int]:
+    """(bytes, extension, width, height) of an image file, checked as ``image_info`` checks it."""
+    data = path.read_bytes()
+    return (data, *image_info(data, path))

@@ -24,7 +24,7 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
         _check_counts(segmentation, decode_counts(segmentation["counts"]), height, width)
         return {"size": [height, width], "counts": segmentation["counts"]}
     else:
-        raise ValueError("segmentation must be a list of polygons or an RLE {size, counts}")
+        raise TypeError("segmentation must be a list of polygons or an RLE {size, counts}")
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 

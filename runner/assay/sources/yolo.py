@@ -20,7 +20,7 @@ from assay.config_files import parse_yaml
 from assay.errors import SpecError
 from assay.shards import Sample
 from assay.sources import masks
-from assay.sources.images import image_info
+from assay.sources.images import read_image
 
 _LINE_HINT = "a line is 'class cx cy w h' or 'class x1 y1 x2 y2 x3 y3 ...', coordinates normalised to 0..1"
 
@@ -69,8 +69,7 @@ class YoloSource:
 
     def __iter__(self) -> Iterator[Sample]:
         for sample_id, image, shapes in self.items:
-            data = image.read_bytes()
-            ext, width, height = image_info(data, image)
+            data, ext, width, height = read_image(image)
             objects = [_object(s, width, height, image) for s in shapes]
             yield Sample(id=sample_id, files={ext: data}, label={"width": width, "height": height, "objects": objects})
 
