@@ -171,6 +171,10 @@ class TestCoco:
                 counts = want["counts"].decode() if isinstance(want["counts"], bytes) else want["counts"]
                 assert obj["segmentation"] == {"size": list(want["size"]), "counts": counts}
         assert polygons >= 5
+        # the built dataset runs through ppl and cmp: its ground truth as predictions scores exactly 1
+        from assay.check import check
+
+        assert check(m.uri).scores == {"bbox/AP": 1.0, "segm/AP": 1.0}
 
     def test_images_without_annotations_and_unlisted_files(self, tmp_path):
         write_images(tmp_path, {"a.png": (20, 10), "b.jpg": (8, 6), "extra.png": (4, 4)})
