@@ -34,7 +34,7 @@ def task_of(architecture: str, where: str) -> str:
     known = architectures()
     if architecture not in known:
         close = difflib.get_close_matches(architecture, known, n=3, cutoff=0.5)
-        raise SpecError(f"{where}: architecture {architecture!r} is not a torchvision detection or "
+        raise SpecError(f"{where}: {architecture!r} is not a torchvision detection or "
                         f"classification builder" + (f" (did you mean {', '.join(close)}?)" if close else ""),
                         "use a name from torchvision.models.list_models(), e.g. maskrcnn_resnet50_fpn or resnet18")
     return known[architecture]
