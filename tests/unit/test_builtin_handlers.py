@@ -366,6 +366,11 @@ class TestTorchvisionWeightsNames:
             packages.load_config(_model_yaml(tmp_path / "e", "x", {"architecture": "maskrcnn_resnet50_fpn",
                                                                    "weights": "DEFAULT", "label_map": {"persn": 1}}))
 
+    def test_example_model_yaml(self):
+        config = packages.load_config(REPO / "examples" / "torchvision" / "model.yaml")
+        assert config.builtin["label_map"] == {"1": 1} and config.builtin["num_classes"] == 91
+        assert config.code == [] and config.handler == builtin_spec.HANDLERS["detection"]
+
     def _seed(self, path: Path) -> bytes:
         from torchvision.models import mobilenet_v3_small
 
