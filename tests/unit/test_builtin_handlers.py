@@ -124,6 +124,8 @@ class TestMaskRCNN:
         assert sorted(f["path"] for f in built.files) == [CONFIG_FILE, "maskrcnn.pt", "model.yaml"], "no code"
         assert built.handler == "assay.builtin.handlers:TorchvisionDetector" and built.evaluator == "coco"
         assert built.builtin["label_map"] == {"1": 1} and built.builtin["input"] == MASKRCNN_INPUT
+        assert main(["model", "info", built.uri]) == 0
+        assert "torchvision: maskrcnn_resnet50_fpn, 2 classes, weights file" in capsys.readouterr().out
 
         manifest = job_manifest("builtin", built.uri, pennfudan_four.uri, "out", workers=1, batch_size=1)
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
@@ -310,8 +312,8 @@ class TestBadConfigs:
         with pytest.raises(SpecError, match="the built-in handler's resnet18.pt is not in the package"):
             packages.check_handler_packaged(stripped)
         # a hand-written handler whose module is missing is still refused
-        handwritten = dataclasses.replace(model, builtin=None, handler="handler:Missing")
-        with pytest.raises(SpecError, match="'handler' .* is not in the package, nor installed"):
+        handwritten = dataclasses.replace(model, builtin=None, handler="assay_missing_handler:Missing")
+        with pytest.raises(SpecError, match="'assay_missing_handler' .* is not in the package, nor installed"):
             packages.check_handler_packaged(handwritten)
         borrowed = dataclasses.replace(model, builtin=None)
         with pytest.raises(SpecError, match="is a built-in handler, which takes its config from a torchvision"):
