@@ -373,6 +373,17 @@ class TestTorchvisionWeightsNames:
         assert config.builtin["label_map"] == {"1": 1} and config.builtin["num_classes"] == 91
         assert config.code == [] and config.handler == builtin_spec.HANDLERS["detection"]
 
+    def test_readme_model_yaml(self, tmp_path):
+        """The README's torchvision: example is a model.yaml that parses as written."""
+        import re
+
+        block = next(b for b in re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+                     if "torchvision:" in b)
+        (tmp_path / "model.yaml").write_text(block)
+        config = packages.load_config(tmp_path / "model.yaml")
+        assert config.builtin["architecture"] == "maskrcnn_resnet50_fpn" and config.builtin["num_classes"] == 2
+        assert config.builtin["label_map"] == {"1": 1} and config.evaluator == "coco"
+
     def _seed(self, path: Path) -> bytes:
         from torchvision.models import mobilenet_v3_small
 
