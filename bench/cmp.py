@@ -152,33 +152,44 @@ def run_speed(n_images: int) -> tuple[list[Row], dict]:
 # ----------------------------------------------------------------------------------------- memory
 
 def write_job(folder: Path, records, n_shards: int) -> dict[str, str]:
-    """A dataset manifest with labels files, one results file per shard, and a model manifest."""
+    """A dataset manifest with labels files, one published results file per shard (with the record
+    ppl writes, so cmp's origin checks pass), and a model manifest."""
     import hashlib
 
-    from assay import layout, results, storage
+    from assay import layout, results, runrecord, storage
     from assay.packages import ModelManifest
     from assay.shards import DatasetManifest, ShardInfo
 
     per = -(-len(records) // n_shards)
-    data_uri, out_uri, model_uri = str(folder / "data"), str(folder / "out"), str(folder / "model")
-    infos = []
+    uris = {"dataset": str(folder / "data"), "output": str(folder / "out"), "model": str(folder / "model")}
+    infos, labels_by_shard = [], []
     for s in range(n_shards):
         chunk = records[s * per:(s + 1) * per]
         name = layout.shard_name(s)
         labels = json.dumps({"samples": [{"id": i, "label": lbl} for i, lbl, _ in chunk]}, sort_keys=True)
-        storage.write_text(f"{data_uri}/{name}.labels.json", labels)
-        infos.append(ShardInfo(name=name, samples=len(chunk), bytes=1, sha256="x",
+        storage.write_text(f"{uris['dataset']}/{name}.labels.json", labels)
+        labels_by_shard.append(chunk)
+        infos.append(ShardInfo(name=name, samples=len(chunk), bytes=1, sha256=f"shard-{s}",
                                labels_sha256=hashlib.sha256(labels.encode()).hexdigest(), first=s * per))
-        path = folder / "r.parquet"
-        results.write_local(path, [i for i, _, _ in chunk], [p for _, _, p in chunk],
-                            {"dataset_version": "v1", "model_version": "m1", "shard": name})
-        storage.upload(path, layout.results_uri(out_uri, s))
     manifest = DatasetManifest(name="d", version="v1", samples=len(records), label_schema=SCHEMA, shards=infos)
-    storage.write_text(f"{data_uri}/manifest.json", manifest.to_json())
+    storage.write_text(f"{uris['dataset']}/manifest.json", manifest.to_json())
     model = ModelManifest(name="m", version="m1", handler="h:H", evaluator="coco", files=[], package_bytes=1,
                           package_sha256="x")
-    storage.write_text(f"{model_uri}/manifest.json", model.to_json())
-    return {"dataset": data_uri, "output": out_uri, "model": model_uri}
+    storage.write_text(f"{uris['model']}/manifest.json", model.to_json())
+    ident = runrecord.identity(_context(uris), model, manifest)
+    for s, chunk in enumerate(labels_by_shard):
+        meta = {"dataset_version": "v1", "model_version": "m1", "shard": infos[s].name,
+                "shard_sha256": infos[s].sha256, "settings_hash": ident.settings_hash}
+        path = folder / "r.parquet"
+        results.write_local(path, [i for i, _, _ in chunk], [p for _, _, p in chunk], meta)
+        results.publish(path, uris["output"], s, {**meta, "samples": len(chunk)})
+    return uris
+
+
+def _context(uris: dict[str, str]):
+    from assay.spec import RunContext
+
+    return RunContext(job_name="m", model_uri=uris["model"], dataset_uri=uris["dataset"], output_uri=uris["output"])
 
 
 _CHILD = """

@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from assay_operator import handlers, manifests, metrics, status
+from assay_operator import handlers, kube, manifests, metrics, status
 from assay_operator import settings as operator_settings
 
 GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
@@ -70,15 +70,36 @@ async def _resync_forever() -> None:
             await asyncio.to_thread(_reconcile_logged, namespace, name, LOG)
 
 
+#: (namespace, name) -> the reconcile error last reported on that job as an Event (one Event per new error).
+_REPORTED: dict[tuple[str, str], str] = {}
+
+
 def _reconcile_logged(namespace: str, name: str, logger: logging.Logger) -> None:
     try:
         with metrics.timed_reconcile():
             phase = handlers.reconcile(namespace, name, logger, SETTINGS)
-    except Exception:  # noqa: BLE001 - the next trigger retries; one job must not stop the others
+    except Exception as exc:  # noqa: BLE001 - the next trigger retries; one job must not stop the others
         logger.exception("reconcile of %s/%s failed; retrying at the next change or resync", namespace, name)
+        _report_error(namespace, name, exc, logger)
         return
+    _REPORTED.pop((namespace, name), None)
     if phase is None:
         WATCHED.discard((namespace, name))
+
+
+def _report_error(namespace: str, name: str, exc: Exception, logger: logging.Logger) -> None:
+    """A Warning Event on the job, so `kubectl describe` shows why it does not move (the phase stays:
+    the error may be transient, e.g. the API server restarting); repeats of one error post nothing."""
+    message = f"reconcile failed: {type(exc).__name__}: {exc}"[:900] + "; retrying at the next change or resync"
+    if _REPORTED.get((namespace, name)) == message:
+        return
+    _REPORTED[(namespace, name)] = message
+    owner = {"apiVersion": manifests.API_VERSION, "kind": manifests.KIND,
+             "metadata": {"namespace": namespace, "name": name}}
+    try:
+        kube.post_event(owner, "Warning", "ReconcileError", message, status.fmt_time(status.now_utc()))
+    except Exception as post_exc:  # noqa: BLE001 - the log has the error already
+        logger.warning("could not post an Event: %s", post_exc)
 
 
 def _track(obj: dict[str, Any]) -> None:
@@ -99,6 +120,7 @@ def evaluationjob_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -
     namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
     if event.get("type") == "DELETED":
         WATCHED.discard((namespace, name))
+        _REPORTED.pop((namespace, name), None)
         metrics.forget(namespace, name)
         return
     _track(obj)

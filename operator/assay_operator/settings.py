@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     #: Namespaces to watch (comma-separated); empty watches the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Watch namespaces and CRDs for changes (kopf's scanning). Off: the namespaces given at start are
-    #: assumed to exist and a CRD installed later needs an operator restart (kmock-based tests need it off).
+    #: assumed to exist and a CRD installed later needs an operator restart (for RBAC that may not list
+    #: namespaces or CRDs).
     api_scanning: bool = True
     #: Seconds between two reconciliations of one EvaluationJob (reads progress, pods, child Jobs).
     resync_seconds: float = Field(10.0, gt=0)

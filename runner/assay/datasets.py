@@ -1,10 +1,10 @@
 """Building datasets from a dataset.yaml, and listing them in a store.
 
 dataset.yaml keeps the fields of Starwhale's (name, data_dir, data_filter, label_filter, process, desc,
-tag, attr.volume_size). ``process`` names the source that yields samples: a built-in (``pennfudan``)
-or a user class ``"module:Class"`` imported from the dataset.yaml's folder. A source is constructed
-as ``Class(data_dir, data_files, label_files)`` and iterated for ``assay.shards.Sample`` objects, and
-has a ``label_schema`` attribute.
+tag, attr.volume_size). ``process`` names the source that yields samples: a built-in (``pennfudan``,
+``coco``, ``imagefolder``, ``yolo``; see docs/formats.md) or a user class ``"module:Class"`` imported
+from the dataset.yaml's folder. A source is constructed as ``Class(data_dir, data_files, label_files)``
+and iterated for ``assay.shards.Sample`` objects, and has a ``label_schema`` attribute.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from assay.errors import AssayError, SpecError
 from assay.layout import LATEST, MANIFEST, version_folders
 from assay.shards import DatasetManifest, Sample, ShardWriter, load_manifest
 
-BUILTIN_SOURCES = {"pennfudan": "assay.sources.pennfudan:PennFudanSource"}
+BUILTIN_SOURCES = {
+    "pennfudan": "assay.sources.pennfudan:PennFudanSource",
+    "coco": "assay.sources.coco:CocoSource",
+    "imagefolder": "assay.sources.imagefolder:ImageFolderSource",
+    "yolo": "assay.sources.yolo:YoloSource",
+}
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _EXT = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)*")
 

@@ -8,6 +8,9 @@ model.yaml keeps Starwhale's fields (name, model: [weight files], run.handler â€
 as its old name â€” desc, tag) and adds ``run.evaluator`` (coco, classification, or handler) and ``code``
 (globs of code files, default every ``*.py`` beside model.yaml). The version is the package's digest.
 Weights are never unpickled: handlers load them with ``torch.load(weights_only=True)`` or safetensors.
+A ``torchvision:`` section replaces run.handler with a built-in handler (``assay.builtin``): its resolved
+config is a package member (``assay-builtin.json``), so the version covers it, and the manifest's
+``builtin`` repeats it for checks at run start.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class ModelConfig:
     desc: str = ""
     tag: list[str] = field(default_factory=list)
     base_dir: Path = Path(".")
+    builtin: dict[str, Any] | None = None  # the parsed torchvision: section (assay.builtin.spec.parse)
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,14 @@ class ModelManifest:
     package_sha256: str
     desc: str = ""
     tag: list[str] = field(default_factory=list)
+    builtin: dict[str, Any] | None = None  # the resolved torchvision: config of a built-in handler
     uri: str = ""
 
     def to_json(self) -> str:
         doc = {"format": FORMAT, **asdict(self)}
         doc.pop("uri")
+        if doc["builtin"] is None:  # manifests of hand-written handlers stay as they were
+            doc.pop("builtin")
         return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
@@ -79,7 +86,7 @@ class ModelManifest:
 def load_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     doc = read_mapping(path, "model.yaml", "name, model, run.handler",
-                       {"name", "model", "code", "run", "desc", "tag", "config", "version"})
+                       {"name", "model", "code", "run", "desc", "tag", "config", "version", "torchvision"})
     name = str(doc.get("name") or "")
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name != name.lower():
         raise SpecError(f"{path}: name {name!r} is missing or not valid",
@@ -88,19 +95,30 @@ def load_config(path: str | Path) -> ModelConfig:
     if not isinstance(run, dict):
         raise SpecError(f"{path}: run must be a mapping with a handler: module:Class")
     handler = run.get("handler") or run.get("ppl")
-    if not handler or ":" not in str(handler):
-        raise SpecError(f"{path}: run.handler is missing or not 'module:Class'",
-                        "e.g. run: {handler: handler:MaskRCNNHandler, evaluator: coco}")
     evaluator = run.get("evaluator")
     if evaluator is not None and evaluator not in EVALUATORS:
         raise SpecError(f"{path}: run.evaluator {evaluator!r} is unknown", f"use one of {', '.join(EVALUATORS)}")
+    builtin = None
+    if "torchvision" in doc:
+        from assay.builtin import spec as builtin_spec
+
+        if handler:
+            raise SpecError(f"{path}: both run.handler and torchvision are given",
+                            "torchvision: uses a built-in handler; remove run.handler, or the torchvision section")
+        builtin = builtin_spec.parse(doc["torchvision"], path, evaluator)
+        handler = builtin_spec.HANDLERS[builtin["task"]]
+        evaluator = evaluator or builtin_spec.EVALUATORS[builtin["task"]]
+    if not handler or ":" not in str(handler):
+        raise SpecError(f"{path}: run.handler is missing or not 'module:Class'",
+                        "e.g. run: {handler: handler:MaskRCNNHandler, evaluator: coco}, or a torchvision: "
+                        "section for a built-in handler (docs/formats.md)")
     weights = doc.get("model") or []
     if isinstance(weights, str):
         weights = [weights]
-    code = doc.get("code") or ["*.py"]
+    code = doc.get("code") or ([] if builtin else ["*.py"])  # a built-in package needs no code
     return ModelConfig(name=name, weights=[str(w) for w in weights], code=[str(c) for c in code],
                        handler=str(handler), evaluator=evaluator, desc=str(doc.get("desc") or ""),
-                       tag=[str(t) for t in doc.get("tag") or []], base_dir=path.parent.resolve())
+                       tag=[str(t) for t in doc.get("tag") or []], base_dir=path.parent.resolve(), builtin=builtin)
 
 
 def _package_files(config: ModelConfig) -> list[str]:
@@ -121,17 +139,34 @@ def _package_files(config: ModelConfig) -> list[str]:
     return sorted(names)
 
 
+def _builtin_files(config: ModelConfig, names: list[str], log) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A built-in's resolved config and the members it adds (its config file, fetched weights)."""
+    if config.builtin is None:
+        return None, {}
+    from assay.builtin import CONFIG_FILE
+    from assay.builtin import spec as builtin_spec
+
+    if CONFIG_FILE in names:
+        raise SpecError(f"{config.base_dir}: {CONFIG_FILE} is reserved for the built-in handler's config",
+                        "rename that file, or leave it out of model: and code:")
+    resolved, extra = builtin_spec.resolve(config.builtin, config.base_dir, log)
+    return resolved, {**extra, CONFIG_FILE: builtin_spec.config_bytes(resolved)}
+
+
 def build(config: ModelConfig, store: str, log=print) -> ModelManifest:
     """Pack code and weights into a deterministic tar and upload it with its manifest."""
     files = _package_files(config)
+    builtin, extra = _builtin_files(config, files, log)
+    sources: dict[str, Any] = {**{name: config.base_dir / name for name in files}, **extra}
     check_handler_packaged(config, files)
     storage.clean_leftovers(store, "models", config.name)
     with storage.scratch_dir("model", store) as tmp:
         tar_path = Path(tmp) / PACKAGE
         entries = []
         with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name in files:
-                data = (config.base_dir / name).read_bytes()
+            for name in sorted(sources):
+                source = sources[name]
+                data = source if isinstance(source, bytes) else source.read_bytes()
                 archive.add_bytes(tar, name, data)
                 entries.append({"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
         digest = archive.sha256_file(tar_path)
@@ -139,12 +174,12 @@ def build(config: ModelConfig, store: str, log=print) -> ModelManifest:
         uri = storage.join(store, "models", config.name, version)
         manifest = ModelManifest(name=config.name, version=version, handler=config.handler,
                                  evaluator=config.evaluator, files=entries, package_bytes=tar_path.stat().st_size,
-                                 package_sha256=digest, desc=config.desc, tag=config.tag, uri=uri)
+                                 package_sha256=digest, desc=config.desc, tag=config.tag, builtin=builtin, uri=uri)
         if not storage.exists(storage.join(uri, MANIFEST)):
             storage.upload(tar_path, storage.join(uri, PACKAGE))
             storage.write_text(storage.join(uri, MANIFEST), manifest.to_json())  # commit point
         storage.write_text(storage.join(store, "models", config.name, LATEST), version)
-    log(f"  {len(files)} files, {manifest.package_bytes / 1e6:.1f} MB")
+    log(f"  {len(sources)} files, {manifest.package_bytes / 1e6:.1f} MB")
     return manifest
 
 
@@ -214,9 +249,28 @@ def _intact(folder: Path, manifest: ModelManifest) -> bool:
 
 
 def check_handler_packaged(manifest: ModelManifest | ModelConfig, files: list[str] | None = None) -> None:
-    """The handler's module must be in the package (or installed), or every worker fails at its start."""
+    """The handler's module must be in the package (or installed), or every worker fails at its start.
+
+    A built-in needs no module file but its config and weights (checked once built: a ModelConfig's
+    built-in members are made by ``build`` itself).
+    """
     module_name = manifest.handler.partition(":")[0]
     names = set(files if files is not None else [e["path"] for e in getattr(manifest, "files", [])])
+    if manifest.builtin is not None:
+        from assay.builtin import CONFIG_FILE
+        from assay.builtin.spec import HANDLERS
+
+        if manifest.handler not in HANDLERS.values():
+            raise SpecError(f"model {manifest.name}: a built-in package names handler {manifest.handler!r}",
+                            "rebuild the package with `assay model build`")
+        wanted = {CONFIG_FILE, manifest.builtin["weights"]} if isinstance(manifest, ModelManifest) else set()
+        if wanted - names:
+            raise SpecError(f"model {manifest.name}: the built-in handler's {', '.join(sorted(wanted - names))} "
+                            "is not in the package", "rebuild the package with `assay model build`")
+        return
+    if module_name == "assay.builtin.handlers":
+        raise SpecError(f"model {manifest.name}: run.handler {manifest.handler!r} is a built-in handler, "
+                        "which takes its config from a torchvision: section", "see docs/formats.md, built-in handlers")
     stem = module_name.replace(".", "/")
     if f"{stem}.py" in names or f"{stem}/__init__.py" in names:
         return
@@ -238,6 +292,11 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
     from assay.handler import Handler
 
     module_name, _, attr = manifest.handler.partition(":")
+    if manifest.builtin is not None:  # assay's own code: nothing of the package goes on sys.path
+        from assay.builtin import handlers
+
+        check_handler_packaged(manifest)
+        return getattr(handlers, attr)
     if str(package_dir) not in sys.path:
         sys.path.insert(0, str(package_dir))
     loaded = sys.modules.get(module_name)

@@ -50,8 +50,9 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, n
 
 
 class ControlPlane:
-    def __init__(self, bin_dir: Path, folder: Path) -> None:
+    def __init__(self, bin_dir: Path, folder: Path, apiserver_args: tuple[str, ...] = ()) -> None:
         self.bin, self.folder = bin_dir, folder
+        self.apiserver_args = apiserver_args  # e.g. an audit policy (bench/operator_scale.py)
         self.logs = folder / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pki = PKI(folder / "pki")
@@ -89,7 +90,7 @@ class ControlPlane:
             # Logs come from the process kubelet's HTTPS endpoint; its certificate is checked.
             f"--kubelet-certificate-authority={self.pki.ca}", f"--kubelet-client-certificate={kubelet_crt}",
             f"--kubelet-client-key={kubelet_key}", "--kubelet-preferred-address-types=InternalIP",
-            "--service-cluster-ip-range=10.0.0.0/24", "--profiling=false", "--v=1"])
+            "--service-cluster-ip-range=10.0.0.0/24", "--profiling=false", "--v=1", *self.apiserver_args])
         self._wait_ready("/readyz", self.port, "kube-apiserver", timeout=120)
         kcm = self.kubeconfig_for("controller-manager",
                                   *self.pki.issue("controller-manager", "system:kube-controller-manager"))

@@ -97,6 +97,8 @@ def test_apply_wait_ready_metrics_equal_assay_run(operator, kubectl, api: Api, n
     assert row.split()[:5] == ["pennfudan", "Succeeded", st["shards"]["summary"], "100.0%",
                                st["results"]["headline"]]
     print("\n$ kubectl get evaljob -o wide\n" + wide)
+    full = kubectl("get", "evaljob", "pennfudan", "-n", ns, "-o", "yaml").stdout
+    print("\n$ kubectl get evaljob pennfudan -o yaml\n" + full)
 
     # Job pods were admitted under the namespace's enforced Pod Security "restricted" level.
     pods = api.pods("assay.dev/job=pennfudan")

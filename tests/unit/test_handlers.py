@@ -321,3 +321,32 @@ def test_no_finalizer_is_ever_added(api):
 
     source = open(main.__file__).read()
     assert "kopf.timer" not in source and "kopf.daemon" not in source and "on.delete" not in source
+
+
+def test_an_unexpected_reconcile_error_is_an_event_on_the_job_once(api, monkeypatch):
+    """An exception inside reconcile was only logged: the job sat in its phase and `kubectl describe`
+    said nothing. Now one Warning Event per distinct error; the next good reconcile re-arms it."""
+    import assay_operator.main as main
+
+    monkeypatch.setattr(main, "SETTINGS", SETTINGS)
+    monkeypatch.setattr(main, "_REPORTED", {})
+    api.apply()
+    real_get_job = kube.get_job
+
+    def broken(ns, name):
+        raise RuntimeError("boom: the API answered nonsense")
+
+    monkeypatch.setattr(kube, "get_job", broken)
+    main._reconcile_logged(NS, NAME, LOG)
+    main._reconcile_logged(NS, NAME, LOG)
+    errors = [e for e in api.events if e["reason"] == "ReconcileError"]
+    assert len(errors) == 1 and errors[0]["type"] == "Warning"
+    assert "RuntimeError: boom: the API answered nonsense" in errors[0]["message"]
+    assert errors[0]["involvedObject"]["name"] == NAME
+
+    monkeypatch.setattr(kube, "get_job", real_get_job)
+    main._reconcile_logged(NS, NAME, LOG)
+    assert api.status()["phase"] in ("Pending", "Resolving")
+    monkeypatch.setattr(kube, "get_job", broken)
+    main._reconcile_logged(NS, NAME, LOG)
+    assert len([e for e in api.events if e["reason"] == "ReconcileError"]) == 2, "a new failure is reported again"

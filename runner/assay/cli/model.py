@@ -47,7 +47,9 @@ def info(ref: str, store: str, fmt: str) -> None:
 
     m = load_manifest(resolve_ref(ref, store, "models"))
     rows = [{"file": f["path"], "bytes": f["bytes"], "sha256": f["sha256"][:16]} for f in m.files]
-    human = (f"name: {m.name}\nversion: {m.version}\nuri: {m.uri}\nhandler: {m.handler}\n"
+    builtin = "" if m.builtin is None else (f"torchvision: {m.builtin['architecture']}, {m.builtin['num_classes']} "
+                                            f"classes, weights {m.builtin['source']}\n")
+    human = (f"name: {m.name}\nversion: {m.version}\nuri: {m.uri}\nhandler: {m.handler}\n{builtin}"
              f"evaluator: {m.evaluator}\ndesc: {m.desc}\n\n" + table(rows, ["file", "bytes", "sha256"]))
     emit(fmt, asdict(m), human)
 

@@ -35,7 +35,8 @@ def run_conditions(device: str, threads: int, ctx: RunContext) -> dict[str, str 
 
 
 def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:
-    """What can be known before any inference: the evaluator fits the labels, the handler is packaged."""
+    """What can be known before any inference: the evaluator fits the labels, the handler is packaged,
+    a built-in's classes map onto the dataset's."""
     name = ctx.evaluator or model.evaluator
     if not name:
         raise SpecError("no evaluator: model.yaml has no run.evaluator and the job sets no spec.evaluator",
@@ -49,6 +50,14 @@ def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.
             raise SpecError(f"evaluator {name!r} does not fit dataset {dataset.name}@{dataset.version}: "
                             f"{exc.message}", exc.hint) from exc
     packages.check_handler_packaged(model)
+    if model.builtin is not None:
+        from assay.builtin import spec as builtin_spec
+
+        task = model.builtin["task"]
+        if name != builtin_spec.EVALUATORS[task]:
+            raise SpecError(f"evaluator {name!r} does not fit model {model.name}, a built-in {task} handler",
+                            f"use evaluator {builtin_spec.EVALUATORS[task]} (or leave spec.evaluator out)")
+        builtin_spec.check_dataset(model.builtin, dataset.label_schema, model.name)
 
 
 def check_present(dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:

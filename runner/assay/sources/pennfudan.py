@@ -19,6 +19,7 @@ import numpy as np
 
 from assay.errors import IntegrityError, SpecError, UnsafeArchiveError
 from assay.shards import Sample
+from assay.sources.images import image_size
 
 HOMEPAGE = "https://www.cis.upenn.edu/~jshi/ped_html/"
 ZIP_URL = HOMEPAGE + "PennFudanPed.zip"
@@ -99,20 +100,6 @@ class PennFudanSource:
                 raise SpecError(f"{mask} is {label['width']}x{label['height']} but its image {image} is "
                                 f"{width}x{height}", "a mask must have its image's size; fix or drop the pair")
             yield Sample(id=image.stem, files={"png": image_bytes, "mask.png": mask_bytes}, label=label)
-
-
-def image_size(data: bytes, path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, refusing empty, unreadable and decompression-bomb files."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except Image.DecompressionBombError as exc:
-        raise SpecError(f"{path}: {exc}", "an image this large is almost certainly broken or hostile") from exc
-    except (OSError, ValueError) as exc:
-        raise SpecError(f"{path}: not a readable image ({len(data)} bytes: {exc})",
-                        "replace the file, or drop it with data_filter") from exc
 
 
 def cache_dir() -> Path:
