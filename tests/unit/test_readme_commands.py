@@ -1,4 +1,4 @@
-"""The commands of README.md and examples/pennfudan/README.md run as written (issue 12).
+"""The commands of README.md and of the examples' READMEs run as written (issue 12).
 
 They run in a copy of the repository's layout (examples/pennfudan beside a link to ../shared), so the
 relative paths, the default store .assay/store and job.yaml's URIs are exactly those a user meets.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md", REPO / "examples" / "pennfudan" / "README.md"]
+DOCS = [REPO / "README.md", *(REPO / "examples" / name / "README.md" for name in ("pennfudan", "torchvision"))]
 TRAIN = "python examples/pennfudan/train.py --data ../shared/data/PennFudanPed --out examples/pennfudan --steps 600"
 
 #: command prefix -> what runs it instead
@@ -34,6 +34,12 @@ NOT_HERE = {
     "kubectl ": "a cluster (tests/cluster)", "assay job ": "a cluster (tests/cluster/test_evaluationjob.py)",
     "bash scripts/install-helm.sh": ".ci/run (make test)", "bash scripts/install-kube.sh": ".ci/run",
     "bash scripts/install-chromium.sh": ".ci/run (make test)",
+    # examples/torchvision: COCO weights need internet; the same commands on weights made offline:
+    "assay model build examples/torchvision/model.yaml":
+        "test_builtin_handlers.py::TestTorchvisionWeightsNames (a weights name, packed from torch.hub's cache)",
+    "assay model info maskrcnn-coco": "test_builtin_handlers.py::TestTorchvisionWeightsNames (after that build)",
+    "assay run examples/torchvision/job.yaml":
+        "test_builtin_handlers.py::TestMaskRCNN::test_weights_file_evaluates_with_no_handler_code",
 }
 
 
