@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md", *(REPO / "examples" / name / "README.md" for name in ("pennfudan", "torchvision"))]
+# the examples first: README.md shows commands (assay report) that need the job the example runs
+DOCS = [*(REPO / "examples" / name / "README.md" for name in ("pennfudan", "torchvision")), REPO / "README.md"]
 TRAIN = "python examples/pennfudan/train.py --data ../shared/data/PennFudanPed --out examples/pennfudan --steps 600"
 
 #: command prefix -> what runs it instead
@@ -83,4 +84,6 @@ def test_readme_commands_run_as_written(pennfudan_dir, tmp_path):
     assert "bbox AP 1.000, segm AP 1.000" in out["assay dataset check pennfudan"]
     assert "pennfudan" in out["assay dataset list"], "the default store holds what was built"
     assert "bbox/AP" in out["cat .assay/jobs/pennfudan-maskrcnn/summary.txt"]
+    page = (root / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "pennfudan-maskrcnn" in page and 'id="worst"' in page
     assert len(ran) >= 9 and len(elsewhere) >= 5
