@@ -61,12 +61,13 @@ def _run(folder: Path, model_uri: str, dataset_uri: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def coco(test_split, oracle_model, store, pennfudan_dir, tmp_path_factory):
+def coco(test_split, oracle_model, pennfudan_dir, tmp_path_factory):
     """Jobs of the perfect (a) and the imperfect (b) model on the test split, and the perfect model on
     the same images rebuilt in smaller shards (another dataset version)."""
     tmp = tmp_path_factory.mktemp("coco-runs")
-    missing = _model(tmp, store, FIXTURES / "oracle", "miss.flag")
-    rebuilt = datasets.build(datasets.load_config(write_dataset_yaml(tmp, pennfudan_dir, volume="1M")), store,
+    own = str(tmp / "store")  # not the session's store: another pennfudan version there would become its latest
+    missing = _model(tmp, own, FIXTURES / "oracle", "miss.flag")
+    rebuilt = datasets.build(datasets.load_config(write_dataset_yaml(tmp, pennfudan_dir, volume="1M")), own,
                              log=lambda s: None)
     assert rebuilt.version != test_split.version and rebuilt.samples == test_split.samples
     return {"a": _run(tmp / "perfect", oracle_model.uri, test_split.uri),
