@@ -8,7 +8,7 @@ accumulate, summarize, for bbox and segm); assay's side is its whole ``coco`` ev
 sample, then compute), whose 12 stats per IoU type must equal the reference's to 1e-9.
 
 Memory: cmp (``assay.runner.cmp.run``) over the same images split into 10 and into 50 shards, each in
-a fresh process; peak RSS and tracemalloc's peak are compared.
+a fresh process; peak RSS (VmHWM) and, in another run, tracemalloc's peak are compared.
 """
 
 from __future__ import annotations
@@ -192,16 +192,23 @@ def _context(uris: dict[str, str]):
     return RunContext(job_name="m", model_uri=uris["model"], dataset_uri=uris["dataset"], output_uri=uris["output"])
 
 
+# Peak RSS is the process's own VmHWM. getrusage's ru_maxrss would not do: Linux carries the parent's
+# high-water mark across fork and exec into it, so a child of this (large) bench process reported the
+# parent's size. tracemalloc costs memory per allocation, so the RSS run and the heap run are separate.
 _CHILD = """
-import json, resource, sys, tracemalloc
+import json, sys, tracemalloc
 from assay.runner import cmp
 from assay.spec import RunContext
-uris = json.loads(sys.argv[1])
+uris, traced = json.loads(sys.argv[1]), sys.argv[2] == "traced"
 ctx = RunContext(job_name="m", model_uri=uris["model"], dataset_uri=uris["dataset"], output_uri=uris["output"])
-tracemalloc.start()
+if traced:
+    tracemalloc.start()
 cmp.run(ctx)
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "traced_mb": tracemalloc.get_traced_memory()[1] / 2**20}))
+if traced:
+    print(json.dumps({"traced_mb": tracemalloc.get_traced_memory()[1] / 2**20}))
+else:
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
 
@@ -210,9 +217,11 @@ def run_memory(work: Path, n_images: int, shard_counts=(10, 50)) -> tuple[list[R
     got = {}
     for n in shard_counts:
         uris = write_job(work / f"cmp-{n}", records, n)
-        out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(uris)], capture_output=True, text=True,
-                             cwd=REPO, check=True)
-        got[n] = json.loads(out.stdout.strip().splitlines()[-1])
+        got[n] = {}
+        for mode in ("rss", "traced"):
+            out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(uris), mode], capture_output=True,
+                                 text=True, cwd=REPO, check=True)
+            got[n].update(json.loads(out.stdout.strip().splitlines()[-1]))
     lo, hi = shard_counts
     rss = got[hi]["rss_mb"] / got[lo]["rss_mb"]
     traced = got[hi]["traced_mb"] / got[lo]["traced_mb"]
