@@ -94,9 +94,11 @@ def _report_error(namespace: str, name: str, exc: Exception, logger: logging.Log
     if _REPORTED.get((namespace, name)) == message:
         return
     _REPORTED[(namespace, name)] = message
-    owner = {"apiVersion": manifests.API_VERSION, "kind": manifests.KIND,
-             "metadata": {"namespace": namespace, "name": name}}
     try:
+        # the job as it is now: its uid goes into the Event, and kubectl describe lists events by uid
+        owner = kube.get_evaluationjob(namespace, name)
+        if owner is None:
+            return
         kube.post_event(owner, "Warning", "ReconcileError", message, status.fmt_time(status.now_utc()))
     except Exception as post_exc:  # noqa: BLE001 - the log has the error already
         logger.warning("could not post an Event: %s", post_exc)

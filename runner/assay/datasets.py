@@ -9,6 +9,7 @@ and iterated for ``assay.shards.Sample`` objects, and has a ``label_schema`` att
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import json
@@ -96,6 +97,11 @@ def load_source(config: DatasetConfig, data_dir: Path | None = None):
     label_files = sorted(data_dir.glob(config.label_filter)) if config.label_filter else []
     if not data_files:
         raise SpecError(f"data_filter {config.data_filter!r} matches no file under {data_dir}")
+    if ":" not in config.process and config.process not in BUILTIN_SOURCES:
+        close = difflib.get_close_matches(config.process, BUILTIN_SOURCES, n=1, cutoff=0.6)
+        raise SpecError(f"process {config.process!r} is neither a built-in source"
+                        + (f" (did you mean {close[0]}?)" if close else "") + " nor 'module:Class'",
+                        f"use one of {', '.join(sorted(BUILTIN_SOURCES))}, or module:Class for your own source")
     target = BUILTIN_SOURCES.get(config.process, config.process)
     cls = import_object(target, config.base_dir, "process")
     return cls(data_dir, data_files, label_files)

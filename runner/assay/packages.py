@@ -297,8 +297,10 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
 
         check_handler_packaged(manifest)
         return getattr(handlers, attr)
-    if str(package_dir) not in sys.path:
-        sys.path.insert(0, str(package_dir))
+    # first on sys.path, even when it was put there before another package of this process was loaded
+    if str(package_dir) in sys.path:
+        sys.path.remove(str(package_dir))
+    sys.path.insert(0, str(package_dir))
     loaded = sys.modules.get(module_name)
     if loaded is not None and Path(package_dir) not in Path(getattr(loaded, "__file__", "") or "/").parents:
         del sys.modules[module_name]  # another package's module of the same name: import ours instead

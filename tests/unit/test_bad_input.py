@@ -90,7 +90,8 @@ DATASETS = [
     (DATA.replace("{data}", "/nonexistent/data"), "data_dir /nonexistent/data does not exist"),
     (DATA.replace("*6.png", "*.jpg"), "matches no file"),
     (DATA.replace("process: pennfudan", "process: nomodule:Source"), "cannot import module 'nomodule'"),
-    (DATA.replace("process: pennfudan", "process: justaname"), "is not of the form 'module:Class'"),
+    (DATA.replace("process: pennfudan", "process: justaname"), "'justaname' is neither a built-in source nor"),
+    (DATA.replace("process: pennfudan", "process: imagefolders"), "did you mean imagefolder"),
 ]
 
 

@@ -300,6 +300,11 @@ class TestBadConfigs:
         config = self._config(tmp_path, {"architecture": "resnet18", "num_classes": 10, "weights": "nope.pt"})
         with pytest.raises(SpecError, match="'nope.pt' is not a file under .* nor torchvision weights"):
             packages.build(config, str(tmp_path / "store"), log=lambda s: None)
+        torch.save({}, tmp_path / "outside.pt")  # a real file, but beside model.yaml's folder, not below it
+        for name in ("../outside.pt", str(tmp_path / "outside.pt")):
+            config = self._config(tmp_path, {"architecture": "resnet18", "num_classes": 10, "weights": name})
+            with pytest.raises(SpecError, match="is not a path below"):
+                packages.build(config, str(tmp_path / "store"), log=lambda s: None)
 
     def test_weights_missing_from_package_refused_at_run_start(self, resnet_pt, digits, tmp_path):
         pkg = tmp_path / "pkg"
@@ -436,6 +441,47 @@ class TestTorchvisionWeightsNames:
         assert {f["path"] for f in model.files} == {CONFIG_FILE, "model.yaml", f"weights/{cached.name}"}
         packages.build(config, str(tmp_path / "store"), log=lambda s: None)
         assert len(calls) == 1, "a second build reuses the cache"
+
+
+    def test_coco_v1_detector_is_built_as_torchvision_builds_it(self, tmp_path, monkeypatch):
+        """COCO_V1 Mask R-CNN weights (frozen batch norm: no step counters) give torchvision's own model:
+        FrozenBatchNorm2d with eps 0, the same outputs; the same tensors as a file load too."""
+        from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        member = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
+        cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(member.url).name
+        cached.parent.mkdir(parents=True)
+        torch.manual_seed(0)
+        state = {k: v for k, v in maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict().items()
+                 if not k.endswith("num_batches_tracked")}  # the layout of torchvision's COCO_V1 file
+        torch.save(state, cached)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+        reference = maskrcnn_resnet50_fpn(weights=member).eval()
+
+        model = packages.build(packages.load_config(_model_yaml(tmp_path / "pkg", "coco-v1", {
+            "architecture": "maskrcnn_resnet50_fpn", "weights": "COCO_V1", "label_map": {"person": 1}})),
+            str(tmp_path / "store"), log=lambda s: None)
+        package_dir = packages.unpack(model)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # a worker has no cache and no network
+        handler = packages.load_handler_class(model, package_dir)()
+        handler.load(package_dir, torch.device("cpu"))
+        norms = [m for m in handler.model.modules() if isinstance(m, FrozenBatchNorm2d)]
+        assert norms and all(m.eps == 0.0 for m in norms), "COCO_V1 detectors run with eps 0, as torchvision's"
+        assert torch.hub.get_dir() == str(tmp_path / "empty" / "hub"), "torch.hub's own setting is left as it was"
+        image = [torch.rand(3, 96, 128)]
+        with torch.no_grad():
+            want, got = reference(image)[0], handler.model(image)[0]
+        assert torch.equal(want["boxes"], got["boxes"]) and torch.equal(want["scores"], got["scores"])
+
+        # fine-tuned from those weights and saved as a file: no step counters either, and it loads
+        torch.save(state, tmp_path / "ft.pt")
+        _with_weights(tmp_path / "ft", tmp_path / "ft.pt", "ft.pt")
+        ft = packages.build(packages.load_config(_model_yaml(tmp_path / "ft", "ft", {
+            "architecture": "maskrcnn_resnet50_fpn", "num_classes": 91, "weights": "ft.pt"})),
+            str(tmp_path / "store"), log=lambda s: None)
+        assert ft.builtin["source"] == "file"
 
 
 def _no_network(*args, **kwargs):

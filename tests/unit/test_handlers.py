@@ -95,7 +95,8 @@ class FakeAPI:
 
     def post_event(self, owner, event_type, reason, message, when):
         self.events.append({"type": event_type, "reason": reason, "message": message,
-                            "involvedObject": {"name": owner["metadata"]["name"], "kind": "EvaluationJob"}})
+                            "involvedObject": {"name": owner["metadata"]["name"], "kind": "EvaluationJob",
+                                               "uid": owner["metadata"].get("uid")}})
 
     # ---- the user, the Job controller and the kubelet
     def apply(self, **spec: Any) -> dict:
@@ -343,6 +344,7 @@ def test_an_unexpected_reconcile_error_is_an_event_on_the_job_once(api, monkeypa
     assert len(errors) == 1 and errors[0]["type"] == "Warning"
     assert "RuntimeError: boom: the API answered nonsense" in errors[0]["message"]
     assert errors[0]["involvedObject"]["name"] == NAME
+    assert errors[0]["involvedObject"]["uid"] == "ej-uid", "kubectl describe lists a job's events by its uid"
 
     monkeypatch.setattr(kube, "get_job", real_get_job)
     main._reconcile_logged(NS, NAME, LOG)

@@ -195,6 +195,16 @@ def test_coco_report_sections_images_and_worst_gallery(coco, tmp_path):
     assert text.count('class="gallery"') == 1 and text.count("<figure>") == 12
 
 
+
+def test_default_file_is_named_after_the_job(coco, tmp_path, monkeypatch, capsys):
+    """Two jobs whose manifests are both job.yaml get two files: report-<metadata.name>.html."""
+    monkeypatch.chdir(tmp_path)
+    for ref in (coco["a"], coco["b"], str(Path(coco["b"]).parent / "out")):
+        assert main(["report", ref, "--gallery", "0"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("report-*.html")) == [
+        "report-miss.html", "report-out.html", "report-perfect.html"]
+    assert not list(tmp_path.glob(".tmp-*")), "written through a temp file, renamed when whole"
+
 def test_classification_report_escapes_user_strings(digits, tmp_path):
     text, page = _report(digits["job"], tmp_path / "r.html", "--gallery", "5")
     assert page.sections == ["overview", "metrics", "per-class", "confusion", "roc", "misclassified"]
@@ -283,6 +293,10 @@ def test_report_refuses_unfinished_and_damaged_runs(coco, tmp_path, capsys):
     (out / "status.json").write_text(json.dumps({**status, "phase": "Running"}))
     assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 3
     assert "has not finished: its run is in phase Running" in capsys.readouterr().err
+    (out / "status.json").write_text(json.dumps({**status, "phase": "Failed", "reason": "DeadlineExceeded"}))
+    assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 3
+    err = capsys.readouterr().err
+    assert "its run failed (DeadlineExceeded): there is no finished run to read" in err and "run the job again" in err
     (out / "status.json").write_text(json.dumps(status))
     (out / "metrics.json").rename(out / "metrics.moved")
     assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 3

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from assay import datasets
+from assay import datasets, shards
 from assay.errors import SpecError
 from assay.metrics import get_evaluator
 from assay.metrics.coco import STAT_NAMES
@@ -294,6 +294,20 @@ class TestImageFolder:
         config = datasets.load_config(_yaml(tmp_path, "imagefolder", "*/*.png"))
         with pytest.raises(SpecError, match=re.escape(f"{tmp_path / 'dog' / 'b.png'}: not a readable image (12 bytes")):
             datasets.build(config, str(tmp_path / "store"), log=lambda s: None)
+
+    def test_phone_camera_mpo_jpegs_are_jpegs(self, tmp_path):
+        """Phone cameras write MPO: a JPEG with more pictures after it. It is kept as it is, as a jpg."""
+        from PIL import Image
+
+        (tmp_path / "cat").mkdir()
+        first, second = Image.new("RGB", (8, 6), (200, 10, 10)), Image.new("RGB", (8, 6), (10, 10, 200))
+        first.save(tmp_path / "cat" / "IMG_0001.jpg", "MPO", save_all=True, append_images=[second])
+        assert Image.open(tmp_path / "cat" / "IMG_0001.jpg").format == "MPO"
+        ds = datasets.build(datasets.load_config(_yaml(tmp_path, "imagefolder", "*/*.jpg")), str(tmp_path / "store"),
+                            log=lambda s: None)
+        with shards.fetch_shard(ds, 0) as path:
+            [sample] = list(shards.iter_shard_samples(path, ds.shard_uri(0)))
+        assert sample.image() == ("jpg", (tmp_path / "cat" / "IMG_0001.jpg").read_bytes())
 
     def test_image_outside_a_class_folder_is_refused(self, tmp_path):
         write_images(tmp_path, {"cat/a.png": (4, 4), "loose.png": (4, 4)})

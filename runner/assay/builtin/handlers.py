@@ -28,9 +28,7 @@ class _Torchvision(Handler):
         self.spec = builtin_spec.read(model_dir)
         self.device = device
         where = f"{model_dir}/{self.spec['weights']}"
-        self.model = models.build(self.spec)
-        models.load_state(self.model, models.read_state_dict(Path(model_dir) / self.spec["weights"], where),
-                          self.spec, where)
+        self.model = models.instantiate(self.spec, Path(model_dir) / self.spec["weights"], where)
         self.model.eval().to(device)
         label_map = self.spec.get("label_map")
         self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}

@@ -7,9 +7,11 @@ assay import an arbitrary name. Weights are read with ``torch.load(weights_only=
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -82,19 +84,70 @@ def classification_input(weights) -> dict[str, Any]:
             "interpolation": preset.interpolation.value}
 
 
-def build(spec: dict[str, Any]):
-    """An untrained model for the resolved spec (``weights=None``: nothing is ever downloaded here)."""
+def instantiate(spec: dict[str, Any], weights_path: Path, where: str):
+    """The model of the resolved spec with its weights loaded, as torchvision itself would make it.
+
+    Weights named by enum go through the builder with ``weights=`` (torch.hub's cache pointed at the
+    packed file, so nothing is downloaded): torchvision then picks what goes with those weights (frozen
+    batch norm and eps 0 for the COCO_V1 detectors, transform_input for GoogLeNet and Inception, ...).
+    A state dict file is loaded into the plain builder, checked first by ``load_state``.
+    """
+    if spec["source"] == "file":
+        model = build(spec)
+        load_state(model, read_state_dict(weights_path, where), spec, where)
+        return model
+    member = weights_enum(spec["architecture"], spec["source"], where)
+    with _hub_cache_holding(weights_path, member):
+        return build(spec, member)
+
+
+@contextlib.contextmanager
+def _hub_cache_holding(weights_path: Path, member):
+    """For the block, torch.hub's cache is a folder whose only checkpoint is ``weights_path`` (under the
+    name ``member``'s URL gives it), and every torch.load is weights_only: torch.hub's loader would
+    otherwise unpickle the file in full."""
+    import torch.hub
+
+    previous = torch.hub._hub_dir  # None unless set_dir was called: get_dir() follows $TORCH_HOME then
+    env = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    with tempfile.TemporaryDirectory(prefix="assay-hub-") as tmp:
+        checkpoints = Path(tmp) / "checkpoints"
+        checkpoints.mkdir()
+        (checkpoints / os.path.basename(urlparse(member.url).path)).symlink_to(Path(weights_path).resolve())
+        torch.hub.set_dir(tmp)
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            yield
+        finally:
+            torch.hub._hub_dir = previous
+            for key, value in env.items():
+                os.environ.pop(key, None)
+                if value is not None:
+                    os.environ[key] = value
+
+
+def build(spec: dict[str, Any], weights=None):
+    """The model for the resolved spec; untrained unless ``weights`` (an enum member, read from torch.hub's
+    cache: see ``instantiate``). Nothing is ever downloaded here."""
     from torchvision import models
 
-    kwargs: dict[str, Any] = {"weights": None, "num_classes": spec["num_classes"]}
+    kwargs: dict[str, Any] = {"weights": weights, "num_classes": spec["num_classes"]}
     if spec["task"] == "detection":
         kwargs["weights_backbone"] = None
         kwargs.update(spec.get("input") or {})
     try:
         return models.get_model_builder(spec["architecture"])(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"model.yaml torchvision: {spec['architecture']} cannot be built with {kwargs}: {exc}",
+        shown = {**kwargs, "weights": str(weights) if weights is not None else None}
+        raise SpecError(f"model.yaml torchvision: {spec['architecture']} cannot be built with {shown}: {exc}",
                         "remove the option it does not take (SSD models have a fixed input size)") from exc
+    except Exception as exc:  # noqa: BLE001 - torchvision loading enum weights: UnpicklingError, RuntimeError, ...
+        if weights is None:
+            raise
+        raise SpecError(f"model.yaml torchvision: the {weights} weights file does not load into "
+                        f"{spec['architecture']} with weights_only=True: {str(exc)[:300]}",
+                        "delete the file from torch.hub's cache ($TORCH_HOME/hub/checkpoints) and build the "
+                        "model again; a package whose file is damaged must be rebuilt") from exc
 
 
 def read_state_dict(path: Path, where: str) -> dict[str, Any]:
@@ -120,17 +173,22 @@ def read_state_dict(path: Path, where: str) -> dict[str, Any]:
     return state
 
 
+_BN_COUNTER = ".num_batches_tracked"
+
+
 def load_state(model, state: dict[str, Any], spec: dict[str, Any], where: str) -> None:
     """Load ``state`` into ``model``, first naming what does not fit (class count, architecture)."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    # batch norm's step counter plays no part in inference, and models trained with frozen batch norm
+    # (torchvision's detection recipe) have none: its absence, or presence, is no misfit
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith(_BN_COUNTER))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.endswith(_BN_COUNTER))
     if missing or unexpected:
         raise SpecError(f"{where}: the weights do not fit {spec['architecture']}: {len(missing)} tensors missing "
                         f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})",
                         "check torchvision.architecture: the weights were saved from another model")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         key, got, want = wrong[-1]
         n = spec["num_classes"]
@@ -145,4 +203,4 @@ def load_state(model, state: dict[str, Any], spec: dict[str, Any], where: str) -
                         f"{list(got)}; {spec['architecture']} with num_classes {n} expects {list(want)})",
                         f"set torchvision.num_classes: {classes} in model.yaml (for detection models the "
                         "background counts as a class)")
-    model.load_state_dict(state)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)

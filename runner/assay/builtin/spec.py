@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from assay.builtin import CONFIG_FILE, models
@@ -155,6 +155,10 @@ def resolve(spec: dict[str, Any], base_dir: Path, log=print) -> tuple[dict[str, 
     resolved = dict(spec)
     where = f"{base_dir / 'model.yaml'}: torchvision.weights"
     if spec["source"] == "file":
+        if PurePosixPath(spec["weights"]).is_absolute() or ".." in PurePosixPath(spec["weights"]).parts:
+            raise SpecError(f"{where}: {spec['weights']!r} is not a path below {base_dir}",
+                            "put the weights file in model.yaml's folder (or below it) and name it relative "
+                            "to that folder: the package holds it under that name")
         path = base_dir / spec["weights"]
         if not path.is_file():
             raise SpecError(f"{where}: {spec['weights']!r} is not a file under {base_dir}, nor torchvision weights",
@@ -170,7 +174,7 @@ def resolve(spec: dict[str, Any], base_dir: Path, log=print) -> tuple[dict[str, 
     if spec["task"] == "classification":
         resolved["input"] = {**CLASSIFICATION_INPUT, **resolved["input"]}
     resolved["weights"] = name
-    models.load_state(models.build(resolved), models.read_state_dict(path, where), resolved, where)
+    models.instantiate(resolved, path, where)
     return resolved, {name: path}
 
 

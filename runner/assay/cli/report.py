@@ -12,7 +12,8 @@ from assay.cli._output import emit, format_option
 @click.command()
 @click.argument("job")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default: report-<job name>.html in the working folder).")
+              help="HTML file to write (default: report-<job name>.html in the working folder; the job name "
+                   "is metadata.name, or the output folder's name).")
 @click.option("--gallery", type=click.IntRange(0, 200), default=12, show_default=True,
               help="Images in the worst-samples (coco) or misclassified (classification) gallery.")
 @format_option
@@ -27,9 +28,12 @@ def report(job: str, out: Path | None, gallery: int, fmt: str) -> None:
     from assay.report.finished import open_run
     from assay.report.page import build
 
+    from assay.storage import atomic_local_file
+
     with open_run(job) as run:
         text = build(run, gallery=gallery)
-        name = run.metrics["model"]["name"]
-    out = out or Path(f"report-{Path(job).stem if Path(job).is_file() else name}.html")
-    out.write_text(text, encoding="utf-8")
+        name = run.name
+    out = out or Path(f"report-{name}.html")
+    with atomic_local_file(str(out)) as tmp:  # a failed write leaves no half page
+        Path(tmp).write_text(text, encoding="utf-8")
     emit(fmt, {"report": str(out), "bytes": len(text.encode())}, f"report written to {out}")

@@ -25,6 +25,7 @@ from assay.metrics import Evaluator, get_evaluator
 @dataclass
 class FinishedRun:
     ref: str  # what the user named: a job manifest or an output URI
+    name: str  # the job's metadata.name, or the output folder's name
     output_uri: str
     metrics: dict[str, Any]
     dataset: shards.DatasetManifest
@@ -61,14 +62,15 @@ class FinishedRun:
 
     def images(self, ids: set[str]) -> dict[str, tuple[str, bytes]]:
         """(extension, bytes) of the named samples' images, from the pinned dataset's verified shards;
-        only the shards that hold one of them are downloaded."""
+        only the shards that hold one of them are downloaded. Samples with no image file (a dataset of
+        arrays or text) are left out: the gallery shows their captions alone."""
         found: dict[str, tuple[str, bytes]] = {}
         for index in range(len(self.dataset.shards)):
             if not ids & {r["id"] for r in shards.read_labels(self.dataset, index)}:
                 continue
             with shards.fetch_shard(self.dataset, index) as path:
                 for sample in shards.iter_shard_samples(path, self.dataset.shard_uri(index)):
-                    if sample.id in ids:
+                    if sample.id in ids and any(ext in sample.files for ext in shards.IMAGE_EXTENSIONS):
                         found[sample.id] = sample.image()
         return found
 
@@ -86,17 +88,22 @@ def open_run(ref: str) -> Iterator[FinishedRun]:
 
         job = with_local_uris_relative_to(load_job(ref), Path(ref).resolve().parent)
         with storage_settings(job):
-            yield _load(ref, job.spec.output.uri, job_dir_for(job) / "status.json")
+            yield _load(ref, job.name, job.spec.output.uri, job_dir_for(job) / "status.json")
         return
     if storage.is_local(ref) and not os.path.isdir(storage.parse(ref).path):
         raise SpecError(f"{ref}: no such job manifest or output folder",
                         "name the job's YAML manifest (as for `assay run`) or its spec.output.uri")
     status = Path(storage.parse(ref).path) / "status.json" if storage.is_local(ref) else None
-    yield _load(ref, ref, status)
+    yield _load(ref, ref.rstrip("/").rsplit("/", 1)[-1], ref, status)
 
 
-def _load(ref: str, output_uri: str, status_path: Path | None) -> FinishedRun:
+def _load(ref: str, name: str, output_uri: str, status_path: Path | None) -> FinishedRun:
     status = _read_status(status_path)
+    if status is not None and status.get("phase") == "Failed":
+        raise EvaluationError(f"{ref}: its run failed" + (f" ({status['reason']})" if status.get("reason") else "")
+                              + ": there is no finished run to read",
+                              "see why in its status.json and logs/, then run the job again: finished shards "
+                              "are kept" + (f" (assay run {ref})" if os.path.isfile(ref) else ""))
     if status is not None and status.get("phase") != "Succeeded":
         why = f"phase {status.get('phase')}" + (f" ({status['reason']})" if status.get("reason") else "")
         raise EvaluationError(f"{ref} has not finished: its run is in {why}",
@@ -116,7 +123,7 @@ def _load(ref: str, output_uri: str, status_path: Path | None) -> FinishedRun:
                               f"the run's metrics name {metrics['dataset']['version']}",
                               "the run's dataset was replaced; rerun the job")
     model = packages.load_manifest(metrics["model"]["uri"])
-    return FinishedRun(ref=ref, output_uri=output_uri, metrics=metrics, dataset=dataset, model=model)
+    return FinishedRun(ref=ref, name=name, output_uri=output_uri, metrics=metrics, dataset=dataset, model=model)
 
 
 def _read_status(path: Path | None) -> dict[str, Any] | None:

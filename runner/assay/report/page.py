@@ -50,7 +50,9 @@ def _overview(run: FinishedRun) -> Html:
     rows = [["model", m["model"]["name"], m["model"]["version"], m["model"]["uri"]],
             ["dataset", m["dataset"]["name"], m["dataset"]["version"], m["dataset"]["uri"]]]
     engine = m.get("full", {}).get("engine")
-    settings = [[k, v] for k, v in m.get("settings", {}).items()]
+    # a setting the job left unset is null in metrics.json; the evaluator then came from the model
+    settings = [[k, f"{m['evaluator']} (the model's)" if k == "evaluator" and v is None else v]
+                for k, v in m.get("settings", {}).items()]
     conditions = [[k, v] for c in m.get("runConditions") or [] if isinstance(c, dict) for k, v in c.items()]
     return section("overview", "Run",
                    table(["", "name", "version", "uri"], rows),
@@ -95,14 +97,18 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
     figures = []
     for sample_id in worst:
         label, prediction = kept[sample_id]
-        drawn, hidden = overlay.detections(images[sample_id][1], label, prediction)
-        caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {len(label.get('objects', []))} objects, "
-                   f"{len(prediction.get('boxes', []))} detections"
-                   + (f" ({hidden} below score 0.5 not drawn)" if hidden else ""))
-        figures.append(tag("figure", html.image(drawn, "image/jpeg", sample_id), tag("figcaption", caption)))
-    legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {evaluator.per_sample_score}. ",
-                 tag("span", "ground truth", class_="legend-gt"), " and ",
-                 tag("span", "predictions (score at least 0.5)", class_="legend-pred"), " drawn over the image.")
+        objects, detections = len(label.get("objects", [])), len(prediction.get("boxes", []))
+        caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {_count(objects, 'object')}, "
+                   f"{_count(detections, 'detection')}")
+        if sample_id in images:
+            drawn, hidden = overlay.detections(images[sample_id][1], label, prediction)
+            caption += f" ({hidden} below score 0.5 not drawn)" if hidden else ""
+            figures.append(tag("figure", html.image(drawn, "image/jpeg", sample_id), tag("figcaption", caption)))
+        else:
+            figures.append(tag("figure", tag("figcaption", caption + " (no image in the sample)")))
+    legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {evaluator.per_sample_score}. "
+                 "Drawn over each image: ", tag("span", "ground truth", class_="legend-gt"), " and ",
+                 tag("span", "predictions (score at least 0.5)", class_="legend-pred"), ".")
     return [section("per-category", "Per category", *per_category),
             section("pr-curves", "Precision-recall curves",
                     tag("p", "COCOeval's interpolated precision at 101 recall points (area all, 100 detections).",
@@ -139,13 +145,20 @@ def _classification(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery:
     figures = []
     for sample_id in shown:
         label, prediction = kept[sample_id]
-        thumb = overlay.jpeg(overlay.fit(overlay.open_rgb(images[sample_id][1])))
         caption = (f"{sample_id}: true {classes[int(label['label'])]}, "
                    f"predicted {classes[int(np.asarray(prediction['label']))]}")
-        figures.append(tag("figure", html.image(thumb, "image/jpeg", sample_id), tag("figcaption", caption)))
+        if sample_id in images:
+            thumb = overlay.jpeg(overlay.fit(overlay.open_rgb(images[sample_id][1])))
+            figures.append(tag("figure", html.image(thumb, "image/jpeg", sample_id), tag("figcaption", caption)))
+        else:
+            figures.append(tag("figure", tag("figcaption", caption + " (no image in the sample)")))
     return [section("per-class", "Per class", table(["class", "precision", "recall", "F1", "support"], rows)),
             section("confusion", "Confusion matrix", confusion),
             section("roc", "ROC curves", roc),
             section("misclassified", "Misclassified samples",
                     tag("p", f"{len(wrong)} of {len(kept)} samples misclassified; the first {len(shown)} by id."),
                     tag("div", *figures, class_="gallery"))]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -244,10 +244,14 @@ def _read_progress(output_uri: str, items: int) -> tuple[int, float]:
     return done, rate
 
 
-def _bar(done: int, total: int, rate: float, width: int = 30) -> str:
+def _bar(done: int, total: int, rate: float, width: int = 30, elapsed: float | None = None) -> str:
+    """The progress line; given ``elapsed`` (ppl has ended), the time it took instead of rate and eta."""
     frac = done / total if total else 1.0
+    head = f"ppl [{'#' * int(frac * width):<{width}}] {done}/{total}"
+    if elapsed is not None:
+        return f"{head} in {elapsed:.0f}s"
     eta = f"{(total - done) / rate:5.0f}s" if rate > 0 and done < total else "    -"
-    return f"ppl [{'#' * int(frac * width):<{width}}] {done}/{total} {rate:6.2f} samples/s eta {eta}"
+    return f"{head} {rate:6.2f} samples/s eta {eta}"
 
 
 def _progress_doc(done: int, total: int, rate: float) -> dict[str, Any]:
@@ -428,5 +432,7 @@ def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, 
     for p, _, _ in children.procs.values():
         p.join()
     if progress:
-        done, rate = _read_progress(job.spec.output.uri, items)
-        print(("\r" if tty else "") + _bar(done, total, rate), file=err, flush=True)
+        # the last line: finished items no longer report a rate, so say how long ppl took instead
+        done, _ = _read_progress(job.spec.output.uri, items)
+        line = _bar(done, total, 0.0, elapsed=time.monotonic() - started)
+        print(("\r\x1b[K" if tty else "") + line, file=err, flush=True)  # \x1b[K: clear the longer line before

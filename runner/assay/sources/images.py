@@ -7,8 +7,10 @@ from pathlib import Path
 
 from assay.errors import SpecError
 
-#: PIL's format name -> the extension a sample stores the image under (``assay.shards.IMAGE_EXTENSIONS``).
-FORMAT_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
+#: PIL's format name -> the extension a sample stores the image under (``assay.shards.IMAGE_EXTENSIONS``);
+#: MPO is the JPEG that phone cameras write (a JPEG with more pictures after it): PIL reads its first.
+FORMAT_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
+                     "GIF": "gif"}
 
 
 def _header(data: bytes, path: Path) -> tuple[str | None, tuple[int, int]]:
