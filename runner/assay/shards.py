@@ -46,11 +46,16 @@ class Sample:
         Sources name an image file by its format (``png``, ``jpg``); built-in handlers and ``assay
         report`` find it here, so they work with every source that follows that convention.
         """
-        for ext in IMAGE_EXTENSIONS:
-            if ext in self.files:
-                return ext, self.files[ext]
+        found = self.image_or_none()
+        if found is not None:
+            return found
         raise IntegrityError(f"sample {self.id!r} has no image file (its files: {sorted(self.files)})",
                              f"a source must store the image under one of: {', '.join(IMAGE_EXTENSIONS)}")
+
+    def image_or_none(self) -> tuple[str, bytes] | None:
+        """``image()``, or None for a sample with no image file (a dataset of arrays or text)."""
+        ext = next((e for e in IMAGE_EXTENSIONS if e in self.files), None)
+        return None if ext is None else (ext, self.files[ext])
 
 
 @dataclass(frozen=True)

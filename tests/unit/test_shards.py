@@ -147,3 +147,5 @@ def test_sample_image_is_found_by_extension_and_missing_one_is_named():
     assert Sample("a", {"png": b"p", "mask.png": b"m"}).image() == ("png", b"p")
     with pytest.raises(IntegrityError, match="sample 'b' has no image file.*txt"):
         Sample("b", {"txt": b""}).image()
+    assert Sample("b", {"txt": b""}).image_or_none() is None
+    assert Sample("a", {"png": b"p"}).image_or_none() == ("png", b"p")

@@ -70,8 +70,8 @@ class FinishedRun:
                 continue
             with shards.fetch_shard(self.dataset, index) as path:
                 for sample in shards.iter_shard_samples(path, self.dataset.shard_uri(index)):
-                    if sample.id in ids and any(ext in sample.files for ext in shards.IMAGE_EXTENSIONS):
-                        found[sample.id] = sample.image()
+                    if sample.id in ids and (image := sample.image_or_none()) is not None:
+                        found[sample.id] = image
         return found
 
 

@@ -100,12 +100,11 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
         objects, detections = len(label.get("objects", [])), len(prediction.get("boxes", []))
         caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {_count(objects, 'object')}, "
                    f"{_count(detections, 'detection')}")
+        drawn = None
         if sample_id in images:
             drawn, hidden = overlay.detections(images[sample_id][1], label, prediction)
             caption += f" ({hidden} below score 0.5 not drawn)" if hidden else ""
-            figures.append(tag("figure", html.image(drawn, "image/jpeg", sample_id), tag("figcaption", caption)))
-        else:
-            figures.append(tag("figure", tag("figcaption", caption + " (no image in the sample)")))
+        figures.append(_figure(drawn, sample_id, caption))
     legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {evaluator.per_sample_score}. "
                  "Drawn over each image: ", tag("span", "ground truth", class_="legend-gt"), " and ",
                  tag("span", "predictions (score at least 0.5)", class_="legend-pred"), ".")
@@ -147,17 +146,21 @@ def _classification(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery:
         label, prediction = kept[sample_id]
         caption = (f"{sample_id}: true {classes[int(label['label'])]}, "
                    f"predicted {classes[int(np.asarray(prediction['label']))]}")
-        if sample_id in images:
-            thumb = overlay.jpeg(overlay.fit(overlay.open_rgb(images[sample_id][1])))
-            figures.append(tag("figure", html.image(thumb, "image/jpeg", sample_id), tag("figcaption", caption)))
-        else:
-            figures.append(tag("figure", tag("figcaption", caption + " (no image in the sample)")))
+        thumb = overlay.jpeg(overlay.fit(overlay.open_rgb(images[sample_id][1]))) if sample_id in images else None
+        figures.append(_figure(thumb, sample_id, caption))
     return [section("per-class", "Per class", table(["class", "precision", "recall", "F1", "support"], rows)),
             section("confusion", "Confusion matrix", confusion),
             section("roc", "ROC curves", roc),
             section("misclassified", "Misclassified samples",
                     tag("p", f"{len(wrong)} of {len(kept)} samples misclassified; the first {len(shown)} by id."),
                     tag("div", *figures, class_="gallery"))]
+
+
+def _figure(jpeg: bytes | None, sample_id: str, caption: str) -> Html:
+    """A gallery entry: the image and its caption, or the caption alone for a sample with no image."""
+    if jpeg is None:
+        return tag("figure", tag("figcaption", caption + " (no image in the sample)"))
+    return tag("figure", html.image(jpeg, "image/jpeg", sample_id), tag("figcaption", caption))
 
 
 def _count(n: int, noun: str) -> str:
