@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from assay import layout
 from assay.spec import EvaluationJob, JobSpec
@@ -31,10 +31,10 @@ from assay_operator.settings import Settings
 #: status fields this operator owns.
 MANAGED = ("phase", "reason", "message", "observedGeneration", "retryToken", "conditions", "startTime",
            "completionTime", "shards", "progress", "results", "resultsUri", "modelDigest", "datasetDigest",
-           "inputs", "stages")
+           "inputs", "stages", "stageReruns", "blockedSince")
 #: Fields that belong to one attempt and are dropped when a failed job is retried (the pinned inputs and
 #: a finished inference stay: a retry resumes the same run).
-PER_ATTEMPT = ("startTime", "completionTime", "results", "resultsUri")
+PER_ATTEMPT = ("startTime", "completionTime", "results", "resultsUri", "stageReruns", "blockedSince")
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -62,7 +62,9 @@ def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings,
     name, namespace, generation = meta["name"], meta.get("namespace") or "default", meta.get("generation")
     previous = dict(body.get("status") or {})
     try:
-        job = EvaluationJob(name=name, namespace=namespace, spec=JobSpec(**dict(body.get("spec") or {})))
+        # fields of a newer CRD than this operator are ignored: upgrade the CRD first, then the operator
+        spec = JobSpec(**known_fields(JobSpec, dict(body.get("spec") or {})))
+        job = EvaluationJob(name=name, namespace=namespace, spec=spec)
     except (ValidationError, TypeError) as exc:
         if previous.get("phase") in status.TERMINAL:
             return previous["phase"]
@@ -73,9 +75,12 @@ def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings,
     token = job.spec.retry_token or ""
     rerun = previous.get("phase") == status.FAILED and previous.get("retryToken", "") != token
     if previous.get("phase") in status.TERMINAL and not rerun:
-        # a terminal phase never moves back; only the TTL and observedGeneration still change
+        # A terminal phase never moves back; only the TTL still acts. A Succeeded job has observed a new
+        # generation (only control fields without effect on a finished job may change); a Failed one has
+        # not: its edited spec runs only when spec.retryToken starts a rerun, so kstatus keeps saying so.
         _expire_children(job, body, previous, now, logger)
-        if generation is not None and previous.get("observedGeneration") != generation:
+        if (previous["phase"] == status.SUCCEEDED and generation is not None
+                and previous.get("observedGeneration") != generation):
             kube.patch_evaluationjob_status(namespace, name, {"observedGeneration": generation})
         op_metrics.observe(namespace, name, previous["phase"], {})
         return previous["phase"]
@@ -102,63 +107,137 @@ def _observe(job: EvaluationJob, body: dict[str, Any], previous: dict[str, Any],
                         previous=previous, inputs=previous.get("inputs"),
                         results_uri=layout.metrics_uri(job.spec.output.uri),
                         fail_fast_seconds=settings.fail_fast_seconds, stall_seconds=settings.stall_seconds,
-                        max_result_keys=settings.max_result_keys)
+                        max_result_keys=settings.max_result_keys,
+                        stage_reruns=dict(previous.get("stageReruns") or {}),
+                        max_stage_reruns=settings.max_stage_reruns)
     children, waiting = _children(job, body, o, logger)
-    if o.blocker:
+    o.attempt = _attempt_token(job, previous, children.values())
+    if o.blocker or o.hold:
         return o
     o.resolve, o.ppl, o.cmp = children[manifests.RESOLVE], children[manifests.PPL], children[manifests.CMP]
     o.pods = kube.list_pods(job.namespace, manifests.pod_selector(job.name)) if any(children.values()) else []
     o.pods = [p for p in o.pods if _pod_of(p, children)]
     stages = previous.get("stages") or {}
+    # One decision for every create: nothing is created while the job is suspended (a queued job's
+    # unfinished children are deleted on suspend, and creating them again would loop) or waiting for an
+    # earlier child to go.
+    may_create = not waiting and not job.spec.suspend
     try:
         if not o.inputs:
-            if o.resolve is None and not waiting:
+            if o.resolve is None and may_create:
                 o.resolve = _create(job, manifests.build_resolve_job(body, job, settings), logger)
             elif status.job_state(o.resolve) == "Complete":
                 o.inputs = _report(o.pods, manifests.RESOLVE, ("model", "dataset", "shards", "indexes"))
                 if o.inputs is None:
-                    o.blocker = ("InputsUnavailable", "the resolve pod completed without a readable report")
-        queued_stop = job.spec.suspend and job.spec.queue_name
-        if o.inputs and stages.get("ppl") != "Complete" and o.ppl is None and not waiting and not queued_stop:
+                    o.resolve = _rerun_lost_report(job, o, manifests.RESOLVE, logger)
+        if o.inputs and stages.get("ppl") != "Complete" and o.ppl is None and may_create:
             o.ppl = _create(job, manifests.build_ppl_job(body, job, settings, o.inputs), logger)
         ppl_done = stages.get("ppl") == "Complete" or status.job_state(o.ppl) == "Complete"
-        if ppl_done and o.cmp is None and stages.get("cmp") != "Complete" and not waiting and not queued_stop:
+        if ppl_done and o.cmp is None and stages.get("cmp") != "Complete" and may_create:
             o.cmp = _create(job, manifests.build_cmp_job(body, job, settings, o.inputs,
-                                                         _deadline_left(job, o.ppl)), logger)
+                                                         _deadline_left(job, o.ppl),
+                                                         manifests.run_settings_of(o.ppl)), logger)
     except kube.Refused as exc:
-        o.blocker = ("InvalidSpec", f"the API server refused a child Job ({exc.status}): {exc}")
+        if exc.status in (400, 422):
+            o.blocker = ("InvalidSpec", f"the API server refused a child Job ({exc.status}): {exc}")
+        else:
+            o.hold = _refusal_hold(exc)
         return o
     if status.job_state(o.cmp) == "Complete":
         o.report = _report(o.pods, manifests.CMP, ("evaluator", "summary"))
+        if o.report is None:
+            o.cmp = _rerun_lost_report(job, o, manifests.CMP, logger)
     for role in manifests.ROLES:
         if status.job_state(getattr(o, role)) == "Failed":
             o.errors[role] = _error_message(o.pods, role)
-    for role, child in ((manifests.RESOLVE, o.resolve), (manifests.PPL, o.ppl), (manifests.CMP, o.cmp)):
-        setattr(o, role, _sync_suspend(job, body, child, logger))
-    o.ppl = _sync_parallelism(job, o.ppl, o.inputs, logger)
+    for role in manifests.ROLES:
+        setattr(o, role, _sync_suspend(job, getattr(o, role), logger))
+    o.ppl = _sync_ppl(job, o.ppl, o.inputs, logger)
     o.failed_create = _failed_create(job, (o.resolve, o.ppl, o.cmp), o.pods)
+    o.queued, o.admission = _admission(job, (o.resolve, o.ppl, o.cmp))
+    o.attempt = _attempt_token(job, previous, (o.resolve, o.ppl, o.cmp))
     return o
+
+
+def known_fields(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the keys ``model`` (a pydantic model of assay.spec) does not know, recursively.
+    The CRD may be a release ahead of the operator: a new optional field must not fail every job."""
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            continue
+        value, kind = data[key], info.annotation
+        if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
+            value = known_fields(kind, value)
+        out[key] = value
+    return out
+
+
+def _attempt_token(job: EvaluationJob, previous: dict[str, Any], children) -> str:
+    """The retryToken of the attempt the status describes: the spec's once a child of it exists (a rerun
+    that could not create its Jobs yet has not started), else the previous attempt's."""
+    token = job.spec.retry_token or ""
+    if any(c is not None and _token_of(c) == token for c in children) or "retryToken" not in previous:
+        return token
+    return previous["retryToken"]
+
+
+def _refusal_hold(exc: kube.Refused) -> tuple[str, str]:
+    """A create the API server refused for now: quota and rate limits clear by themselves or by an admin,
+    so the job waits (bounded by spec.pendingDeadlineSeconds) instead of failing after a whole inference."""
+    text = str(exc)
+    if exc.status == 429 or "exceeded quota" in text:
+        return "QuotaExceeded", f"the API server refused a child Job for now ({exc.status}): {text}; retrying"
+    return "OperatorForbidden", (f"the API server forbids the operator to create a child Job ({exc.status}): "
+                                 f"{text}; check the operator's RBAC (the chart's watch.namespaces); retrying")
+
+
+def _rerun_lost_report(job: EvaluationJob, o: status.Observed, role: str,
+                       logger: logging.Logger) -> dict[str, Any] | None:
+    """A stage Job completed but no pod of it shows its report (pods are garbage-collected after a node
+    goes, deleted by hand or by cleanup jobs): delete it so that the stage runs again (resolve re-pins or
+    is refused by run.json; cmp is idempotent), at most max_stage_reruns times."""
+    child = getattr(o, role)
+    done = o.stage_reruns.get(role, 0)
+    if done >= o.max_stage_reruns:
+        return child  # derive fails the job, naming the stage
+    logger.warning("Job %s completed but its report is gone with its pod: running the stage again (%d of %d)",
+                   child["metadata"]["name"], done + 1, o.max_stage_reruns)
+    kube.delete_job(job.namespace, child["metadata"]["name"], child["metadata"]["uid"])
+    o.stage_reruns[role] = done + 1
+    return None
 
 
 def _children(job: EvaluationJob, body: dict[str, Any], o: status.Observed,
               logger: logging.Logger) -> tuple[dict[str, dict[str, Any] | None], bool]:
-    """This attempt's child Jobs by role, and whether one is still being deleted. A Job of that name whose
-    controller is not this EvaluationJob (by uid) is a conflict: reported, never adopted or touched."""
+    """This attempt's child Jobs by role, and whether one is still going away. A Job that is being deleted,
+    or whose controller is an earlier EvaluationJob of this name (the garbage collector is deleting it),
+    is waited for. A Job of that name with any other controller is a conflict: reported and re-checked at
+    every reconcile, never adopted or touched. A child of an earlier retryToken is replaced unless its
+    stage's result is recorded in status."""
     uid, token = body["metadata"]["uid"], job.spec.retry_token or ""
+    stages = o.previous.get("stages") or {}
+    recorded = {manifests.RESOLVE: bool(o.inputs), manifests.PPL: stages.get("ppl") == "Complete",
+                manifests.CMP: False}
     out: dict[str, dict[str, Any] | None] = {}
     waiting = False
     for role in manifests.ROLES:
         child_name = manifests.child_name(job.name, role)
         child = kube.get_job(job.namespace, child_name)
-        if child is not None and manifests.controller_uid(child) != uid:
-            owner = manifests.controller_uid(child) or "no controller"
-            o.blocker = ("ChildNameConflict", f"Job {child_name} exists and is not this EvaluationJob's "
-                                              f"(its controller: {owner}); delete or rename that Job, or give "
-                                              "the EvaluationJob another name")
-            return {r: None for r in manifests.ROLES}, True
         if child is not None and (child.get("metadata") or {}).get("deletionTimestamp"):
             child, waiting = None, True
-        elif child is not None and _token_of(child) != token and status.job_state(child) == "Failed":
+        elif child is not None and manifests.controller_uid(child) != uid:
+            if manifests.is_predecessor(child, job.name):
+                o.hold = ("WaitingForPredecessor", f"Job {child_name} of an earlier EvaluationJob named "
+                                                   f"{job.name} is being garbage-collected; waiting for it to go")
+            else:
+                owner = manifests.controller_uid(child) or "no controller"
+                o.hold = ("ChildNameConflict", f"Job {child_name} exists and is not this EvaluationJob's (its "
+                                               f"controller: {owner}); delete or rename that Job, or give the "
+                                               "EvaluationJob another name")
+            return {r: None for r in manifests.ROLES}, True
+        elif child is not None and _token_of(child) != token and not recorded[role]:
             logger.info("deleting Job %s of the earlier attempt %r", child_name, _token_of(child))
             kube.delete_job(job.namespace, child_name, child["metadata"]["uid"])
             child, waiting = None, True
@@ -198,37 +277,72 @@ def _deadline_left(job: EvaluationJob, ppl: dict[str, Any] | None) -> int | None
     return int(deadline - used)
 
 
-def _sync_suspend(job: EvaluationJob, body: dict[str, Any], child: dict[str, Any] | None,
+def _sync_suspend(job: EvaluationJob, child: dict[str, Any] | None,
                   logger: logging.Logger) -> dict[str, Any] | None:
-    """spec.suspend on an unfinished child. Without a queue: the Job's own suspend (its pods stop, its
-    deadline pauses). With a queue, Kueue alone toggles suspend: the operator deletes the unfinished
-    children instead (finished shards stay in the store) and creates them again on resume, and Kueue
-    queues them anew."""
+    """spec.suspend on an unfinished child, on an edge of the spec only.
+
+    A child with Kueue's queue label is Kueue's to suspend and resume: on spec.suspend the operator
+    deletes it (finished shards stay in the store) and creates it again on resume, and Kueue queues it
+    anew. Any other child carries the spec.suspend the operator last wrote (an annotation): the Job's
+    suspend is written only when spec.suspend moved away from that, so a suspend set by someone else
+    (Kueue with manageJobsWithoutQueueName) is never fought over."""
     if child is None or status.job_state(child) in ("Complete", "Failed"):
         return child
-    if job.spec.queue_name:
+    meta = child.get("metadata") or {}
+    if manifests.kueue_managed(child):
         if job.spec.suspend:
-            logger.info("spec.suspend on a queued job: deleting Job %s", child["metadata"]["name"])
-            kube.delete_job(job.namespace, child["metadata"]["name"], child["metadata"]["uid"])
+            logger.info("spec.suspend on a queued job: deleting Job %s", meta["name"])
+            kube.delete_job(job.namespace, meta["name"], meta["uid"])
             return None
         return child
-    current = bool((child.get("spec") or {}).get("suspend"))
-    if current == job.spec.suspend:
+    want = "true" if job.spec.suspend else "false"
+    if (meta.get("annotations") or {}).get(manifests.SUSPEND_ANNOTATION, "false") == want:
         return child
-    logger.info("%s Job %s", "suspending" if job.spec.suspend else "resuming", child["metadata"]["name"])
-    return kube.patch_job(job.namespace, child["metadata"]["name"], {"spec": {"suspend": job.spec.suspend}})
+    logger.info("%s Job %s", "suspending" if job.spec.suspend else "resuming", meta["name"])
+    patch: dict[str, Any] = {"metadata": {"annotations": {manifests.SUSPEND_ANNOTATION: want}}}
+    if job.spec.suspend or not kube.list_workloads(job.namespace, meta.get("uid", "")):
+        patch["spec"] = {"suspend": job.spec.suspend}  # a Job with a Workload is resumed by Kueue alone
+    return kube.patch_job(job.namespace, meta["name"], patch)
 
 
-def _sync_parallelism(job: EvaluationJob, ppl: dict[str, Any] | None, inputs: dict[str, Any] | None,
-                      logger: logging.Logger) -> dict[str, Any] | None:
-    """spec.ppl.workers may change while the job runs: it is the ppl Job's parallelism."""
+def _sync_ppl(job: EvaluationJob, ppl: dict[str, Any] | None, inputs: dict[str, Any] | None,
+              logger: logging.Logger) -> dict[str, Any] | None:
+    """spec.ppl.workers and spec.activeDeadlineSeconds may change while the job runs: the ppl Job's
+    parallelism and deadline. Not the parallelism of a queued Job: Kueue admitted it for its size and
+    would evict its pods (the CRD refuses that change; this covers jobs created before the rule)."""
     if ppl is None or not inputs or status.job_state(ppl) in ("Complete", "Failed"):
         return ppl
+    spec = ppl.get("spec") or {}
+    patch: dict[str, Any] = {}
     want = min(job.spec.ppl.workers, int(inputs["indexes"]))
-    if (ppl.get("spec") or {}).get("parallelism") == want:
+    if spec.get("parallelism") != want and not manifests.kueue_managed(ppl):
+        patch["parallelism"] = want
+    deadline = job.spec.active_deadline_seconds
+    if deadline and spec.get("activeDeadlineSeconds") != deadline:
+        patch["activeDeadlineSeconds"] = deadline
+    if not patch:
         return ppl
-    logger.info("setting the parallelism of Job %s to %d", ppl["metadata"]["name"], want)
-    return kube.patch_job(job.namespace, ppl["metadata"]["name"], {"spec": {"parallelism": want}})
+    logger.info("updating Job %s: %s", ppl["metadata"]["name"], patch)
+    return kube.patch_job(job.namespace, ppl["metadata"]["name"], {"spec": patch})
+
+
+def _admission(job: EvaluationJob, children) -> tuple[bool, str | None]:
+    """Whether a suspended child waits for Kueue (it carries the queue label or has a Workload), and what
+    Kueue says of it: its Workload's QuotaReserved or Admitted message (e.g. a resource the ClusterQueue
+    does not cover), so that status says why, not only that, it waits."""
+    queued, message = False, None
+    for child in children:
+        if child is None or status.job_state(child) != "Suspended" or job.spec.suspend:
+            continue
+        workloads = kube.list_workloads(job.namespace, child["metadata"].get("uid", ""))
+        queued = queued or bool(workloads) or manifests.kueue_managed(child)
+        for workload in workloads:
+            conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+            for ctype in ("QuotaReserved", "Admitted"):
+                c = conds.get(ctype)
+                if message is None and c and c.get("status") == "False" and c.get("message"):
+                    message = f"Workload {workload['metadata']['name']}: {c['message']}"
+    return queued, message
 
 
 def _failed_create(job: EvaluationJob, children, pods: list[dict[str, Any]]) -> str | None:
@@ -351,9 +465,11 @@ def _write(body: dict[str, Any], previous: dict[str, Any], new: dict[str, Any], 
             return phase
     kube.patch_evaluationjob_status(meta.get("namespace") or "default", meta["name"], patch)
     _last_write[meta["uid"]] = time.monotonic()
-    old_phase = previous.get("phase")
-    if old_phase != phase:
-        event_type = "Warning" if phase == status.FAILED else "Normal"
+    old_phase, reason = previous.get("phase"), new.get("reason")
+    warning = phase == status.FAILED or reason in status.WARNING_REASONS
+    # an Event per phase change, and per change into a reason someone has to act on (quota, a conflict)
+    if old_phase != phase or (warning and previous.get("reason") != reason):
+        event_type = "Warning" if warning else "Normal"
         message = f"{old_phase or 'New'} -> {phase}: {new.get('message', '')}"
         (logger.warning if event_type == "Warning" else logger.info)("%s", message)
         try:

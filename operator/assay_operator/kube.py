@@ -80,7 +80,7 @@ def get_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 class Refused(Exception):
-    """The API server refused an object for good (4xx other than a conflict): its message says why."""
+    """The API server refused an object (4xx other than a conflict): its message says why."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -97,14 +97,14 @@ def _api_message(exc: ApiException) -> str:
 def create_job(namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create the Job unless one of that name exists; returns (the Job, whether this call created it).
 
-    Raises Refused for a 4xx (invalid, forbidden, over quota) so the caller can fail the job with the
-    API server's own message instead of retrying forever.
+    Raises Refused for a 4xx other than a conflict (invalid, forbidden, over quota, rate-limited) with the
+    API server's own message: the caller decides which of them wait and which fail the job.
     """
     try:
         return _json(_batch().create_namespaced_job(namespace, body, _preload_content=False)), True
     except ApiException as exc:
         if exc.status != 409:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+            if exc.status is not None and 400 <= exc.status < 500:
                 raise Refused(exc.status, _api_message(exc)) from exc
             raise
     existing = get_job(namespace, body["metadata"]["name"])
@@ -136,6 +136,27 @@ def delete_job(namespace: str, name: str, uid: str) -> bool:
 def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
     resp = _core().list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
     return list(_json(resp).get("items") or [])
+
+
+#: Kueue's API group and the versions that serve Workloads (v1beta2 from Kueue 0.15, v1beta1 before).
+KUEUE_GROUP, KUEUE_VERSIONS = "kueue.x-k8s.io", ("v1beta2", "v1beta1")
+
+
+def list_workloads(namespace: str, job_uid: str) -> list[dict[str, Any]]:
+    """Kueue's Workloads of one Job (by Kueue's job-uid label); none where Kueue is not installed."""
+    if not job_uid:
+        return []
+    for version in KUEUE_VERSIONS:
+        try:
+            resp = _custom().list_namespaced_custom_object(
+                KUEUE_GROUP, version, namespace, "workloads", label_selector=f"kueue.x-k8s.io/job-uid={job_uid}",
+                _preload_content=False)
+        except ApiException as exc:
+            if exc.status in (403, 404):  # no Kueue (or not this version), or no read rule for Workloads
+                continue
+            raise
+        return list(_json(resp).get("items") or [])
+    return []
 
 
 def list_job_events(namespace: str, job_name: str) -> list[dict[str, Any]]:

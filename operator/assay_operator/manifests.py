@@ -32,6 +32,9 @@ JOB_LABEL = "assay.dev/job"
 ROLE_LABEL = "assay.dev/role"
 #: Annotation on child Jobs: the spec.retryToken of the attempt that created them.
 RETRY_TOKEN_ANNOTATION = "assay.dev/retry-token"
+#: Annotation on child Jobs: the spec.suspend the operator last applied to them (suspend is written on a
+#: change of the spec only, never as a level over whatever Kueue set).
+SUSPEND_ANNOTATION = "assay.dev/suspend"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TMP_DIR = "/tmp"
 CACHE_DIR = "/var/cache/assay"
@@ -81,6 +84,30 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
+def kueue_managed(child: dict[str, Any]) -> bool:
+    """Whether Kueue owns this child's suspend field: decided by the child's own label (what Kueue sees),
+    not by the live spec.queueName."""
+    return KUEUE_QUEUE_LABEL in ((child.get("metadata") or {}).get("labels") or {})
+
+
+def is_predecessor(child: dict[str, Any], name: str) -> bool:
+    """A Job whose controller is an EvaluationJob of this name with another uid: the child of a deleted
+    namesake, which the garbage collector is about to delete."""
+    return any(ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
+               and ref.get("name") == name for ref in (child.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def run_settings_of(child: dict[str, Any] | None) -> dict[str, str]:
+    """The run settings (RunContext variables) a child Job was built with: cmp scores with the settings
+    the predictions were made with, whatever the live spec says now."""
+    if child is None:
+        return {}
+    containers = (((child.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    names = set(RunContext.ENV.values())
+    return {e["name"]: e["value"] for c in containers if c.get("name") == CONTAINER for e in c.get("env") or []
+            if e.get("name") in names and "value" in e}
+
+
 def controller_uid(child: dict[str, Any]) -> str | None:
     for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("controller"):
@@ -91,9 +118,11 @@ def controller_uid(child: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------------------------- pods
 
 
-def env(job: EvaluationJob, role: str, inputs: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Container environment: the RunContext (pinned inputs once resolved), S3 access by Secret reference
-    only, and every cache and temp folder on the cache volume."""
+def env(job: EvaluationJob, role: str, inputs: dict[str, Any] | None,
+        recorded: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Container environment: the RunContext (pinned inputs once resolved; ``recorded`` run settings of an
+    earlier stage's Job win over the spec's), S3 access by Secret reference only, and every cache and temp
+    folder on the cache volume."""
     ctx = RunContext.for_worker(job, 0)
     if inputs:
         ctx = ctx.model_copy(update={
@@ -101,7 +130,11 @@ def env(job: EvaluationJob, role: str, inputs: dict[str, Any] | None) -> list[di
             "dataset_uri": inputs["dataset"]["uri"], "dataset_version": inputs["dataset"]["version"],
             "shards_per_index": inputs["shardsPerIndex"]})
     # JOB_COMPLETION_INDEX comes from Kubernetes
-    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(ctx.to_env().items())]
+    values = ctx.to_env()
+    if recorded:  # exactly the earlier Job's settings: a setting it did not have stays unset
+        values = {k: v for k, v in values.items() if k in _PINNED} | \
+                 {k: v for k, v in recorded.items() if k not in _PINNED}
+    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(values.items())]
     store = job.spec.storage
     if store.endpoint:
         out.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint})
@@ -128,6 +161,11 @@ def env(job: EvaluationJob, role: str, inputs: dict[str, Any] | None) -> list[di
     user = [copy.deepcopy(e) for e in job.spec.runtime.env]
     names = {e["name"] for e in user}
     return [e for e in out if e["name"] not in names] + user
+
+
+#: RunContext variables that come from the pinned inputs, never from an earlier Job's environment.
+_PINNED = {RunContext.ENV[f] for f in ("model_uri", "model_version", "dataset_uri", "dataset_version",
+                                       "shards_per_index", "job_name", "output_uri")}
 
 
 def pod_security_context(settings: Settings) -> dict[str, Any]:
@@ -167,13 +205,16 @@ def quantity_bytes(text: str) -> int:
 
 def with_ephemeral_storage(resources: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """spec.*.resources with every quantity as a string (the API server takes ``nvidia.com/gpu: 1``, the
-    kubernetes client's typed models refuse the integer: found on a real cluster), plus a request for the
-    ephemeral storage the emptyDirs may fill, so the scheduler places the pod on a node that has it (and
-    the kubelet does not evict it for using what it was given)."""
+    kubernetes client's typed models refuse the integer: found on a real cluster). With
+    ``request_ephemeral_storage`` (off by default) also a request for the ephemeral storage the emptyDirs
+    may fill: it lets the scheduler pick a node with that much disk, but a request the user never asked
+    for also makes Kueue's ClusterQueues, which rarely cover ephemeral-storage, never admit the job."""
     out = copy.deepcopy(resources)
     for key in ("limits", "requests"):
         if isinstance(out.get(key), dict):
             out[key] = {name: str(value) for name, value in out[key].items()}
+    if not settings.request_ephemeral_storage:
+        return out
     requests = out.setdefault("requests", {})
     if "ephemeral-storage" not in requests:
         total = quantity_bytes(settings.tmp_size_limit) + quantity_bytes(settings.cache_size_limit)
@@ -192,7 +233,7 @@ def pod_failure_policy() -> dict[str, Any]:
 
 
 def pod_template(job: EvaluationJob, settings: Settings, role: str, inputs: dict[str, Any] | None,
-                 resources: dict[str, Any]) -> dict[str, Any]:
+                 resources: dict[str, Any], recorded: dict[str, str] | None = None) -> dict[str, Any]:
     runtime = job.spec.runtime
     vols, mounts = volumes(settings)
     container = {
@@ -200,7 +241,7 @@ def pod_template(job: EvaluationJob, settings: Settings, role: str, inputs: dict
         "image": runtime.image or settings.runner_image,
         "imagePullPolicy": runtime.image_pull_policy,
         "command": ["python", "-m", "assay.runner", role],
-        "env": env(job, role, inputs),
+        "env": env(job, role, inputs, recorded),
         "resources": with_ephemeral_storage(resources, settings),
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
@@ -240,13 +281,15 @@ def _child(owner: dict[str, Any], job: EvaluationJob, role: str, spec: dict[str,
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": child_name(job.name, role), "namespace": job.namespace,
                          "labels": labels(job, role),
-                         "annotations": {RETRY_TOKEN_ANNOTATION: job.spec.retry_token or ""},
+                         "annotations": {RETRY_TOKEN_ANNOTATION: job.spec.retry_token or "",
+                                         SUSPEND_ANNOTATION: "true" if job.spec.suspend else "false"},
                          "ownerReferences": [owner_reference(owner)]},
             "spec": spec}
 
 
 def created_suspended(job: EvaluationJob) -> bool:
-    """Kueue admits a queued Job by unsuspending it, so queued Jobs start suspended."""
+    """Kueue admits a queued Job by unsuspending it, so queued Jobs start suspended (and the operator
+    creates no child while spec.suspend is true)."""
     return job.spec.suspend or bool(job.spec.queue_name)
 
 
@@ -262,6 +305,8 @@ def build_resolve_job(owner: dict[str, Any], job: EvaluationJob, settings: Setti
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": pod_failure_policy(),
         "suspend": created_suspended(job),
+        # a store that hangs must not hold the job in Resolving for ever (the clock pauses while queued)
+        "activeDeadlineSeconds": settings.resolve_deadline_seconds,
         "template": pod_template(job, settings, RESOLVE, None, settings.resolve_resources),
     }
     return _child(owner, job, RESOLVE, spec)
@@ -292,10 +337,12 @@ def build_ppl_job(owner: dict[str, Any], job: EvaluationJob, settings: Settings,
 
 
 def build_cmp_job(owner: dict[str, Any], job: EvaluationJob, settings: Settings, inputs: dict[str, Any],
-                  active_deadline_seconds: int | None = None) -> dict[str, Any]:
+                  active_deadline_seconds: int | None = None,
+                  recorded: dict[str, str] | None = None) -> dict[str, Any]:
     """The metrics Job: one pod merges every shard's predictions and writes metrics.json.
 
-    ``active_deadline_seconds`` is what the ppl Job left of spec.activeDeadlineSeconds by its own clock.
+    ``active_deadline_seconds`` is what the ppl Job left of spec.activeDeadlineSeconds by its own clock;
+    ``recorded`` the run settings the ppl Job was built with (``run_settings_of``).
     """
     spec: dict[str, Any] = {
         "completions": 1,
@@ -304,7 +351,7 @@ def build_cmp_job(owner: dict[str, Any], job: EvaluationJob, settings: Settings,
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": pod_failure_policy(),
         "suspend": created_suspended(job),
-        "template": pod_template(job, settings, CMP, inputs, job.spec.cmp.resources),
+        "template": pod_template(job, settings, CMP, inputs, job.spec.cmp.resources, recorded),
     }
     if active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     #: Resources of the resolve pod (it reads two manifests and lists the dataset folder).
     resolve_resources: dict = Field(default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"},
                                                              "limits": {"memory": "1Gi"}})
+    #: activeDeadlineSeconds of the resolve Job (it reads two manifests; a store that hangs fails it).
+    resolve_deadline_seconds: int = Field(900, ge=30)
+    #: How often a stage Job that completed without a readable report (its pod gone) is run again.
+    max_stage_reruns: int = Field(3, ge=0, le=10)
+    #: Request ephemeral-storage for the emptyDirs' size limits on every job container. Off by default: a
+    #: request the user did not ask for keeps Kueue from admitting jobs into ClusterQueues without it.
+    request_ephemeral_storage: bool = False
     #: Seconds without a completed shard group, while ppl pods run, before the job's ShardsProgressing
     #: condition turns False (a Warning; the job keeps running).
     stall_seconds: float = Field(3600.0, gt=0)

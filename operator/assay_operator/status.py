@@ -28,6 +28,11 @@ FAIL_FAST_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "Cr
                      "CreateContainerError"}
 #: Failure reasons the operator decides itself (the Jobs are still running and must be stopped).
 OPERATOR_FAILURES = FAIL_FAST_REASONS | {"Unschedulable", "PendingDeadlineExceeded", "InvalidSpec"}
+#: Pending reasons of a job held by something outside it that an admin or time may clear: the job
+#: waits, and fails past spec.pendingDeadlineSeconds counted from status.blockedSince.
+HOLDS_WITH_DEADLINE = {"QuotaExceeded", "OperatorForbidden", "FailedCreate"}
+#: Reasons whose Event is a Warning although the phase is not Failed: someone has to act.
+WARNING_REASONS = HOLDS_WITH_DEADLINE | {"ChildNameConflict"}
 
 
 # ---------------------------------------------------------------------------------------- time helpers
@@ -269,8 +274,18 @@ class Observed:
     errors: dict[str, str] = field(default_factory=dict)
     #: a failure the handlers met: (reason, message), e.g. a name conflict or a Job the API refused
     blocker: tuple[str, str] | None = None
+    #: something outside the job holds it, for now: (reason, message), e.g. quota refusing a child Job
+    hold: tuple[str, str] | None = None
     #: the Job controller's FailedCreate message (quota, LimitRange, admission), if pods cannot be made
     failed_create: str | None = None
+    #: a suspended child waits for Kueue (queue label or Workload), and its Workload's message if any
+    queued: bool = False
+    admission: str | None = None
+    #: the retryToken of the attempt whose children exist (status.retryToken)
+    attempt: str | None = None
+    #: stage -> how often its Job was rerun because its report was lost with its pod; and the bound
+    stage_reruns: dict[str, int] = field(default_factory=dict)
+    max_stage_reruns: int = 3
     results_uri: str | None = None
     fail_fast_seconds: float = 60.0
     stall_seconds: float = 3600.0
@@ -278,7 +293,20 @@ class Observed:
 
 
 def _stage_done(o: Observed, role: str) -> bool:
+    """A stage is done once its result is in status: the pinned inputs, the ppl Job's completion, the cmp
+    report (a Complete cmp Job whose report was lost with its pod is not done)."""
+    if role == "cmp":
+        return o.report is not None
     return (o.previous.get("stages") or {}).get(role) == "Complete" or job_state(getattr(o, role)) == "Complete"
+
+
+def _held_too_long(o: Observed, reason: str) -> float | None:
+    """Seconds the job has been held, if past spec.pendingDeadlineSeconds (held since status.blockedSince)."""
+    if reason not in HOLDS_WITH_DEADLINE:
+        return None
+    since = parse_time(o.previous.get("blockedSince")) or o.now
+    held = (o.now - since).total_seconds()
+    return held if held >= o.spec.pending_deadline_seconds else None
 
 
 def decide(o: Observed) -> tuple[str, str, str]:
@@ -288,6 +316,21 @@ def decide(o: Observed) -> tuple[str, str, str]:
     retries = spec.ppl.max_retries_per_shard
     if o.blocker:
         return FAILED, o.blocker[0], o.blocker[1]
+    hold = o.hold or (("FailedCreate", f"pods cannot be created: {o.failed_create}") if o.failed_create else None)
+    if hold and cmp_state != "Complete" and not spec.suspend:
+        held = _held_too_long(o, hold[0])
+        if held is not None:
+            return FAILED, "PendingDeadlineExceeded", (f"held for {fmt_duration(held)}, past "
+                                                       f"spec.pendingDeadlineSeconds={spec.pending_deadline_seconds}: "
+                                                       f"{hold[1]}")
+    lost = [role for role in ("resolve", "cmp") if job_state(getattr(o, role)) == "Complete"
+            and o.stage_reruns.get(role, 0) >= o.max_stage_reruns
+            and (o.inputs is None if role == "resolve" else o.report is None)]
+    if lost:
+        reason = "InputsUnavailable" if lost[0] == "resolve" else "MetricsUnavailable"
+        return FAILED, reason, (f"the {lost[0]} Job completed {o.max_stage_reruns + 1} times but its pod was gone "
+                                f"before its report was read each time (pods deleted by hand, by a cleanup job or "
+                                f"with their node); stop that, then change spec.retryToken")
     if resolve_state == "Failed" and not o.inputs:
         reason, message = job_failure(o.resolve or {})
         detail = o.errors.get("resolve") or f"{reason}: {message}"
@@ -324,25 +367,31 @@ def decide(o: Observed) -> tuple[str, str, str]:
                           pending_deadline_seconds=spec.pending_deadline_seconds)
     if problem and cmp_state != "Complete" and (problem[0] in FAIL_FAST_REASONS or not progressing):
         return FAILED, problem[0], problem[1]
-    if cmp_state == "Complete" or _stage_done(o, "cmp"):
-        if o.report is not None:
-            return SUCCEEDED, "Succeeded", _headline_message(o.report)
-        return EVALUATING, "WaitingForMetrics", "the cmp Job completed; reading its report"
+    if _stage_done(o, "cmp"):
+        return SUCCEEDED, "Succeeded", _headline_message(o.report or {})
+    if cmp_state == "Complete" or (o.stage_reruns.get("cmp") and cmp_state == "Absent" and _stage_done(o, "ppl")):
+        return EVALUATING, "WaitingForMetrics", ("the cmp Job completed but its report was gone with its pod; "
+                                                 "computing the metrics again")
     if spec.suspend:
         return SUSPENDED, "SuspendedBySpec", "spec.suspend is true; set it to false to resume where it stopped"
-    if o.failed_create:
-        return PENDING, "FailedCreate", f"pods cannot be created: {o.failed_create}"
+    if hold:
+        return PENDING, hold[0], hold[1]
     if cmp_state == "Active":
         return EVALUATING, "ComputingMetrics", "the cmp Job is computing the metrics"
+    if "Suspended" in (resolve_state, ppl_state, cmp_state):
+        if o.queued or spec.queue_name:
+            stage = next(r for r in ("cmp", "ppl", "resolve") if job_state(getattr(o, r)) == "Suspended")
+            where = f"Kueue LocalQueue {spec.queue_name!r}" if spec.queue_name else "Kueue"
+            return PENDING, "WaitingForAdmission", (f"the {stage} Job is queued in {where}"
+                                                    + (f": {o.admission}" if o.admission else ""))
+        return PENDING, "Resuming", "resuming the suspended Jobs"
     if _stage_done(o, "ppl"):
         return EVALUATING, "InferenceComplete", "every shard is predicted; starting the cmp Job"
-    if "Suspended" in (resolve_state, ppl_state, cmp_state):
-        if spec.queue_name:
-            return PENDING, "WaitingForAdmission", f"queued in Kueue LocalQueue {spec.queue_name!r}"
-        return PENDING, "Resuming", "resuming the suspended Jobs"
     if ppl_state == "Active":
-        ready = int(((o.ppl or {}).get("status") or {}).get("ready") or 0)
-        if ready or any_pod_running(o.pods):
+        st = (o.ppl or {}).get("status") or {}
+        # once a worker ran, the job stays Running between shard groups (pods come and go)
+        started = o.previous.get("phase") == RUNNING or st.get("completedIndexes")
+        if int(st.get("ready") or 0) or any_pod_running(o.pods) or started:
             return RUNNING, "ShardsRunning", f"{spec.ppl.workers} ppl worker(s) predicting"
         return PENDING, "PodsStarting", "waiting for the ppl pods to start"
     if not o.inputs:
@@ -400,7 +449,7 @@ def derive(o: Observed) -> tuple[dict[str, Any], str]:
         "reason": reason,
         "message": message,
         "observedGeneration": o.generation,
-        "retryToken": o.spec.retry_token or "",
+        "retryToken": o.attempt if o.attempt is not None else (o.spec.retry_token or ""),
         "conditions": conditions_for(phase, reason, message, prev.get("conditions") or [], o.generation, o.now,
                                      _progressing(o, phase, progress)),
     }
@@ -417,6 +466,10 @@ def derive(o: Observed) -> tuple[dict[str, Any], str]:
               if (role == "resolve" and o.inputs) or (role != "resolve" and _stage_done(o, role))}
     if stages:
         out["stages"] = stages
+    if o.stage_reruns:
+        out["stageReruns"] = dict(o.stage_reruns)
+    if phase == PENDING and reason in HOLDS_WITH_DEADLINE:
+        out["blockedSince"] = prev.get("blockedSince") or fmt_time(o.now)
     out["shards"] = shards
     if progress is not None:
         out["progress"] = progress

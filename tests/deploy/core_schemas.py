@@ -24,6 +24,14 @@ TYPES = {"ResourceRequirements": "io.k8s.api.core.v1.ResourceRequirements",
          "Affinity": "io.k8s.api.core.v1.Affinity",
          "EnvVar": "io.k8s.api.core.v1.EnvVar"}
 MAX_ITEMS, MAX_LENGTH, MAX_PROPERTIES = 16, 512, 32
+#: Strings the API server accepts only from a fixed set, though its OpenAPI types them as free strings: as
+#: enums a typo is refused at `kubectl apply`, not found after the resolve stage as a refused Job.
+ENUMS = {("io.k8s.api.core.v1.Toleration", "operator"): ["", "Exists", "Equal"],
+         ("io.k8s.api.core.v1.Toleration", "effect"): ["", "NoSchedule", "PreferNoSchedule", "NoExecute"],
+         ("io.k8s.api.core.v1.NodeSelectorRequirement", "operator"): ["In", "NotIn", "Exists", "DoesNotExist",
+                                                                      "Gt", "Lt"],
+         ("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement", "operator"): ["In", "NotIn", "Exists",
+                                                                                         "DoesNotExist"]}
 _BLOCK = re.compile(r"( *)# BEGIN core/v1 (\w+)( list)?\n.*?\n\1# END core/v1 \2\n", re.S)
 
 
@@ -47,12 +55,13 @@ def structural(ref: str, defs: dict[str, Any] | None = None, depth: int = 0) -> 
     int-or-string, every list, string and map bounded."""
     defs = defs or _definitions()
     node = defs[ref]
-    return _convert(node, defs, depth)
+    return _convert(node, defs, depth, ref)
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int) -> dict[str, Any]:
+def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int, name: str = "") -> dict[str, Any]:
     if "$ref" in node:
-        out = _convert(defs[node["$ref"].rsplit("/", 1)[1]], defs, depth)
+        ref = node["$ref"].rsplit("/", 1)[1]
+        out = _convert(defs[ref], defs, depth, ref)
         if node.get("description"):
             out["description"] = _describe(node["description"])
         return out
@@ -69,6 +78,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int) -> dict[str
     if "properties" in node:
         out["type"] = "object"
         out["properties"] = {k: _convert(v, defs, depth + 1) for k, v in sorted(node["properties"].items())}
+        for prop, values in ((p, v) for (n, p), v in ENUMS.items() if n == name and p in out["properties"]):
+            schema = out["properties"][prop]
+            schema.pop("maxLength", None)
+            schema["enum"] = list(values)  # a copy: a shared list would be dumped as a YAML anchor
         if node.get("required"):
             out["required"] = sorted(node["required"])
     elif kind == "object" or "additionalProperties" in node:

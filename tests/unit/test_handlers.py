@@ -49,10 +49,13 @@ class FakeAPI:
         self.events: list[dict] = []
         self.status_writes = 0
         self.refuse: str | None = None
+        self.refuse_status = 422
+        self.workloads: dict[str, list[dict]] = {}  # job uid -> Kueue Workloads
+        self.creates = 0
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for fn in ("get_evaluationjob", "patch_evaluationjob_status", "get_job", "create_job", "patch_job",
-                   "delete_job", "list_pods", "list_job_events", "post_event"):
+                   "delete_job", "list_pods", "list_job_events", "post_event", "list_workloads"):
             monkeypatch.setattr(kube, fn, getattr(self, fn))
 
     # ---- kube's functions
@@ -68,10 +71,11 @@ class FakeAPI:
 
     def create_job(self, ns, body):
         if self.refuse:
-            raise kube.Refused(422, self.refuse)
+            raise kube.Refused(self.refuse_status, self.refuse)
         name = body["metadata"]["name"]
         if name in self.jobs:
             return copy.deepcopy(self.jobs[name]), False
+        self.creates += 1
         job = copy.deepcopy(body)
         job["metadata"]["uid"] = str(uuid.uuid4())
         job["status"] = {}
@@ -89,6 +93,9 @@ class FakeAPI:
 
     def list_pods(self, ns, selector):
         return copy.deepcopy(self.pods)
+
+    def list_workloads(self, ns, uid):
+        return copy.deepcopy(self.workloads.get(uid, []))
 
     def list_job_events(self, ns, job_name):
         return [e for e in self.events if e["involvedObject"]["name"] == job_name]
@@ -194,15 +201,37 @@ def test_full_run_reports_through_termination_messages_and_never_moves_back(api)
 
 
 def test_a_namesake_job_is_never_adopted_or_touched(api):
-    """A leftover <name>-ppl Job of another owner was adopted: inference skipped, cmp created at once."""
+    """A leftover <name>-ppl Job of another owner was adopted: inference skipped, cmp created at once.
+    Then the conflict froze the job as Failed for good although the foreign Job could be deleted."""
     api.apply()
     api.jobs["eval-ppl"] = {"metadata": {"name": "eval-ppl", "uid": "other", "ownerReferences": [
-        {"kind": "EvaluationJob", "name": "eval", "uid": "an-older-one", "controller": True}]},
+        {"kind": "Workflow", "apiVersion": "argoproj.io/v1alpha1", "name": "eval", "uid": "a-workflow",
+         "controller": True}]},
         "spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    assert reconcile() == "Failed"
+    assert reconcile() == "Pending"
     st = api.status()
-    assert st["reason"] == "ChildNameConflict" and "an-older-one" in st["message"]
+    assert st["reason"] == "ChildNameConflict" and "a-workflow" in st["message"]
     assert set(api.jobs) == {"eval-ppl"} and api.jobs["eval-ppl"]["metadata"]["uid"] == "other"
+    assert api.events[-1]["type"] == "Warning" and api.events[-1]["reason"] == "ChildNameConflict"
+    del api.jobs["eval-ppl"]  # the user deletes it: the job goes on, nothing to retry
+    assert reconcile() == "Pending" and api.status()["reason"] == "Resolving" and "eval-resolve" in api.jobs
+
+
+def test_a_recreated_job_waits_for_its_predecessors_children(api):
+    """Re-creating an EvaluationJob of the same name failed it for good (ChildNameConflict) while the
+    garbage collector was still deleting the deleted predecessor's Jobs."""
+    api.apply()
+    predecessor = {"kind": "EvaluationJob", "apiVersion": "assay.dev/v1alpha1", "name": NAME, "uid": "old-uid",
+                   "controller": True}
+    api.jobs["eval-resolve"] = {"metadata": {"name": "eval-resolve", "uid": "r0", "ownerReferences": [predecessor]},
+                                "spec": {}, "status": {}}
+    api.jobs["eval-ppl"] = {"metadata": {"name": "eval-ppl", "uid": "p0", "deletionTimestamp": "2026-01-01T11:59:00Z",
+                                         "ownerReferences": [predecessor]}, "spec": {}, "status": {}}
+    assert reconcile() == "Pending" and api.status()["reason"] == "WaitingForPredecessor"
+    assert api.jobs["eval-resolve"]["metadata"]["uid"] == "r0", "the predecessor's Job is the collector's"
+    api.jobs.clear()  # collected
+    reconcile()
+    assert api.jobs["eval-resolve"]["metadata"]["ownerReferences"][0]["uid"] == "ej-uid"
 
 
 def test_missing_inputs_fail_at_the_resolve_stage_with_the_pods_message(api):
@@ -275,6 +304,20 @@ def test_queued_jobs_are_never_unsuspended_by_the_operator(api):
     assert api.jobs["eval-ppl"]["spec"]["suspend"] is True, "created again, queued again"
 
 
+def test_suspending_a_queued_job_before_its_inputs_are_pinned_creates_nothing(api):
+    """spec.suspend on a queued job still waiting for admission: each reconcile created the resolve Job and
+    deleted it again (239 creates in 20 s with a real Kueue, each making and removing a Workload)."""
+    api.apply(queueName="gpu")
+    reconcile()
+    api.set_spec(suspend=True)
+    for _ in range(20):  # each delete is a watch event, i.e. another reconcile
+        assert reconcile() == "Suspended"
+    assert api.creates == 1 and api.jobs == {}
+    api.set_spec(suspend=False)
+    reconcile()
+    assert api.creates == 2 and api.jobs["eval-resolve"]["spec"]["suspend"] is True
+
+
 def test_suspend_without_a_queue_uses_the_jobs_suspend(api):
     api.apply()
     reconcile()
@@ -285,6 +328,42 @@ def test_suspend_without_a_queue_uses_the_jobs_suspend(api):
     api.set_spec(suspend=False)
     reconcile()
     assert api.jobs["eval-ppl"]["spec"]["suspend"] is False
+
+
+def test_a_suspend_set_by_kueue_is_not_fought_over(api):
+    """Under Kueue's manageJobsWithoutQueueName a job without a queue name had the operator resume its
+    Job on every reconcile and Kueue suspend it again (243 resumes, 469 suspends in 40 s)."""
+    api.apply()
+    reconcile()
+    uid = api.jobs["eval-resolve"]["metadata"]["uid"]
+    api.jobs["eval-resolve"]["spec"]["suspend"] = True  # Kueue's webhook or reconciler
+    api.workloads[uid] = [{"metadata": {"name": "job-eval-resolve-1"}, "status": {"conditions": [
+        {"type": "QuotaReserved", "status": "False", "message": "couldn't assign flavors to pod set main"}]}}]
+    for _ in range(5):
+        reconcile()
+    assert api.jobs["eval-resolve"]["spec"]["suspend"] is True
+    st = api.status()
+    assert st["reason"] == "WaitingForAdmission" and "couldn't assign flavors" in st["message"]
+    api.set_spec(suspend=True)  # a real edge of the spec is still applied ...
+    reconcile()
+    api.set_spec(suspend=False)  # ... and resuming leaves a Job with a Workload to Kueue
+    reconcile()
+    assert api.jobs["eval-resolve"]["spec"]["suspend"] is True
+    assert api.jobs["eval-resolve"]["metadata"]["annotations"]["assay.dev/suspend"] == "false"
+
+
+def test_kueue_ownership_follows_the_childs_label_not_the_live_spec(api):
+    """Removing spec.queueName mid-run made the operator unsuspend a Job that still carried the queue
+    label (bypassing Kueue); changing workers of an admitted Job made Kueue evict its pods."""
+    api.apply(queueName="gpu")
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    api.evaljobs[NAME]["spec"].pop("queueName")  # a CRD before the CEL rule let this through
+    api.set_spec(ppl={"workers": 1, "maxRetriesPerShard": 2})
+    reconcile()
+    ppl = api.jobs["eval-ppl"]
+    assert ppl["spec"]["suspend"] is True and ppl["spec"]["parallelism"] == 2
 
 
 def test_workers_change_the_parallelism_of_a_running_job(api):
@@ -352,3 +431,190 @@ def test_an_unexpected_reconcile_error_is_an_event_on_the_job_once(api, monkeypa
     monkeypatch.setattr(kube, "get_job", broken)
     main._reconcile_logged(NS, NAME, LOG)
     assert len([e for e in api.events if e["reason"] == "ReconcileError"]) == 2, "a new failure is reported again"
+
+
+def finish_ppl(api: FakeAPI) -> None:
+    api.job_status("ppl", "Complete", completedIndexes="0-2", startTime="2026-01-01T11:50:00Z",
+                   completionTime="2026-01-01T11:55:00Z")
+
+
+def test_a_cmp_report_lost_with_its_pod_reruns_cmp_and_is_bounded(api):
+    """cmp Complete without a readable report (pod GC after a node went, `kubectl delete pod`) sat in
+    Evaluating/WaitingForMetrics for ever, with stages.cmp Complete so that nothing could rerun it."""
+    api.apply()
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    finish_ppl(api)
+    reconcile()
+    for attempt in range(1, SETTINGS.max_stage_reruns + 1):
+        api.job_status("cmp", "Complete")  # and its pod is gone
+        assert reconcile() == "Evaluating" and "eval-cmp" not in api.jobs
+        st = api.status()
+        assert st["reason"] == "WaitingForMetrics" and st["stageReruns"] == {"cmp": attempt}
+        assert "cmp" not in st["stages"], "a stage is done only once its report is in status"
+        reconcile()
+        assert "eval-cmp" in api.jobs, "cmp runs again"
+    api.job_status("cmp", "Complete")
+    assert reconcile() == "Failed"
+    assert api.status()["reason"] == "MetricsUnavailable" and "retryToken" in api.status()["message"]
+    api.set_spec(retryToken="again")  # the retry token now reruns it
+    reconcile()
+    reconcile()
+    assert "eval-cmp" in api.jobs and "stageReruns" not in api.status()
+    api.job_status("cmp", "Complete")
+    api.terminated("cmp", 0, json.dumps(REPORT))
+    assert reconcile() == "Succeeded" and api.status()["stages"]["cmp"] == "Complete"
+
+
+def test_a_resolve_report_lost_with_its_pod_reruns_resolve(api):
+    """resolve Complete without a readable report failed InputsUnavailable, and no retryToken cleared it
+    (the Complete resolve Job of the old token was reused)."""
+    api.apply()
+    reconcile()
+    api.job_status("resolve", "Complete")
+    assert reconcile() == "Pending" and "eval-resolve" not in api.jobs
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    assert api.status()["inputs"] == INPUTS and "eval-ppl" in api.jobs
+
+
+def test_a_quota_refusal_waits_then_fails_at_the_pending_deadline(api):
+    """A 403 `exceeded quota: count/jobs.batch` on creating cmp was a terminal InvalidSpec after the whole
+    inference ran, and stayed so after the quota was raised."""
+    api.apply(pendingDeadlineSeconds=600)
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    finish_ppl(api)
+    api.refuse, api.refuse_status = 'jobs.batch "eval-cmp" is forbidden: exceeded quota: jobs, used: count/jobs.batch=2', 403
+    assert reconcile() == "Pending"
+    st = api.status()
+    assert st["reason"] == "QuotaExceeded" and st["blockedSince"] == "2026-01-01T12:00:00Z"
+    assert api.events[-1]["type"] == "Warning"
+    assert reconcile(NOW + dt.timedelta(seconds=300)) == "Pending"
+    api.refuse = None  # the quota is raised
+    assert reconcile(NOW + dt.timedelta(seconds=310)) == "Evaluating" and "eval-cmp" in api.jobs
+    assert "blockedSince" not in api.status()
+    # held past the deadline, it fails saying why
+    del api.jobs["eval-cmp"]
+    api.refuse = "exceeded quota: jobs"
+    reconcile(NOW + dt.timedelta(seconds=320))
+    assert reconcile(NOW + dt.timedelta(seconds=1000)) == "Failed"
+    assert api.status()["reason"] == "PendingDeadlineExceeded" and "exceeded quota" in api.status()["message"]
+
+
+def test_an_rbac_refusal_has_its_own_reason(api):
+    api.apply()
+    api.refuse, api.refuse_status = 'jobs.batch is forbidden: User "system:serviceaccount:x:y" cannot create', 403
+    assert reconcile() == "Pending" and api.status()["reason"] == "OperatorForbidden"
+
+
+def test_pods_that_cannot_be_created_fail_at_the_pending_deadline(api):
+    """A missing ServiceAccount or PriorityClass: pods never exist, so pendingDeadlineSeconds never fired
+    and the job stayed Pending/FailedCreate for ever."""
+    api.apply(pendingDeadlineSeconds=120)
+    reconcile()
+    api.events.append({"reason": "FailedCreate", "lastTimestamp": "2026-01-01T11:59:00Z", "involvedObject": {
+        "name": "eval-resolve", "kind": "Job", "uid": api.jobs["eval-resolve"]["metadata"]["uid"]},
+        "message": 'pods "eval-resolve-x" is forbidden: error looking up service account evals/gone'})
+    assert reconcile() == "Pending" and api.status()["reason"] == "FailedCreate"
+    assert api.events[-1]["type"] == "Warning", "FailedCreate is an Event someone has to act on"
+    assert reconcile(NOW + dt.timedelta(seconds=60)) == "Pending"
+    assert reconcile(NOW + dt.timedelta(seconds=121)) == "Failed"
+    st = api.status()
+    assert st["reason"] == "PendingDeadlineExceeded" and "service account evals/gone" in st["message"]
+    assert "eval-resolve" not in api.jobs, "the unfinished Job is stopped"
+
+
+def test_the_status_retry_token_moves_only_once_its_children_exist(api):
+    """status.retryToken moved to a new token before any child of it existed."""
+    api.apply()
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    api.job_status("ppl", "Failed", reason="FailedIndexes", failedIndexes="2", completedIndexes="0-1")
+    reconcile()
+    api.set_spec(retryToken="2")
+    api.refuse, api.refuse_status = "exceeded quota: jobs", 403
+    reconcile()  # deletes the failed ppl Job of the earlier attempt
+    reconcile()  # cannot create the new one
+    assert api.status()["retryToken"] == "" and api.status()["reason"] == "QuotaExceeded"
+    api.refuse = None
+    reconcile()
+    assert api.status()["retryToken"] == "2"
+
+
+def test_cmp_scores_with_the_settings_the_predictions_were_made_with(api):
+    """cmp was built from the live spec while the running ppl Job kept the old settings: the job failed
+    (output owned by other settings) and could never succeed."""
+    api.apply(ppl={"workers": 2, "maxRetriesPerShard": 2, "batchSize": 8})
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    api.set_spec(ppl={"workers": 2, "maxRetriesPerShard": 2, "batchSize": 2}, evaluator="classification")
+    finish_ppl(api)
+    reconcile()
+    env = {e["name"]: e.get("value") for e in api.jobs["eval-cmp"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ASSAY_BATCH_SIZE"] == "8" and "ASSAY_EVALUATOR" not in env
+    assert env["ASSAY_MODEL_VERSION"] == "v1"
+
+
+def test_the_phase_stays_running_between_shard_groups(api):
+    """With one worker the phase went Running -> Pending(PodsStarting) -> Running between shard groups,
+    posting an Event each time."""
+    api.apply(ppl={"workers": 1, "maxRetriesPerShard": 2})
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    api.job_status("ppl", startTime="2026-01-01T11:50:00Z", ready=1)
+    assert reconcile() == "Running"
+    api.job_status("ppl", completedIndexes="0", startTime="2026-01-01T11:50:00Z", ready=0)  # next pod starting
+    events = len(api.events)
+    assert reconcile() == "Running" and len(api.events) == events
+
+
+def test_a_queued_cmp_job_says_it_waits_for_admission(api):
+    api.apply(queueName="gpu")
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    finish_ppl(api)
+    reconcile()
+    assert api.jobs["eval-cmp"]["spec"]["suspend"] is True
+    assert reconcile() == "Pending"
+    st = api.status()
+    assert st["reason"] == "WaitingForAdmission" and "cmp Job is queued" in st["message"]
+
+
+def test_fields_of_a_newer_crd_are_ignored(api):
+    """A CRD one optional field ahead of the operator failed every job permanently (extra="forbid")."""
+    api.apply(futureField={"x": 1}, ppl={"workers": 2, "maxRetriesPerShard": 2, "newKnob": True})
+    assert reconcile() == "Pending" and api.status()["reason"] == "Resolving"
+
+
+def test_a_failed_job_does_not_claim_to_have_observed_an_edit_it_never_ran(api):
+    """observedGeneration moved on terminal jobs for a spec that never ran, so kstatus and Argo CD said
+    Current/Healthy."""
+    api.apply()
+    reconcile()
+    api.job_status("resolve", "Failed", reason="BackoffLimitExceeded")
+    assert reconcile() == "Failed" and api.status()["observedGeneration"] == 1
+    api.set_spec(runtime={"image": "fixed:1"})
+    reconcile()
+    assert api.status()["observedGeneration"] == 1
+    api.set_spec(retryToken="2")
+    reconcile()
+    assert api.status()["observedGeneration"] == 3
+
+
+def test_deadlines_reach_the_running_ppl_job_and_the_resolve_job_has_one(api):
+    api.apply(activeDeadlineSeconds=3600)
+    reconcile()
+    assert api.jobs["eval-resolve"]["spec"]["activeDeadlineSeconds"] == SETTINGS.resolve_deadline_seconds
+    resolve_ok(api)
+    reconcile()
+    api.set_spec(activeDeadlineSeconds=7200)
+    reconcile()
+    assert api.jobs["eval-ppl"]["spec"]["activeDeadlineSeconds"] == 7200

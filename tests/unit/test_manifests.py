@@ -105,8 +105,7 @@ class TestPplJob:
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}], "priorityClassName": "batch"}))
         ps = pod_spec(ppl)
         # quantities as strings: the kubernetes client's typed models refuse an integer quantity
-        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"},
-                                                    "requests": {"ephemeral-storage": "22528Mi"}}
+        assert ps["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
         assert ps["nodeSelector"] == {"gpu": "a100"} and ps["priorityClassName"] == "batch"
         assert ps["tolerations"][0]["key"] == "nvidia.com/gpu"
 
@@ -165,8 +164,16 @@ class TestPodSecurity:
         # model packages, shards and temp files go to the large cache volume, not the 2 Gi /tmp
         assert env["ASSAY_CACHE_DIR"]["value"] == env["TMPDIR"]["value"] == manifests.CACHE_DIR
 
-    def test_ephemeral_storage_requested_for_the_empty_dirs(self) -> None:
-        requests = pod_spec(ppl_job(job()))["containers"][0]["resources"]["requests"]
+    def test_no_ephemeral_storage_request_unless_the_operator_is_told(self) -> None:
+        """Every container requested 22,528 Mi of ephemeral-storage that nobody asked for: a Kueue
+        ClusterQueue covering cpu, memory and GPUs never admitted the job."""
+        assert "requests" not in pod_spec(ppl_job(job()))["containers"][0]["resources"]
+        mine = ppl_job(job(ppl={"resources": {"requests": {"ephemeral-storage": "50Gi"}}}))
+        assert pod_spec(mine)["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "50Gi"
+
+    def test_ephemeral_storage_requested_for_the_empty_dirs_when_told(self) -> None:
+        told = SETTINGS.model_copy(update={"request_ephemeral_storage": True})
+        requests = pod_spec(manifests.build_ppl_job(OWNER, job(), told, INPUTS))["containers"][0]["resources"]["requests"]
         assert manifests.quantity_bytes(requests["ephemeral-storage"]) == (
             manifests.quantity_bytes(SETTINGS.tmp_size_limit) + manifests.quantity_bytes(SETTINGS.cache_size_limit))
         mine = ppl_job(job(ppl={"resources": {"requests": {"ephemeral-storage": "50Gi"}}}))
