@@ -121,25 +121,49 @@ def test_kubectl_explain_shows_the_descriptions(operator, kubectl):
 
 
 CEL_CASES = [
-    # (rule, refused change, accepted change next to it)
+    # (rule, refused change, accepted change next to it) on a started (Suspended) job
     ("spec.model is immutable", {"model": {"uri": "s3://assay/store/models/other"}}, {"ppl": {"workers": 3}}),
     ("spec.dataset is immutable", {"dataset": {"uri": "s3://assay/store/datasets/other"}}, {"suspend": False}),
-    ("spec.output is immutable", {"output": {"uri": "s3://assay/jobs/elsewhere"}}, {"retryToken": "again"}),
-    ("the run settings", {"ppl": {"batchSize": 2}}, {"ppl": {"batchSize": 2}, "retryToken": "with-a-new-token"}),
-    ("the run settings", {"runtime": {"env": []}}, {"runtime": {"env": []}, "retryToken": "new"}),
+    ("spec.output is immutable", {"output": {"uri": "s3://assay/jobs/elsewhere"}}, {"activeDeadlineSeconds": 600}),
+    # a new retryToken no longer lets settings change under a running job (issue 18, finding 6)
+    ("shape the predictions", {"ppl": {"batchSize": 2}, "retryToken": "with-a-new-token"}, {"ppl": {"workers": 2}}),
+    ("the run settings", {"runtime": {"env": []}, "retryToken": "new"}, {"ttlSecondsAfterFinished": 60}),
+    ("spec.retryToken reruns a Failed job", {"retryToken": "again"}, {"pendingDeadlineSeconds": 600}),
+    ("spec.queueName may change only", {"queueName": "elsewhere"}, {"suspend": True}),
 ]
 
 
-@pytest.mark.parametrize("message,refused,accepted", CEL_CASES, ids=["model", "dataset", "output", "settings",
-                                                                     "runtime"])
+@pytest.mark.parametrize("message,refused,accepted", CEL_CASES, ids=["model", "dataset", "output", "prediction",
+                                                                     "settings", "token", "queue"])
 def test_cel_rules_refuse_and_accept(operator, kubectl, api: Api, ns, inputs, s3_env, message, refused, accepted):
     apply(kubectl, ns, evaljob("cel", inputs, s3_env, suspend=True))
+    api.wait_phase("cel", ("Suspended",), timeout=60)  # started: the rules on a running job apply
     bad = kubectl("patch", "evaljob", "cel", "-n", ns, "--type=merge", "-p", json.dumps({"spec": refused}),
                   check=False)
     assert bad.returncode != 0 and message in bad.stderr, bad.stderr
     ok = kubectl("patch", "evaljob", "cel", "-n", ns, "--type=merge", "-p", json.dumps({"spec": accepted}),
                  check=False)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_cel_freezes_workers_of_a_queued_job_and_thaws_settings_on_failure(operator, kubectl, api: Api, ns,
+                                                                           inputs, s3_env):
+    """Changing workers of a Kueue-admitted job made Kueue evict its running pods; settings that change
+    with a new retryToken while the job ran were half-applied (ppl old, cmp new)."""
+    apply(kubectl, ns, evaljob("frozen", inputs, s3_env, queueName="none", suspend=True))
+    api.wait_phase("frozen", ("Suspended",), timeout=60)
+    bad = kubectl("patch", "evaljob", "frozen", "-n", ns, "--type=merge", "-p", '{"spec":{"ppl":{"workers":5}}}',
+                  check=False)
+    assert bad.returncode != 0 and "spec.ppl.workers of a job with spec.queueName" in bad.stderr, bad.stderr
+    # a failed job may take new settings and queue for its rerun; not prediction-shaping ones
+    apply(kubectl, ns, evaljob("broken", inputs, s3_env, model={"uri": "s3://assay/store/models/none"}))
+    assert api.wait_phase("broken", ("Failed",), timeout=120)["reason"] == "InputsUnavailable"
+    ok = kubectl("patch", "evaljob", "broken", "-n", ns, "--type=merge", "-p", json.dumps(
+        {"spec": {"runtime": {"env": []}, "queueName": "q", "ppl": {"workers": 3}, "retryToken": "2"}}), check=False)
+    assert ok.returncode == 0, ok.stderr
+    bad = kubectl("patch", "evaljob", "broken", "-n", ns, "--type=merge", "-p", '{"spec":{"ppl":{"batchSize":1}}}',
+                  check=False)
+    assert bad.returncode != 0 and "create a new EvaluationJob" in bad.stderr, bad.stderr
 
 
 @pytest.mark.parametrize("change,message", [
@@ -160,7 +184,11 @@ def test_server_side_validation_refuses(operator, kubectl, ns, inputs, s3_env, c
 def test_ppl_exit_3_fails_the_job_through_pod_failure_policy_then_retry_token_reruns(operator, kubectl, api: Api, ns, inputs, s3_env):
     env = [{"name": "ASSAY_TEST_FAIL_ON", "value": "FudanPed00006"}]
     apply(kubectl, ns, evaljob("exit3", inputs, s3_env, runtime={"env": env}))
-    st = api.wait_phase("exit3", ("Failed", "Succeeded"))
+    # the README's wait returns on failure too (condition=Ready would wait its whole timeout)
+    out = kubectl("wait", "-n", ns, "evaljob/exit3", "--for=jsonpath={.status.completionTime}", "--timeout=180s",
+                  check=False)
+    assert out.returncode == 0, out.stderr
+    st = api.status("exit3")
     assert st["phase"] == "Failed", st
     # FailureTarget comes first; Failed once the Job controller has seen every pod terminate.
     failed = wait_for(lambda: {c["type"]: c for c in api.jobs()["exit3-ppl"]["status"].get("conditions") or []

@@ -40,11 +40,15 @@ def test_a_foreign_job_with_the_childs_name_is_not_adopted(operator, kubectl, ap
     apply(kubectl, ns, foreign)
     uid = api.jobs()["clash-resolve"]["metadata"]["uid"]
     apply(kubectl, ns, evaljob("clash", inputs, s3_env))
-    st = api.wait_phase("clash", ("Failed",), timeout=60)
-    assert st["reason"] == "ChildNameConflict" and "clash-resolve" in st["message"], st
+    st = wait_for(lambda: api.status("clash") if api.status("clash").get("reason") == "ChildNameConflict" else None,
+                  "ChildNameConflict", timeout=60)
+    assert st["phase"] == "Pending" and "clash-resolve" in st["message"], st
     jobs = api.jobs()
     assert set(jobs) == {"clash-resolve"} and jobs["clash-resolve"]["metadata"]["uid"] == uid
     assert not jobs["clash-resolve"]["metadata"].get("ownerReferences")
+    # re-checked, not frozen: once the foreign Job is gone the job runs (it was Failed for good)
+    kubectl("delete", "job", "clash-resolve", "-n", ns, "--wait=true")
+    assert api.wait_phase("clash", ("Succeeded", "Failed"), timeout=300)["phase"] == "Succeeded"
 
 
 def test_a_model_rebuilt_mid_run_changes_nothing_the_job_evaluates(operator, kubectl, api: Api, ns, inputs,

@@ -64,7 +64,7 @@ def kube_module_rules() -> set[tuple[str, str, str]]:
     apis = _api_classes(tree)
     assert set(apis) == {"_batch", "_core", "_custom"}, apis
     src = (OPERATOR / "kube.py").read_text()
-    assert 'GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"' in src  # the only custom objects
+    assert 'GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"' in src
     out = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
@@ -72,7 +72,13 @@ def kube_module_rules() -> set[tuple[str, str, str]]:
                 and node.func.value.func.id in apis):
             if any(kw.arg == "watch" for kw in node.keywords):
                 raise AssertionError("a watch call: add its rule derivation here")
-            out.add(rule_of(apis[node.func.value.func.id], node.func.attr))
+            group, resource, verb = rule_of(apis[node.func.value.func.id], node.func.attr)
+            if node.args and ast.unparse(node.args[0]) == "KUEUE_GROUP":  # the other custom objects: Kueue's
+                assert 'KUEUE_GROUP, KUEUE_VERSIONS = "kueue.x-k8s.io"' in src
+                group, resource = "kueue.x-k8s.io", ast.literal_eval(node.args[3])
+            elif node.func.value.func.id == "_custom":
+                assert ast.unparse(node.args[0]) == "GROUP", ast.unparse(node)  # assay.dev's own
+            out.add((group, resource, verb))
     return out
 
 
@@ -135,7 +141,8 @@ def test_derivation_reads_kube_py_calls():
     assert kube_module_rules() == {
         ("assay.dev", "evaluationjobs", "get"), ("assay.dev", "evaluationjobs/status", "patch"),
         ("batch", "jobs", "get"), ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
-        ("batch", "jobs", "delete"), ("", "pods", "list"), ("", "events", "create"), ("", "events", "list")}
+        ("batch", "jobs", "delete"), ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
+        ("kueue.x-k8s.io", "workloads", "list")}
 
 
 def test_the_operator_reads_no_secret_and_no_store():

@@ -92,4 +92,9 @@ code and compares.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]
+# kube.list_workloads: Kueue's Workload of a queued child Job, whose message says why it is not admitted
+# (harmless where Kueue is not installed).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 {{- end }}
