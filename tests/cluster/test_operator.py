@@ -169,17 +169,26 @@ def test_a_job_author_cannot_borrow_other_service_accounts_or_secrets(operator, 
         manifest = yaml.safe_dump(evaljob(name, inputs, s3_env, suspend=True, **spec))
         return kubectl("apply", "--as", "alice", "-n", ns, "-f", "-", input=manifest, check=False)
 
-    steal = {"runtime": {"env": [{"name": "ASSAY_BATCH_SIZE",
-                                  "valueFrom": {"secretKeyRef": {"name": "cloud-admin", "key": "token"}}}]}}
-    refused = {"foreign-secret": steal,
-               "foreign-account": {"runtime": {"serviceAccountName": "cloud-admin"}},
-               "foreign-image": {"runtime": {"image": "docker.io/someone/else:1"}}}
-    for name, spec in refused.items():
+    def steal(name: str) -> dict:
+        return {"runtime": {"env": [{"name": name, "valueFrom": {"secretKeyRef": {"name": "cloud-admin",
+                                                                                  "key": "token"}}}]}}
+
+    # the API server reports the first rule a spec breaks
+    refused = {"overrides-ours": (steal("ASSAY_BATCH_SIZE"), "may not set a variable assay sets itself"),
+               "foreign-secret": (steal("TOKEN"), "valueFrom.secretKeyRef may name only"),
+               "foreign-account": ({"runtime": {"serviceAccountName": "cloud-admin"}}, "serviceAccountName must be"),
+               "foreign-image": ({"runtime": {"image": "docker.io/someone/else:1"}}, "spec.runtime.image must")}
+    for name, (spec, rule) in refused.items():
         out = as_alice(name, **spec)
-        assert out.returncode != 0 and "ValidatingAdmissionPolicy" in out.stderr, (name, out.stderr)
+        assert out.returncode != 0 and "ValidatingAdmissionPolicy" in out.stderr and rule in out.stderr, (
+            name, out.stderr)
         assert PLANTED not in out.stdout + out.stderr
-    out = as_alice("foreign-secret", **steal)
-    assert "may not set a variable assay sets itself" in out.stderr and "secretKeyRef may name only" in out.stderr
+    # every expression type-checks against the CRD's schema (a rule that errors refuses every job)
+    vaps = client.AdmissionregistrationV1Api(admin)
+    checked = wait_for(lambda: (lambda st: st if st and st.observed_generation else None)(
+        vaps.read_validating_admission_policy("assay-evaluationjobs.assay.dev").status),
+        "the policy's type checking", timeout=60)
+    assert not (checked.type_checking and checked.type_checking.expression_warnings), checked
     # the job's own storage Secret, a variable of its own, and the runner image: admitted
     own = {"runtime": {"image": RUNNER_IMAGE,
                        "env": [{"name": "ASSAY_TEST_JITTER", "value": "1"}, {
