@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from assay import layout
 from assay.spec import EvaluationJob, JobSpec
 
-from assay_operator import kube, manifests, status
+from assay_operator import kube, manifests, policy, status
 from assay_operator import metrics as op_metrics
 from assay_operator.settings import Settings
 
@@ -115,6 +115,11 @@ def _observe(job: EvaluationJob, body: dict[str, Any], previous: dict[str, Any],
     if o.blocker or o.hold:
         return o
     o.resolve, o.ppl, o.cmp = children[manifests.RESOLVE], children[manifests.PPL], children[manifests.CMP]
+    # Before any create: a job may not borrow more than the operator's policy allows (confused deputy).
+    # Children of a job admitted under an older policy are stopped (PolicyViolation is an operator failure).
+    o.blocker = policy.refusal(job, settings)
+    if o.blocker:
+        return o
     o.pods = kube.list_pods(job.namespace, manifests.pod_selector(job.name)) if any(children.values()) else []
     o.pods = [p for p in o.pods if _pod_of(p, children)]
     stages = previous.get("stages") or {}

@@ -68,7 +68,31 @@ class Settings(BaseSettings):
     #: Log level of the operator's and kopf's loggers.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("namespaces", mode="before")
+    # What an EvaluationJob may ask of the pods the operator creates for it (assay_operator.policy):
+    # the operator's rights are not its author's, so each list says what the author may borrow. In every
+    # list (comma-separated in the environment) "*" allows anything and an empty list allows nothing
+    # beyond the operator's own defaults: a list left empty by mistake fails closed.
+
+    #: Prefixes a spec.runtime.image must start with. Unset: the directory of runner_image
+    #: (``ghcr.io/assay-dev/``). The runner image itself is always allowed.
+    allowed_image_prefixes: Annotated[list[str] | None, NoDecode] = None
+    #: ServiceAccounts spec.runtime.serviceAccountName may name: ``name`` (in any watched namespace) or
+    #: ``namespace/name``. pod_service_account is always allowed.
+    allowed_service_accounts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Secrets spec.storage.secretRef may name (its S3 keys reach the pods, so their code can read them).
+    allowed_storage_secrets: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    #: Secrets a spec.runtime.env valueFrom.secretKeyRef may name besides spec.storage.secretRef's.
+    allowed_env_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: ConfigMaps a spec.runtime.env valueFrom.configMapKeyRef may name.
+    allowed_env_config_maps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: RuntimeClasses spec.runtime.runtimeClassName may name.
+    allowed_runtime_class_names: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: PriorityClasses spec.ppl.priorityClassName may name (a high one preempts other workloads).
+    allowed_priority_class_names: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("namespaces", "allowed_image_prefixes", "allowed_service_accounts", "allowed_storage_secrets",
+                     "allowed_env_secrets", "allowed_env_config_maps", "allowed_runtime_class_names",
+                     "allowed_priority_class_names", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -27,7 +27,8 @@ CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Reco
 FAIL_FAST_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                      "CreateContainerError"}
 #: Failure reasons the operator decides itself (the Jobs are still running and must be stopped).
-OPERATOR_FAILURES = FAIL_FAST_REASONS | {"Unschedulable", "PendingDeadlineExceeded", "InvalidSpec"}
+OPERATOR_FAILURES = FAIL_FAST_REASONS | {"Unschedulable", "PendingDeadlineExceeded", "InvalidSpec",
+                                         "PolicyViolation"}
 #: Pending reasons of a job held by something outside it that an admin or time may clear: the job
 #: waits, and fails past spec.pendingDeadlineSeconds counted from status.blockedSince.
 HOLDS_WITH_DEADLINE = {"QuotaExceeded", "OperatorForbidden", "FailedCreate"}

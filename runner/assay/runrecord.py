@@ -27,10 +27,11 @@ from typing import Any
 
 from assay import layout, storage
 from assay.errors import AssayError, IntegrityError, ObjectNotFound, SpecError
+from assay.spec import env_seconds
 
 FORMAT = "assay.run/v1"
 #: Seconds after its last heartbeat that a lease on a remote store counts as abandoned.
-LEASE_TTL = float(os.environ.get("ASSAY_LEASE_TTL", "60"))
+LEASE_TTL = env_seconds("ASSAY_LEASE_TTL", 60.0)
 
 
 class OutputBusy(AssayError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assay.errors import SpecError
 
@@ -318,5 +318,25 @@ class RunContext(_Model):
                             "the operator sets these; to run by hand use `assay run job.yaml`")
         try:
             return cls(**values)
-        except Exception as exc:  # pydantic ValidationError: name the variable
-            raise SpecError(f"bad runner environment: {exc}") from exc
+        except ValidationError as exc:
+            # Name the variable and what it takes, never its value: a variable may come from a Secret
+            # (valueFrom) and this message reaches the pod's termination message and the job's status.
+            bad = "; ".join(f"{cls.ENV.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
+            raise SpecError(f"bad runner environment: {bad}",
+                            "the operator sets these; to run by hand use `assay run job.yaml`") from None
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds >= 0 from the environment variable ``name`` (unset or empty: ``default``).
+    A bad value fails naming the variable, never the value (it may come from a Secret)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < float("inf")):
+        raise SpecError(f"{name} is not valid: it takes a number of seconds >= 0",
+                        f"fix or unset {name} (default {default:g})")
+    return value

@@ -194,7 +194,8 @@ def settings() -> StorageSettings:
         try:
             values[attr] = convert(raw)
         except ValueError:
-            raise SpecError(f"{name}={raw!r} is not valid: it takes {accepted}",
+            # not the value: it may come from a Secret, and this message reaches the job's status
+            raise SpecError(f"{name} is not valid: it takes {accepted}",
                             f"fix or unset {name} (default {getattr(StorageSettings, attr)})") from None
     found = StorageSettings(**values)
     if RETRY_ATTEMPTS is not None:

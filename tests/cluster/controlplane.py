@@ -24,7 +24,9 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler
 CONTROLLERS = ("job-controller", "garbage-collector-controller", "ttl-after-finished-controller",
                "namespace-controller", "serviceaccount-controller", "serviceaccount-token-controller",
                "root-ca-certificate-publisher-controller", "deployment-controller", "replicaset-controller",
-               "resourcequota-controller")
+               "resourcequota-controller",
+               # type-checks the chart's ValidatingAdmissionPolicy against the CRD (status.typeChecking)
+               "validatingadmissionpolicy-status-controller")
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 

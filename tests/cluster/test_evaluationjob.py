@@ -226,7 +226,7 @@ def test_shard_past_its_retry_budget_fails_naming_it_then_retry_token_reruns(ope
 
 
 def test_unknown_image_fails_fast_with_image_pull_back_off(operator, kubectl, api: Api, ns, inputs, s3_env):
-    apply(kubectl, ns, evaljob("noimage", inputs, s3_env, runtime={"image": "registry.example/missing:1"}))
+    apply(kubectl, ns, evaljob("noimage", inputs, s3_env, runtime={"image": "ghcr.io/assay-dev/missing:1"}))
     st = api.wait_phase("noimage", ("Failed",), timeout=120)
     assert st["reason"] in ("ImagePullBackOff", "ErrImagePull"), st
     wait_for(lambda: "noimage-ppl" not in api.jobs(), "the stopped ppl Job to go", timeout=60)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster.conftest import OPERATOR_NS, Api, evaljob, wait_for
+from tests.cluster.conftest import OPERATOR_NS, RUNNER_IMAGE, Api, evaljob, wait_for
 from tests.cluster.test_evaluationjob import apply, result_ids, running_ppl_pods, slow
 
 pytestmark = pytest.mark.cluster
@@ -150,3 +150,53 @@ def test_workers_can_change_while_the_job_runs(operator, kubectl, api: Api, ns, 
     wait_for(lambda: api.jobs()["rescaled-ppl"]["spec"]["parallelism"] == 3, "parallelism 3", timeout=60)
     assert api.wait_phase("rescaled", ("Succeeded", "Failed"), timeout=300)["phase"] == "Succeeded"
     print("\n" + yaml.safe_dump({"status": api.status("rescaled")}))
+
+
+PLANTED = "PLANTED-cloud-token-51e3"
+
+
+def test_a_job_author_cannot_borrow_other_service_accounts_or_secrets(operator, kubectl, admin, ns, inputs, s3_env):
+    """Issue 18 item 8 (confused deputy): a user who may only create EvaluationJobs ran a pod as another
+    ServiceAccount of the namespace and read any Secret back through status.message. The chart's
+    ValidatingAdmissionPolicy now refuses such a spec at `kubectl apply`, for that user as for anyone."""
+    core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "cloud-admin"}, "stringData": {"token": PLANTED}})
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "cloud-admin"}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "evaluator"}, "rules": [
+        {"apiGroups": ["assay.dev"], "resources": ["evaluationjobs"], "verbs": ["get", "list", "create", "patch"]}]})
+    rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "evaluator"},
+                                            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                        "name": "evaluator"},
+                                            "subjects": [{"kind": "User", "name": "alice"}]})
+
+    def as_alice(name: str, **spec):
+        manifest = yaml.safe_dump(evaljob(name, inputs, s3_env, suspend=True, **spec))
+        return kubectl("apply", "--as", "alice", "-n", ns, "-f", "-", input=manifest, check=False)
+
+    def steal(name: str) -> dict:
+        return {"runtime": {"env": [{"name": name, "valueFrom": {"secretKeyRef": {"name": "cloud-admin",
+                                                                                  "key": "token"}}}]}}
+
+    # the API server reports the first rule a spec breaks
+    refused = {"overrides-ours": (steal("ASSAY_BATCH_SIZE"), "may not set a variable assay sets itself"),
+               "foreign-secret": (steal("TOKEN"), "valueFrom.secretKeyRef may name only"),
+               "foreign-account": ({"runtime": {"serviceAccountName": "cloud-admin"}}, "serviceAccountName must be"),
+               "foreign-image": ({"runtime": {"image": "docker.io/someone/else:1"}}, "spec.runtime.image must")}
+    for name, (spec, rule) in refused.items():
+        out = as_alice(name, **spec)
+        assert out.returncode != 0 and "ValidatingAdmissionPolicy" in out.stderr and rule in out.stderr, (
+            name, out.stderr)
+        assert PLANTED not in out.stdout + out.stderr
+    # every expression type-checks against the CRD's schema (a rule that errors refuses every job)
+    vaps = client.AdmissionregistrationV1Api(admin)
+    checked = wait_for(lambda: (lambda st: st if st and st.observed_generation else None)(
+        vaps.read_validating_admission_policy("assay-evaluationjobs.assay.dev").status),
+        "the policy's type checking", timeout=60)
+    assert not (checked.type_checking and checked.type_checking.expression_warnings), checked
+    # the job's own storage Secret, a variable of its own, and the runner image: admitted
+    own = {"runtime": {"image": RUNNER_IMAGE,
+                       "env": [{"name": "ASSAY_TEST_JITTER", "value": "1"}, {
+                           "name": "KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}}}]}}
+    out = as_alice("own-secret", **own)
+    assert out.returncode == 0, out.stderr
+

@@ -618,3 +618,23 @@ def test_deadlines_reach_the_running_ppl_job_and_the_resolve_job_has_one(api):
     api.set_spec(activeDeadlineSeconds=7200)
     reconcile()
     assert api.jobs["eval-ppl"]["spec"]["activeDeadlineSeconds"] == 7200
+
+
+def test_a_job_borrowing_a_foreign_secret_fails_before_any_child(api):
+    """A user who may only create EvaluationJobs named any Secret of the namespace in runtime.env and read
+    it back through status.message (issue 18, finding 8)."""
+    api.apply(runtime={"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "cloud", "key": "k"}}}]},
+              storage={"secretRef": {"name": "s3"}})
+    assert reconcile() == "Failed"
+    st = api.status()
+    assert st["reason"] == "PolicyViolation" and "spec.runtime.env[0] (TOKEN)" in st["message"], st
+    assert "hint:" in st["message"] and not api.jobs
+
+
+def test_a_running_job_refused_by_a_tightened_policy_is_stopped(api):
+    api.apply(runtime={"runtimeClassName": "nvidia"})
+    assert handlers.reconcile(NS, NAME, LOG, Settings(runner_image="runner:test",
+                                                      allowed_runtime_class_names=["nvidia"]), NOW) == "Pending"
+    assert "eval-resolve" in api.jobs
+    assert reconcile() == "Failed"  # SETTINGS allows no RuntimeClass
+    assert api.status()["reason"] == "PolicyViolation" and "eval-resolve" not in api.jobs

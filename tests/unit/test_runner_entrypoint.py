@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from assay import layout
 from assay.errors import EXIT_PERMANENT
 from assay.spec import RunContext
@@ -76,3 +78,30 @@ def test_cmp_summary_is_bounded_for_the_termination_message():
     doc = bounded_summary(report)
     assert len(json.dumps(doc)) <= 3000 and doc["truncated"] == 2000 - len(doc["summary"])
     assert doc["headline"] == {"name": "accuracy", "value": 0.5}
+
+
+PLANTED = "PLANTED-secret-7c0a"
+
+
+@pytest.mark.parametrize("variable", ["ASSAY_BATCH_SIZE", "ASSAY_WORKERS", "ASSAY_PROGRESS_INTERVAL",
+                                      "ASSAY_LEASE_TTL", "ASSAY_STORAGE_RETRIES", "ASSAY_COCO_ENGINE"])
+def test_a_bad_setting_is_named_without_its_value(variable, test_split, tmp_path):
+    """Issue 18 item 8: a variable filled from a Secret (valueFrom) and invalid for the runner came back,
+    value and all, through the termination message into status.message."""
+    # an s3:// model: the store's settings are read (and checked) before any request
+    ctx = RunContext(job_name="pods", model_uri="s3://bucket/models/nothing", dataset_uri=test_split.uri,
+                     output_uri=str(tmp_path / "out"), device="cpu")
+    message = tmp_path / "termination"
+    env = {**os.environ, **ctx.to_env(), "ASSAY_TERMINATION_LOG": str(message), variable: PLANTED}
+    role = "cmp" if variable == "ASSAY_COCO_ENGINE" else "ppl"
+    if variable == "ASSAY_COCO_ENGINE":  # reached only when scoring: call the engine choice directly
+        code = "from assay.metrics import coco; coco._engine()"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert variable in proc.stderr and PLANTED not in proc.stderr
+        return
+    proc = subprocess.run([sys.executable, "-m", "assay.runner", role], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    text = message.read_text() if message.exists() else ""
+    assert proc.returncode == EXIT_PERMANENT, proc.stderr
+    assert text.startswith("error:") and variable in text, text
+    assert PLANTED not in text and PLANTED not in proc.stderr

@@ -199,7 +199,8 @@ class TestSettings:
         monkeypatch.setenv(name, value)
         with pytest.raises(SpecError) as caught:
             storage.read_bytes("s3://b/k")
-        assert f"{name}={value!r} is not valid" in str(caught.value) and accepted in str(caught.value)
+        assert f"{name} is not valid" in str(caught.value) and accepted in str(caught.value)
+        assert repr(value) not in str(caught.value)  # never the value: it may come from a Secret
         assert not caught.value.retryable
 
     def test_good_values_are_taken(self, monkeypatch):
@@ -220,7 +221,7 @@ class TestSettings:
         print(f"\nASSAY_STORAGE_RETRIES=0 assay dataset list -> exit {done.returncode}: "
               f"{done.stderr.strip()}")
         assert done.returncode == 3 and "Traceback" not in done.stderr
-        assert "ASSAY_STORAGE_RETRIES='0' is not valid" in done.stderr and "hint:" in done.stderr
+        assert "ASSAY_STORAGE_RETRIES is not valid" in done.stderr and "hint:" in done.stderr
 
 
 # ------------------------------------------------------------------------------------ stale garbage

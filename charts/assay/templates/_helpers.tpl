@@ -98,3 +98,28 @@ code and compares.
   resources: ["workloads"]
   verbs: ["list"]
 {{- end }}
+
+{{/*
+The allowed spec.runtime.image prefixes as a JSON list: policy.allowedImagePrefixes, or when null the
+directory of the runner image's repository (what assay_operator.policy.default_image_prefix derives).
+*/}}
+{{- define "assay.allowedImagePrefixes" -}}
+{{- if kindIs "invalid" .Values.policy.allowedImagePrefixes }}
+{{- $repo := .Values.jobDefaults.runnerImage.repository }}
+{{- if contains "/" $repo }}
+{{- list (printf "%s/" (dir $repo)) | toJson }}
+{{- else }}
+{{- list (printf "%s:" $repo) | toJson }}
+{{- end }}
+{{- else }}
+{{- .Values.policy.allowedImagePrefixes | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+Variables the operator sets in every job pod: assay_operator.policy.RESERVED_ENV (tests/deploy/
+test_admission_policy.py keeps the two equal). A job may not set them in spec.runtime.env.
+*/}}
+{{- define "assay.reservedEnv" -}}
+["ASSAY_BATCH_SIZE","ASSAY_CACHE_DIR","ASSAY_CHANNELS_LAST","ASSAY_COMPILE","ASSAY_DATASET_URI","ASSAY_DATASET_VERSION","ASSAY_DECODE_THREADS","ASSAY_DEVICE","ASSAY_EVALUATOR","ASSAY_JOB_NAME","ASSAY_MODEL_URI","ASSAY_MODEL_VERSION","ASSAY_OUTPUT_URI","ASSAY_PIN_MEMORY","ASSAY_PRECISION","ASSAY_PREFETCH","ASSAY_SHARDS_PER_INDEX","ASSAY_TERMINATION_LOG","ASSAY_WORKERS","AWS_ACCESS_KEY_ID","AWS_ENDPOINT_URL","AWS_REGION","AWS_SECRET_ACCESS_KEY","AWS_SESSION_TOKEN","HOME","JOB_COMPLETION_INDEX","PYTHONUNBUFFERED","TMPDIR","TORCH_HOME","XDG_CACHE_HOME"]
+{{- end }}

@@ -23,12 +23,12 @@ from typing import Any
 from assay import layout, logs, packages, results, runrecord, shards, storage
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.runner.inputs import load_pinned, run_conditions
-from assay.spec import RunContext
+from assay.spec import RunContext, env_seconds
 
 log = logging.getLogger("assay.ppl")
 
 #: Seconds between progress-object writes (the operator reads them on a timer).
-PROGRESS_INTERVAL = float(os.environ.get("ASSAY_PROGRESS_INTERVAL", "2"))
+PROGRESS_INTERVAL = env_seconds("ASSAY_PROGRESS_INTERVAL", 2.0)
 
 
 @dataclass
