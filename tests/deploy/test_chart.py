@@ -199,5 +199,5 @@ def test_notes_say_how_to_submit_watch_and_read_results():
     proc = run_helm("install", "rel", str(CHART), "--dry-run=client", "--namespace", "assay-system")
     notes = proc.stdout.split("NOTES:", 1)[1]
     for text in ("kubectl -n assay-system apply -f examples/minio/evaluationjob.yaml", "assay job watch",
-                 "--for=condition=Ready", "assay job results", "create secret generic"):
+                 "--for=jsonpath='{.status.completionTime}'", "assay job results", "create secret generic"):
         assert text in notes
