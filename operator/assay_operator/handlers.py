@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -170,13 +171,20 @@ def known_fields(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         key = info.alias or name
-        if key not in data:
-            continue
-        value, kind = data[key], info.annotation
-        if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
-            value = known_fields(kind, value)
-        out[key] = value
+        if key in data:
+            out[key] = _known(info.annotation, data[key])
     return out
+
+
+def _known(kind: Any, value: Any) -> Any:
+    """``value`` pruned by the model inside the annotation ``kind`` (X, X | None, list[X]), if any."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return known_fields(kind, value) if isinstance(value, dict) else value
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is list and args and isinstance(value, list):
+        return [_known(args[0], v) for v in value]
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return _known(models[0], value) if models and isinstance(value, dict) else value
 
 
 def _attempt_token(job: EvaluationJob, previous: dict[str, Any], children) -> str:

@@ -108,8 +108,9 @@ def claim(output_uri: str, ident: RunIdentity) -> None:
         raise SpecError(
             f"output {output_uri} belongs to another run ({existing.describe()}); this one differs: "
             f"{', '.join(changed)}",
-            "give the job a new spec.output.uri, or rerun with `assay run JOB --overwrite` to discard the old "
-            "results first")
+            "evaluate into another output: on a cluster, a new EvaluationJob with its own spec.output.uri (an "
+            "EvaluationJob's output never changes); with `assay run`, a new spec.output.uri or `--overwrite` "
+            "to discard the old results first")
 
 
 #: What a run writes into its output; ``clear`` removes exactly these (never anything else in the folder).
@@ -169,7 +170,8 @@ class Lease:
     def _busy(self, doc: dict[str, Any]) -> OutputBusy:
         who = f"{doc.get('host', '?')} pid {doc.get('pid', '?')} (run {doc.get('runId', '?')})"
         return OutputBusy(f"output {self.output_uri} is in use by another live run: {who}",
-                          "wait for that run to finish (or stop it), or give this job another spec.output.uri")
+                          "wait for that run to finish (or stop it), or evaluate into another output (on a cluster: a new "
+                          "EvaluationJob with its own spec.output.uri)")
 
     def __enter__(self) -> Lease:
         loc = storage.parse(self.output_uri)

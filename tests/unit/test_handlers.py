@@ -590,7 +590,9 @@ def test_a_queued_cmp_job_says_it_waits_for_admission(api):
 
 def test_fields_of_a_newer_crd_are_ignored(api):
     """A CRD one optional field ahead of the operator failed every job permanently (extra="forbid")."""
-    api.apply(futureField={"x": 1}, ppl={"workers": 2, "maxRetriesPerShard": 2, "newKnob": True})
+    api.apply(futureField={"x": 1}, ppl={"workers": 2, "maxRetriesPerShard": 2, "newKnob": True},
+              storage={"secretRef": {"name": "s3", "newRefField": "x"}},
+              runtime={"imagePullSecrets": [{"name": "reg", "newItemField": 1}]})
     assert reconcile() == "Pending" and api.status()["reason"] == "Resolving"
 
 

@@ -68,8 +68,9 @@ def _check_origin(index: int, record: dict[str, Any], dataset, model, output_uri
     if wrong:
         what = ", ".join(f"{k.replace('_', ' ')} {got} (this run: {want})" for k, (got, want) in wrong.items())
         raise EvaluationError(f"{uri} was made by another run: {what}",
-                              "score only results of this model and dataset: use a fresh spec.output.uri, or "
-                              "rerun the job with --overwrite")
+                              "score only results of this model and dataset: evaluate into another output (on a "
+                              "cluster: a new EvaluationJob with its own spec.output.uri; with `assay run`: "
+                              "--overwrite)")
 
 
 def _check_ids(index: int, expected: list[str], got: list[str]) -> None:

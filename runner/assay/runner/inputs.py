@@ -17,8 +17,8 @@ def load_pinned(ctx: RunContext) -> tuple[shards.DatasetManifest, packages.Model
                                  ("model", model.version, ctx.model_version, ctx.model_uri)):
         if want and got != want:
             raise IntegrityError(f"the {what} at {uri} is version {got}, but this run is pinned to {want}",
-                                 f"the {what} changed after the run started; rerun the job to pin the new one "
-                                 "(into a new output, or with --overwrite)")
+                                 f"the {what} changed after the run started; evaluate it into another output "
+                                 "(on a cluster: a new EvaluationJob; with `assay run`: --overwrite)")
     return dataset, model
 
 
