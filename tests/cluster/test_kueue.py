@@ -1,0 +1,84 @@
+"""Kueue v0.17 itself, on the real control plane, without the assay operator: what it admits and what not."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.cluster.conftest import RUNNER_IMAGE, create_namespace, wait_for
+from tests.cluster.kueue import QUEUE_LABEL, cluster_queue, condition, local_queue, resource_flavor, workloads
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def queue(kueue, admin) -> tuple[str, str]:
+    """A namespace with LocalQueue "lq" on a fresh ClusterQueue that covers cpu and memory only."""
+    suffix = uuid.uuid4().hex[:5]
+    namespace, cq, flavor = f"kueue-{suffix}", f"cq-{suffix}", f"flavor-{suffix}"
+    create_namespace(admin, namespace)
+    resource_flavor(admin, flavor)
+    cluster_queue(admin, cq, flavor, {"cpu": "4", "memory": "8Gi"})
+    local_queue(admin, namespace, "lq", cq)
+    yield namespace, cq
+    custom = client.CustomObjectsApi(admin)
+    client.CoreV1Api(admin).delete_namespace(namespace)
+    # Kueue's finalizers hold the ClusterQueue until its workloads are gone; deleting it is enough here.
+    custom.delete_cluster_custom_object("kueue.x-k8s.io", "v1beta2", "clusterqueues", cq)
+    custom.delete_cluster_custom_object("kueue.x-k8s.io", "v1beta2", "resourceflavors", flavor)
+
+
+def job(name: str, requests: dict[str, str]) -> dict[str, Any]:
+    """A suspended Job for LocalQueue "lq"; its pod would pass Pod Security "restricted" but never lands
+    on a node (admission is what these tests look at, not the pod)."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": {QUEUE_LABEL: "lq"}},
+            "spec": {"suspend": True, "backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never", "nodeSelector": {"assay.dev/test-no-node": "true"},
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "main", "image": RUNNER_IMAGE, "command": ["true"],
+                                "resources": {"requests": requests, "limits": requests},
+                                "securityContext": {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}}}]}}}}
+
+
+def workload_of(admin: client.ApiClient, namespace: str, job_name: str) -> dict[str, Any] | None:
+    return next((w for w in workloads(admin, namespace)
+                 if any(o["kind"] == "Job" and o["name"] == job_name for o in w["metadata"].get("ownerReferences", []))),
+                None)
+
+
+def test_kueue_admits_a_job_within_quota(admin, queue, kueue):
+    namespace, cq = queue
+    batch = client.BatchV1Api(admin)
+    batch.create_namespaced_job(namespace, job("small", {"cpu": "500m", "memory": "256Mi"}))
+
+    wl = wait_for(lambda: (w := workload_of(admin, namespace, "small")) and condition(w, "Admitted").get("status") == "True"
+                  and w, "Kueue to create and admit a Workload for Job small", timeout=60)
+    assert wl["status"]["admission"]["clusterQueue"] == cq
+    wait_for(lambda: json.loads(batch.read_namespaced_job(namespace, "small", _preload_content=False).data)
+             ["spec"]["suspend"] is False, "Kueue to unsuspend Job small", timeout=30)
+
+
+def test_kueue_does_not_admit_ephemeral_storage_outside_the_cluster_queue(admin, queue, kueue):
+    """What the operator must avoid: a request for a resource the ClusterQueue does not cover (here
+    ephemeral-storage) leaves the Job suspended for good, with only a condition message saying why."""
+    namespace, _ = queue
+    batch = client.BatchV1Api(admin)
+    batch.create_namespaced_job(namespace, job("scratch", {"cpu": "500m", "memory": "256Mi",
+                                                           "ephemeral-storage": "1Gi"}))
+
+    def reason() -> str:
+        wl = workload_of(admin, namespace, "scratch")
+        cond = condition(wl, "QuotaReserved") if wl else {}
+        return cond.get("message", "") if cond.get("status") == "False" else ""
+
+    message = wait_for(reason, "Kueue to explain why Job scratch's Workload gets no quota", timeout=60)
+    assert "ephemeral-storage" in message, message
+    wl = workload_of(admin, namespace, "scratch")
+    assert condition(wl, "Admitted").get("status") != "True"
+    assert json.loads(batch.read_namespaced_job(namespace, "scratch", _preload_content=False).data)["spec"]["suspend"]
