@@ -60,7 +60,7 @@ def test_kueue_admits_a_job_within_quota(admin, queue, kueue):
     wl = wait_for(lambda: (w := workload_of(admin, namespace, "small")) and condition(w, "Admitted").get("status") == "True"
                   and w, "Kueue to create and admit a Workload for Job small", timeout=60)
     assert wl["status"]["admission"]["clusterQueue"] == cq
-    wait_for(lambda: json.loads(batch.read_namespaced_job(namespace, "small", _preload_content=False).data)
+    wait_for(lambda: json.loads(batch.read_namespaced_job("small", namespace, _preload_content=False).data)
              ["spec"]["suspend"] is False, "Kueue to unsuspend Job small", timeout=30)
 
 
@@ -81,4 +81,31 @@ def test_kueue_does_not_admit_ephemeral_storage_outside_the_cluster_queue(admin,
     assert "ephemeral-storage" in message, message
     wl = workload_of(admin, namespace, "scratch")
     assert condition(wl, "Admitted").get("status") != "True"
-    assert json.loads(batch.read_namespaced_job(namespace, "scratch", _preload_content=False).data)["spec"]["suspend"]
+    assert json.loads(batch.read_namespaced_job("scratch", namespace, _preload_content=False).data)["spec"]["suspend"]
+
+
+def test_kueue_webhook_suspends_a_queued_job_created_running(admin, queue, kueue):
+    """The Job webhook is live: a queue-labelled Job created with suspend: false is stored suspended."""
+    namespace, _ = queue
+    body = job("eager", {"cpu": "100m", "memory": "64Mi"})
+    body["spec"]["suspend"] = False
+    created = client.BatchV1Api(admin).create_namespaced_job(namespace, body)
+    assert created.spec.suspend is True
+
+
+def test_kueue_restart_manages_jobs_without_queue_name(admin, queue, kueue):
+    """With manageJobsWithoutQueueName, a Job without the label is suspended and gets a Workload of its own
+    (that no queue admits); the setting goes back off for the tests after this one."""
+    namespace, _ = queue
+    body = job("unlabelled", {"cpu": "100m", "memory": "64Mi"})
+    del body["metadata"]["labels"]
+    body["spec"]["suspend"] = False
+    kueue.restart(manage_jobs_without_queue_name=True)
+    try:
+        created = client.BatchV1Api(admin).create_namespaced_job(namespace, body)
+        assert created.spec.suspend is True
+        wait_for(lambda: workload_of(admin, namespace, "unlabelled"), "a Workload for Job unlabelled", timeout=30)
+    finally:
+        kueue.restart(manage_jobs_without_queue_name=False)
+    body["metadata"]["name"] = "unmanaged"
+    assert client.BatchV1Api(admin).create_namespaced_job(namespace, body).spec.suspend is False
