@@ -65,6 +65,7 @@ class Kueue:
         self._run(manage_jobs_without_queue_name)
         # After readiness: a Fail-policy webhook registered earlier would reject requests meanwhile.
         self._kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=self._webhooks())
+        self._wait_webhooks(timeout=30)
         return self
 
     def restart(self, manage_jobs_without_queue_name: bool) -> None:
@@ -158,6 +159,18 @@ class Kueue:
                 last = str(exc)
             time.sleep(0.25)
         raise RuntimeError(f"kueue not ready after {timeout:.0f}s ({last}):\n{self.log_tail()}")
+
+    def _wait_webhooks(self, timeout: float) -> None:
+        """Until the API server calls the Job webhook: a dry-run queued Job comes back suspended."""
+        batch = client.BatchV1Api(self.admin)
+        probe = {"metadata": {"generateName": "kueue-probe-", "labels": {QUEUE_LABEL: "probe"}},
+                 "spec": {"suspend": False, "template": {"spec": {
+                     "restartPolicy": "Never", "containers": [{"name": "c", "image": "probe"}]}}}}
+        deadline = time.monotonic() + timeout
+        while not batch.create_namespaced_job("default", probe, dry_run="All").spec.suspend:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API server did not call Kueue's Job webhook within {timeout:.0f}s")
+            time.sleep(0.1)
 
     def _kubectl(self, *args: str, input: str | None = None, check: bool = True) -> None:
         kubectl = [str(self.plane.bin / "kubectl"), "--kubeconfig", str(self.plane.kubeconfig)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -47,9 +46,14 @@ def job(name: str, requests: dict[str, str]) -> dict[str, Any]:
 
 
 def workload_of(admin: client.ApiClient, namespace: str, job_name: str) -> dict[str, Any] | None:
-    return next((w for w in workloads(admin, namespace)
-                 if any(o["kind"] == "Job" and o["name"] == job_name for o in w["metadata"].get("ownerReferences", []))),
-                None)
+    """The Workload Kueue made for that Job (it names it job-<name>-<hash> and owns it by the Job)."""
+    owned = (w for w in workloads(admin, namespace)
+             if any(o["kind"] == "Job" and o["name"] == job_name for o in w["metadata"].get("ownerReferences", [])))
+    return next(owned, None)
+
+
+def suspended(admin: client.ApiClient, namespace: str, job_name: str) -> bool:
+    return bool(client.BatchV1Api(admin).read_namespaced_job(job_name, namespace).spec.suspend)
 
 
 def test_kueue_admits_a_job_within_quota(admin, queue, kueue):
@@ -57,11 +61,13 @@ def test_kueue_admits_a_job_within_quota(admin, queue, kueue):
     batch = client.BatchV1Api(admin)
     batch.create_namespaced_job(namespace, job("small", {"cpu": "500m", "memory": "256Mi"}))
 
-    wl = wait_for(lambda: (w := workload_of(admin, namespace, "small")) and condition(w, "Admitted").get("status") == "True"
-                  and w, "Kueue to create and admit a Workload for Job small", timeout=60)
+    def admitted() -> dict[str, Any] | None:
+        wl = workload_of(admin, namespace, "small")
+        return wl if wl and condition(wl, "Admitted").get("status") == "True" else None
+
+    wl = wait_for(admitted, "Kueue to create and admit a Workload for Job small", timeout=60)
     assert wl["status"]["admission"]["clusterQueue"] == cq
-    wait_for(lambda: json.loads(batch.read_namespaced_job("small", namespace, _preload_content=False).data)
-             ["spec"]["suspend"] is False, "Kueue to unsuspend Job small", timeout=30)
+    wait_for(lambda: not suspended(admin, namespace, "small"), "Kueue to unsuspend Job small", timeout=30)
 
 
 def test_kueue_does_not_admit_ephemeral_storage_outside_the_cluster_queue(admin, queue, kueue):
@@ -81,7 +87,7 @@ def test_kueue_does_not_admit_ephemeral_storage_outside_the_cluster_queue(admin,
     assert "ephemeral-storage" in message, message
     wl = workload_of(admin, namespace, "scratch")
     assert condition(wl, "Admitted").get("status") != "True"
-    assert json.loads(batch.read_namespaced_job("scratch", namespace, _preload_content=False).data)["spec"]["suspend"]
+    assert suspended(admin, namespace, "scratch")
 
 
 def test_kueue_webhook_suspends_a_queued_job_created_running(admin, queue, kueue):
