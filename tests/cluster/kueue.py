@@ -186,7 +186,7 @@ class Kueue:
 def _create(admin: client.ApiClient, kind: str, name: str, namespace: str | None = None,
             **fields: Any) -> dict[str, Any]:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, **fields}
-    custom, plural = client.CustomObjectsApi(admin), kind.lower() + "s"
+    custom, plural = client.CustomObjectsApi(admin), kind.lower() + ("es" if kind.endswith("s") else "s")
     if namespace:
         return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
     return custom.create_cluster_custom_object(GROUP, VERSION, plural, body)

@@ -9,19 +9,29 @@ import pytest
 from kubernetes import client
 
 from tests.cluster.conftest import RUNNER_IMAGE, create_namespace, wait_for
-from tests.cluster.kueue import QUEUE_LABEL, cluster_queue, condition, local_queue, resource_flavor, workloads
+from tests.cluster.kueue import (
+    PRIORITY_LABEL,
+    QUEUE_LABEL,
+    cluster_queue,
+    condition,
+    local_queue,
+    resource_flavor,
+    workload_priority_class,
+    workloads,
+)
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
 def queue(kueue, admin) -> tuple[str, str]:
-    """A namespace with LocalQueue "lq" on a fresh ClusterQueue that covers cpu and memory only."""
+    """A namespace with LocalQueue "lq" on a fresh ClusterQueue that covers cpu and memory only (4 cpus)
+    and preempts lower priorities."""
     suffix = uuid.uuid4().hex[:5]
     namespace, cq, flavor = f"kueue-{suffix}", f"cq-{suffix}", f"flavor-{suffix}"
     create_namespace(admin, namespace)
     resource_flavor(admin, flavor)
-    cluster_queue(admin, cq, flavor, {"cpu": "4", "memory": "8Gi"})
+    cluster_queue(admin, cq, flavor, {"cpu": "4", "memory": "8Gi"}, preempt_lower_priority=True)
     local_queue(admin, namespace, "lq", cq)
     yield namespace, cq
     custom = client.CustomObjectsApi(admin)
@@ -115,3 +125,26 @@ def test_kueue_restart_manages_jobs_without_queue_name(admin, queue, kueue):
         kueue.restart(manage_jobs_without_queue_name=False)
     body["metadata"]["name"] = "unmanaged"
     assert client.BatchV1Api(admin).create_namespaced_job(namespace, body).spec.suspend is False
+
+
+def test_kueue_preempts_a_lower_priority_job(admin, queue, kueue):
+    """withinClusterQueue: LowerPriority with WorkloadPriorityClasses: a high-priority Job that does not fit
+    beside a running low-priority one evicts it (the low Job is suspended again) and takes its quota."""
+    namespace, _ = queue
+    suffix = uuid.uuid4().hex[:5]
+    low, high = f"low-{suffix}", f"high-{suffix}"
+    workload_priority_class(admin, low, 10)
+    workload_priority_class(admin, high, 1000)
+    batch, custom = client.BatchV1Api(admin), client.CustomObjectsApi(admin)
+    try:
+        for name, priority in (("low", low), ("high", high)):
+            body = job(name, {"cpu": "3", "memory": "1Gi"})  # two do not fit in 4 cpus
+            body["metadata"]["labels"][PRIORITY_LABEL] = priority
+            batch.create_namespaced_job(namespace, body)
+            wait_for(lambda n=name: not suspended(admin, namespace, n), f"Kueue to admit Job {name}", timeout=60)
+        evicted = condition(workload_of(admin, namespace, "low") or {}, "Evicted")
+        assert evicted.get("status") == "True" and evicted.get("reason") == "Preempted", evicted
+        assert suspended(admin, namespace, "low")
+    finally:
+        for name in (low, high):
+            custom.delete_cluster_custom_object("kueue.x-k8s.io", "v1beta2", "workloadpriorityclasses", name)
