@@ -291,3 +291,21 @@ class Api:
 @pytest.fixture
 def api(admin, ns) -> Api:
     return Api(admin, ns)
+
+
+# -------------------------------------------------------------------------------------- Kueue
+
+
+@pytest.fixture(scope="package")
+def kueue(control_plane, admin, tmp_path_factory):
+    """A real Kueue (scripts/install-kueue.sh) with its CRDs and its batch/v1 Job integration; queue-name
+    label required (``kueue.restart(manage_jobs_without_queue_name=True)`` switches that)."""
+    from tests.cluster.kueue import Kueue
+
+    if not (BIN / "kueue").is_file():
+        pytest.skip(f"kueue not in {BIN}: run `bash scripts/install-kueue.sh`")
+    k = Kueue(control_plane, admin, tmp_path_factory.mktemp("kueue"))
+    try:
+        yield k.start()
+    finally:
+        k.stop()
