@@ -172,7 +172,13 @@ def test_cel_freezes_workers_of_a_queued_job_and_thaws_settings_on_failure(opera
     ({"storage": {"endpoint": "minio:9000"}}, "should match"),
     ({"ppl": {"wokers": 2}}, 'unknown field "spec.ppl.wokers"'),
     ({"ppl": {"tolerations": [{"key": "k", "tolerationSeconds": "soon"}]}}, "tolerationSeconds"),
-], ids=["minimum", "enum", "pattern", "unknown-field", "typed-core-v1"])
+    # a typo was found only after the resolve stage, as InvalidSpec from the refused ppl Job
+    ({"ppl": {"tolerations": [{"key": "k", "operator": "Exits"}]}}, 'Unsupported value: "Exits"'),
+    ({"ppl": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "in", "values": ["a"]}]}]}}}}},
+     'Unsupported value: "in"'),
+], ids=["minimum", "enum", "pattern", "unknown-field", "typed-core-v1", "toleration-operator",
+        "selector-operator"])
 def test_server_side_validation_refuses(operator, kubectl, ns, inputs, s3_env, change, message):
     out = apply(kubectl, ns, evaljob("invalid", inputs, s3_env, **change), check=False)
     assert out.returncode != 0 and message in out.stderr, out.stderr

@@ -82,15 +82,19 @@ def test_a_model_rebuilt_mid_run_changes_nothing_the_job_evaluates(operator, kub
     assert metrics["model"]["version"] == v1.version
 
 
-def test_a_queued_job_waiting_past_its_deadline_is_not_failed(operator, kubectl, api: Api, ns, inputs, s3_env):
+def test_a_queued_job_waiting_past_its_deadline_is_not_failed(operator, kueue, kubectl, admin, api: Api, ns,
+                                                               inputs, s3_env):
     """The operator's own clock counted time queued in Kueue: a queued job that never ran failed at 3,601 s."""
-    apply(kubectl, ns, evaljob("queued", inputs, s3_env, queueName="gpu", activeDeadlineSeconds=3))
+    from tests.cluster.test_kueue_evaluations import GPU_QUEUE, queue
+
+    name = queue(admin, ns, GPU_QUEUE, held=True)  # a real Kueue that admits nothing for now
+    apply(kubectl, ns, evaljob("queued", inputs, s3_env, queueName=name, activeDeadlineSeconds=3))
     wait_for(lambda: api.status("queued").get("reason") == "WaitingForAdmission", "WaitingForAdmission", timeout=60)
-    time.sleep(8)  # well past activeDeadlineSeconds; no Kueue admits it here
+    time.sleep(8)  # well past activeDeadlineSeconds while queued
     st = api.status("queued")
     assert st["phase"] == "Pending" and st["reason"] == "WaitingForAdmission", st
     job = api.jobs()["queued-resolve"]
-    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == name
 
 
 def test_names_too_long_for_pod_hostnames_are_refused_at_admission(operator, kubectl, ns, inputs, s3_env):
