@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
@@ -59,6 +59,22 @@ def delete_pods(kubectl, api: Api, ns: str, selector: str) -> None:
     wait_for(lambda: not api.pods(selector), f"pods {selector} to go", timeout=60)
 
 
+def lose_the_report(kubectl, operator, api: Api, ns: str, name: str, role: str,
+                    start: Callable[[], object] | None = None) -> None:
+    """Run ``role``'s pod while the operator is down and delete it before the operator can read its
+    termination message: the pod waits for the cordoned nodes until the operator is gone. ``start`` runs
+    once the nodes are cordoned (e.g. applies the job)."""
+    selector = f"assay.dev/job={name},assay.dev/role={role}"
+    with cordoned(kubectl):
+        if start is not None:
+            start()
+        wait_for(lambda: api.pods(selector), f"the {role} pod", timeout=240)
+        with operator_down(kubectl, operator):
+            uncordon(kubectl)
+            wait_for(lambda: complete(api, f"{name}-{role}"), f"the {role} Job to complete", timeout=180)
+            delete_pods(kubectl, api, ns, selector)
+
+
 def test_a_cmp_report_lost_with_its_pod_reruns_cmp(operator, kubectl, api: Api, ns, inputs, s3_env):
     """cmp Complete, its pod gone before the operator read its termination message (the operator down
     during an upgrade, `kubectl delete pod`): Evaluating/WaitingForMetrics for ever, and no retryToken
@@ -69,12 +85,7 @@ def test_a_cmp_report_lost_with_its_pod_reruns_cmp(operator, kubectl, api: Api, 
     wait_for(lambda: len([p for p in api.pods("assay.dev/job=lostcmp,assay.dev/role=ppl")
                           if p["spec"].get("nodeName")]) == int(inputs["shards"]), "every ppl pod placed",
              timeout=180)
-    with cordoned(kubectl):
-        wait_for(lambda: api.pods("assay.dev/job=lostcmp,assay.dev/role=cmp"), "the cmp pod", timeout=240)
-        with operator_down(kubectl, operator):
-            uncordon(kubectl)
-            wait_for(lambda: complete(api, "lostcmp-cmp"), "the cmp Job to complete", timeout=180)
-            delete_pods(kubectl, api, ns, "assay.dev/job=lostcmp,assay.dev/role=cmp")
+    lose_the_report(kubectl, operator, api, ns, "lostcmp", "cmp")
     st = api.wait_phase("lostcmp", ("Succeeded", "Failed"), timeout=240)
     assert st["phase"] == "Succeeded", st
     assert st["stageReruns"] == {"cmp": 1} and st["stages"]["cmp"] == "Complete" and st["results"]["summary"]
@@ -85,13 +96,8 @@ def test_a_cmp_report_lost_with_its_pod_reruns_cmp(operator, kubectl, api: Api, 
 def test_a_resolve_report_lost_with_its_pod_reruns_resolve(operator, kubectl, api: Api, ns, inputs, s3_env):
     """resolve Complete, its pod gone before its report was read: Failed/InputsUnavailable, and a
     retryToken reused the Complete resolve Job of the old token, so nothing could clear it."""
-    with cordoned(kubectl):
-        apply(kubectl, ns, evaljob("lostpin", inputs, s3_env))
-        wait_for(lambda: api.pods("assay.dev/job=lostpin,assay.dev/role=resolve"), "the resolve pod", timeout=60)
-        with operator_down(kubectl, operator):
-            uncordon(kubectl)
-            wait_for(lambda: complete(api, "lostpin-resolve"), "the resolve Job to complete", timeout=120)
-            delete_pods(kubectl, api, ns, "assay.dev/job=lostpin,assay.dev/role=resolve")
+    lose_the_report(kubectl, operator, api, ns, "lostpin", "resolve",
+                    start=lambda: apply(kubectl, ns, evaljob("lostpin", inputs, s3_env)))
     st = api.wait_phase("lostpin", ("Succeeded", "Failed"), timeout=300)
     assert st["phase"] == "Succeeded", st
     assert st["stageReruns"] == {"resolve": 1} and st["inputs"]["model"]["uri"] == inputs["model"]
