@@ -309,7 +309,10 @@ def _sync_suspend(job: EvaluationJob, child: dict[str, Any] | None,
             return None
         return child
     want = "true" if job.spec.suspend else "false"
-    if (meta.get("annotations") or {}).get(manifests.SUSPEND_ANNOTATION, "false") == want:
+    # a child of an operator before the annotation: what it has now is what that operator applied
+    applied = (meta.get("annotations") or {}).get(manifests.SUSPEND_ANNOTATION) or \
+        ("true" if (child.get("spec") or {}).get("suspend") else "false")
+    if applied == want:
         return child
     logger.info("%s Job %s", "suspending" if job.spec.suspend else "resuming", meta["name"])
     patch: dict[str, Any] = {"metadata": {"annotations": {manifests.SUSPEND_ANNOTATION: want}}}

@@ -640,3 +640,16 @@ def test_a_running_job_refused_by_a_tightened_policy_is_stopped(api):
     assert "eval-resolve" in api.jobs
     assert reconcile() == "Failed"  # SETTINGS allows no RuntimeClass
     assert api.status()["reason"] == "PolicyViolation" and "eval-resolve" not in api.jobs
+
+
+def test_a_child_of_an_older_operator_is_resumed_once(api):
+    """Children made before the suspend annotation carry none: what they have is what was applied."""
+    api.apply()
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+    api.jobs["eval-ppl"]["metadata"]["annotations"].pop("assay.dev/suspend")
+    api.jobs["eval-ppl"]["spec"]["suspend"] = True  # suspended by the older operator; the user resumed since
+    reconcile()
+    assert api.jobs["eval-ppl"]["spec"]["suspend"] is False
+    assert api.jobs["eval-ppl"]["metadata"]["annotations"]["assay.dev/suspend"] == "false"
