@@ -26,6 +26,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -604,9 +605,36 @@ def _owner() -> str:
     return f"{os.getpid()}@{host}"
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def writable_target(path: str) -> str:
+    """The path a write to ``path`` replaces: ``path``, or the file its symlinks lead to (the links stay).
+
+    Refuses anything but a regular file or a new path: a rename over a device, FIFO or folder would
+    replace it with a file (``-o /dev/full`` as root), and writing into one may block or go nowhere.
+    """
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real  # a new path (or a dangling link's target): created there
+    if stat.S_ISREG(mode):
+        return real
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    via = f" (where the link {path} leads)" if real != os.path.abspath(path) else ""
+    raise StorageError(f"{real}{via} is {kind}: assay writes only regular files and never replaces anything else",
+                       hint="name a regular file or a new path")
+
+
 @contextlib.contextmanager
 def atomic_local_file(path: str) -> Iterator[str]:
-    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A symlink is written through (its target is replaced, the link stays); a non-regular file is refused
+    before and again just before the rename (see ``writable_target``)."""
+    path = writable_target(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{_owner()}-", dir=folder)
@@ -616,6 +644,7 @@ def atomic_local_file(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        writable_target(path)  # it may have become a FIFO or a link meanwhile
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
