@@ -1,0 +1,61 @@
+"""Issue 19, "data loss and hangs": assay must not delete, replace or wait on what is not its own.
+
+Each test names the defect it pins; each failed (or hung) before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from assay import datasets
+from assay.errors import SpecError
+from assay.cli.main import main
+from tests.conftest import write_dataset_yaml
+
+# ------------------------------------------------------------------ 19.5: non-regular files among the inputs
+
+
+def _pennfudan_copy(tmp: Path, real: Path, names: list[str]) -> Path:
+    """A PennFudanPed layout in ``tmp`` whose images and masks are symlinks to the real ones."""
+    for sub in ("PNGImages", "PedMasks"):
+        (tmp / sub).mkdir(parents=True)
+    for name in names:
+        (tmp / "PNGImages" / f"{name}.png").symlink_to(real / "PNGImages" / f"{name}.png")
+        (tmp / "PedMasks" / f"{name}_mask.png").symlink_to(real / "PedMasks" / f"{name}_mask.png")
+    return tmp
+
+
+def test_a_fifo_among_pennfudan_images_is_named_not_waited_on(pennfudan_dir, tmp_path, capsys):
+    """Before: reading the FIFO blocked `assay dataset build` forever, with a staging shard left behind."""
+    data = _pennfudan_copy(tmp_path / "data", pennfudan_dir, ["FudanPed00016"])
+    os.mkfifo(data / "PNGImages" / "FudanPed00026.png")  # with a real mask, so the source accepts the pair
+    (data / "PedMasks" / "FudanPed00026_mask.png").symlink_to(pennfudan_dir / "PedMasks" / "FudanPed00026_mask.png")
+    config = datasets.load_config(write_dataset_yaml(tmp_path, data))
+    with pytest.raises(SpecError, match=r"selects 1 entry that is not a readable file: .*"
+                                                 r"FudanPed00026\.png \(a FIFO\)"):
+        datasets.load_source(config)
+    store = tmp_path / "store"
+    assert main(["dataset", "build", str(tmp_path / "dataset.yaml"), "--store", str(store)]) == 3
+    err = capsys.readouterr().err
+    assert "FudanPed00026.png (a FIFO)" in err and "hint: remove or replace them" in err
+    assert not store.exists() or not any(p.is_file() for p in store.rglob("*")), "nothing staged"
+
+
+def test_imagefolder_names_a_fifo_and_a_dangling_symlink(tmp_path, capsys):
+    """Before: the imagefolder source skipped both silently and built a smaller dataset."""
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / cls / "1.png")
+    os.mkfifo(tmp_path / "data" / "cat" / "2.png")
+    (tmp_path / "data" / "dog" / "2.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "dataset.yaml").write_text(f"name: pets\ndata_dir: {tmp_path / 'data'}\ndata_filter: '*/*.png'\n"
+                                           "process: imagefolder\n")
+    assert main(["dataset", "build", str(tmp_path / "dataset.yaml"), "--store", str(tmp_path / "store")]) == 3
+    err = capsys.readouterr().err
+    assert "selects 2 entries that are not a readable file" in err, err
+    assert "cat/2.png (a FIFO)" in err and f"dog/2.png (a symlink to the missing {tmp_path / 'gone.png'})" in err
