@@ -59,3 +59,21 @@ def test_imagefolder_names_a_fifo_and_a_dangling_symlink(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "selects 2 entries that are not a readable file" in err, err
     assert "cat/2.png (a FIFO)" in err and f"dog/2.png (a symlink to the missing {tmp_path / 'gone.png'})" in err
+
+
+def test_yolo_names_a_label_file_that_is_a_fifo(tmp_path):
+    """Before: a FIFO (or dangling link) as an image's label file counted as "no label": the image's
+    objects were silently dropped."""
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    os.mkfifo(tmp_path / "labels" / "b.txt")
+    (tmp_path / "classes.txt").write_text("thing\n")
+    (tmp_path / "dataset.yaml").write_text("name: t\ndata_dir: .\ndata_filter: 'images/*.png'\n"
+                                           "label_filter: classes.txt\nprocess: yolo\n")
+    with pytest.raises(SpecError, match=r"label file .*labels/b\.txt of .*images/b\.png is not a readable"):
+        datasets.load_source(datasets.load_config(tmp_path / "dataset.yaml"))
