@@ -77,3 +77,56 @@ def test_yolo_names_a_label_file_that_is_a_fifo(tmp_path):
                                            "label_filter: classes.txt\nprocess: yolo\n")
     with pytest.raises(SpecError, match=r"label file .*labels/b\.txt of .*images/b\.png is not a readable"):
         datasets.load_source(datasets.load_config(tmp_path / "dataset.yaml"))
+
+
+# ------------------------------------------------------------------ 19.4: huge finite boxes in the report
+
+_DRAW = """
+import io, sys, numpy as np
+from PIL import Image
+from assay.report import overlay
+buf = io.BytesIO(); Image.new("RGB", (60, 40), (9, 9, 9)).save(buf, format="PNG")
+far = float(sys.argv[1])
+label = {"objects": [{"bbox": [10, 10, 20, 10]}, {"bbox": [-far, -far, 3 * far, 3 * far]}]}
+boxes = [[-far, -far, far, far], [5, 5, far, 30], [far, far, 2 * far, 2 * far]] + [[-far, 0, far, 9]] * 3
+prediction = {"boxes": np.array(boxes), "scores": np.array([0.9, 0.8, 0.7, 0.6, 0.6, 0.6])}
+jpeg, hidden = overlay.detections(buf.getvalue(), label, prediction)
+img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+print(hidden, img.size, img.getpixel((10 * 96 // 60, 30 * 96 // 60)))
+"""
+
+
+@pytest.mark.parametrize("far", ["1e9", "1e30"])
+def test_report_draws_huge_finite_boxes_clipped(far):
+    """Before: PIL drew the unclipped outline, pixel by pixel: ±1e9 ran for minutes (still going after
+    300 s on 6 images), ±1e30 raised SystemError. Now boxes are clipped to the image first."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        done = subprocess.run([sys.executable, "-c", _DRAW, far], capture_output=True, text=True, timeout=15,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"drawing boxes at {far} did not finish in 15 s (it takes well under 1 s)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    hidden, size, inside = done.stdout.split(" ", 2)
+    assert hidden == "0" and "(96, 64)" in f"{size} {inside}"
+
+
+def test_cmp_scores_huge_finite_boxes_as_misses():
+    """cmp accepts finite boxes beyond the image (a detector may overshoot; docs/formats.md says so) and
+    scores them as pycocotools does: a box at ±1e30 matches nothing and, being far above COCO's "all"
+    area range (1e10 px²), is ignored rather than counted as a false positive."""
+    import numpy as np
+
+    from assay.metrics import get_evaluator
+
+    schema = {"task": "detection", "categories": [{"id": 1, "name": "thing"}]}
+    label = {"height": 40, "width": 60, "objects": [{"category_id": 1, "bbox": [10.0, 10.0, 20.0, 10.0],
+                                                     "area": 200.0, "iscrowd": 0}]}
+    ev = get_evaluator("coco", schema)
+    ev.update("a", label, {"boxes": np.array([[10.0, 10.0, 30.0, 20.0], [-1e30, -1e30, 1e30, 1e30]]),
+                           "scores": np.array([0.5, 0.9]), "labels": np.array([1, 1])})
+    summary = ev.compute().summary
+    assert summary["bbox/AP"] == 1.0, summary
