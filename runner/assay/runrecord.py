@@ -117,6 +117,28 @@ def claim(output_uri: str, ident: RunIdentity) -> None:
 RUN_FILES = ("results", "progress", "logs", layout.METRICS, layout.SUMMARY, layout.RUN_RECORD)
 
 
+#: What else lives in an output: the lease, its lock, the local status and the staging folder.
+OWN_ENTRIES = (*RUN_FILES, layout.LEASE, ".lease", "status.json", ".staging")
+
+
+def check_output(output_uri: str, manifest: str | os.PathLike | None = None) -> None:
+    """Refuse an output that is the manifest's own folder or already holds entries no assay run writes.
+
+    A run cleans and (with --overwrite) deletes inside its output, so the output must be a folder that
+    only assay writes: ``output: {uri: "."}`` next to the manifest would hand it the user's project.
+    """
+    loc = storage.parse(output_uri)
+    if manifest is not None and loc.scheme == "file" \
+            and os.path.realpath(loc.path) == os.path.realpath(os.path.dirname(os.path.abspath(manifest))):
+        raise SpecError(f"spec.output.uri {output_uri} is the folder of the manifest {manifest}: a run owns its "
+                        "output folder and cleans inside it", "set spec.output.uri to a folder of its own, e.g. out")
+    foreign = [n for n in storage.top_names(output_uri) if n not in OWN_ENTRIES and not storage.is_temp_name(n)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SpecError(f"output {output_uri} already holds entries that no assay run writes: {shown}",
+                        "set spec.output.uri to a new or empty folder (a run owns its output and cleans inside it)")
+
+
 def clear(output_uri: str) -> int:
     """Delete the previous run's files from the output (the caller holds the lease); return how many."""
     removed = 0

@@ -6,6 +6,9 @@ Each test names the defect it pins; each failed (or hung) before its fix.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,9 +103,6 @@ print(hidden, img.size, img.getpixel((10 * 96 // 60, 30 * 96 // 60)))
 def test_report_draws_huge_finite_boxes_clipped(far):
     """Before: PIL drew the unclipped outline, pixel by pixel: ±1e9 ran for minutes (still going after
     300 s on 6 images), ±1e30 raised SystemError. Now boxes are clipped to the image first."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     try:
         done = subprocess.run([sys.executable, "-c", _DRAW, far], capture_output=True, text=True, timeout=15,
@@ -130,3 +130,70 @@ def test_cmp_scores_huge_finite_boxes_as_misses():
                            "scores": np.array([0.5, 0.9]), "labels": np.array([1, 1])})
     summary = ev.compute().summary
     assert summary["bbox/AP"] == 1.0, summary
+
+
+# ------------------------------------------------------------------ 19.1: cleaning only what is assay's
+
+DAY = 86400
+
+
+def _old(path: Path, text: str = "user's") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, (time.time() - 2 * DAY,) * 2)
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_clean_stale_removes_only_assay_named_entries_of_dead_writers(tmp_path):
+    """Before: clean_stale walked the whole tree and removed every old ``.tmp-*`` and everything in any
+    ``.staging`` folder (another tool's deploy bundle, a draft)."""
+    from assay import storage
+
+    host = storage._owner().partition("@")[2]
+    theirs = [_old(tmp_path / "src" / ".staging" / "deploy-bundle.tar"), _old(tmp_path / "docs" / ".tmp-draft.md"),
+              _old(tmp_path / ".tmp-notes"), _old(tmp_path / ".staging" / "their-upload.bin"),
+              _old(tmp_path / "results" / "x" / f".tmp-{_dead_pid()}@{host}-abcd1234")]  # not a folder assay writes into
+    dead = _dead_pid()
+    ours = [_old(tmp_path / f".tmp-{dead}@{host}-0a1b2c3d"),
+            _old(tmp_path / ".staging" / f"assay-dataset-{dead}@{host}-k3j4h5g6" / "shard-000000.tar").parent]
+    in_results = _old(tmp_path / "results" / f".tmp-{dead}@{host}-zz_zz_zz")
+    live = _old(tmp_path / "results" / f".tmp-{os.getpid()}@{host}-livelive")
+    assert sorted(storage.clean_stale(str(tmp_path))) == sorted(map(str, ours))
+    assert all(p.exists() for p in (*theirs, live, in_results)) and not any(p.exists() for p in ours)
+    assert storage.clean_stale(str(tmp_path), folders=("results",)) == [str(in_results)]  # named folders only
+    assert all(p.exists() for p in (*theirs, live))
+
+
+def test_run_refuses_the_manifests_folder_and_foreign_files(tmp_path, test_split, oracle_model, capsys):
+    """Before: ``output: {uri: "."}`` ran, exited 0, and deleted the project's old ``.tmp-*`` files and
+    everything in its ``.staging`` folders. Now the manifest's own folder and an output that holds files
+    no run writes are refused (exit 3, naming them), before anything is written."""
+    import yaml
+
+    from tests.conftest import job_manifest
+
+    project = tmp_path / "project"
+    bundle = _old(project / "src" / ".staging" / "deploy-bundle.tar")
+    draft = _old(project / "docs" / ".tmp-draft.md")
+    manifest = project / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job_manifest("dot", oracle_model.uri, test_split.uri, ".", workers=1)))
+    before = sorted(p.relative_to(project).as_posix() for p in project.rglob("*"))
+    assert main(["run", str(manifest), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert f"spec.output.uri {project} is the folder of the manifest {manifest}" in err, err
+    assert "hint: set spec.output.uri to a folder of its own" in err
+    assert bundle.exists() and draft.exists()
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == before, "nothing written"
+
+    manifest.write_text(yaml.safe_dump(job_manifest("src", oracle_model.uri, test_split.uri, "src", workers=1)))
+    _old(project / "src" / "main.py")
+    assert main(["run", str(manifest), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert f"output {project / 'src'} already holds entries that no assay run writes: main.py\n" in err, err
+    assert bundle.exists() and (project / "src" / "main.py").exists()

@@ -31,7 +31,8 @@ def run(manifest: Path, workers: int | None, no_progress: bool, overwrite: bool,
 
     job = with_local_uris_relative_to(load_job(manifest), manifest.resolve().parent)
     try:
-        result = run_job(job, workers=workers, progress=not no_progress and fmt != "json", overwrite=overwrite)
+        result = run_job(job, workers=workers, progress=not no_progress and fmt != "json", overwrite=overwrite,
+                         manifest=manifest)
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = getattr(exc, "signum", 2)
         click.secho(f"interrupted ({'Ctrl-C' if signum == 2 else exc}): finished shards are kept", fg="yellow",

@@ -308,7 +308,7 @@ def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, pack
 
 
 def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=sys.stderr,
-            overwrite: bool = False) -> LocalRun:
+            overwrite: bool = False, manifest: str | os.PathLike | None = None) -> LocalRun:
     workers = workers or job.spec.ppl.workers
     if workers != job.spec.ppl.workers:
         job = job.model_copy(update={"spec": job.spec.model_copy(
@@ -319,6 +319,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
         ctx = _context(job, 0, dataset, model)
         check_present(dataset, model)
         preflight(ctx, dataset, model)
+        runrecord.check_output(output, manifest)  # before anything is written into it
         job_dir = job_dir_for(job)
         try:
             (job_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -326,7 +327,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             raise SpecError(f"cannot create the job folder {job_dir}: {exc.strerror}",
                             "choose a spec.output.uri in a writable folder") from exc
         with runrecord.Lease(output) as lease:
-            storage.clean_stale(output)
+            storage.clean_stale(output, ("", "results", "progress", "logs"))  # where a run's atomic writes go
             storage.clean_stale_scratch()
             if overwrite:
                 runrecord.clear(output)
