@@ -197,3 +197,53 @@ def test_run_refuses_the_manifests_folder_and_foreign_files(tmp_path, test_split
     err = capsys.readouterr().err
     assert f"output {project / 'src'} already holds entries that no assay run writes: main.py\n" in err, err
     assert bundle.exists() and (project / "src" / "main.py").exists()
+
+
+# ------------------------------------------------------------------ 19.2: --overwrite deletes only the run's files
+
+_USERS = ("results/README.md", "logs/my-notes.txt", "progress/plan.txt", "results/sub/shard-000000.parquet")
+
+
+def test_overwrite_deletes_only_the_old_runs_files_and_says_which(tmp_path, test_split, oracle_model, capsys):
+    """Before: --overwrite deleted everything under results/, logs/ and progress/ without a word (a
+    results/README.md, logs/my-notes.txt). Now only the names a run gives its files go, listed first."""
+    import json
+
+    import yaml
+
+    from tests.conftest import job_manifest
+
+    manifest = tmp_path / "job.yaml"
+    doc = job_manifest("ow", oracle_model.uri, test_split.uri, "out", workers=1)
+    manifest.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(manifest), "--no-progress"]) == 0
+    out = tmp_path / "out"
+    for name in _USERS:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("mine")
+    doc["spec"]["ppl"]["batchSize"] = 2  # another run's settings: refused without --overwrite
+    manifest.write_text(yaml.safe_dump(doc))
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--no-progress", "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    shards = len(test_split.shards)
+    assert "--overwrite: deleting the old run's " in err and f"results/ ({2 * shards} files)" in err, err
+    assert "metrics.json, " in err and "progress/ (" in err and "logs/ (" in err and ", run.json;" in err
+    assert "keeping 4 files no run writes: logs/my-notes.txt, progress/plan.txt, results/README.md, " \
+           "results/sub/shard-000000.parquet" in err, err
+    assert all((out / name).read_text() == "mine" for name in _USERS)
+    assert json.loads((out / "run.json").read_text())["settings"]["batchSize"] == 2
+
+
+def test_overwrite_on_s3_deletes_only_the_old_runs_files(s3):
+    from assay import runrecord, storage
+
+    s3.create_bucket(Bucket="assay-ow")
+    run = ["run.json", "metrics.json", "summary.txt", "results/shard-000000.parquet", "results/shard-000000.json",
+           "progress/ppl-0000.json", "logs/ppl-0000.log", "logs/cmp.log"]
+    for name in [*run, *_USERS, "lease.json"]:
+        storage.write_text(f"s3://assay-ow/job/{name}", "x")
+    ours, kept = runrecord.old_run_files("s3://assay-ow/job")
+    assert sorted(ours) == sorted(run) and ours[-1] == "run.json" and sorted(kept) == sorted(_USERS)
+    assert runrecord.clear("s3://assay-ow/job") == len(run)
+    assert storage.list_names("s3://assay-ow/job") == sorted([*_USERS, "lease.json"])

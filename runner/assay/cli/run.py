@@ -14,7 +14,8 @@ from assay.cli._output import emit, format_option
 @click.option("--workers", type=click.IntRange(1, 64), help="ppl worker processes (default: spec.ppl.workers).")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 @click.option("--overwrite", is_flag=True,
-              help="The output holds another run's results (other model, dataset or settings): delete them first.")
+              help="The output holds another run's results (other model, dataset or settings): delete that run's "
+                   "files first (listed; files the run did not write are kept).")
 @format_option
 def run(manifest: Path, workers: int | None, no_progress: bool, overwrite: bool, fmt: str) -> None:
     """Run the EvaluationJob in MANIFEST locally: ppl workers, then cmp; print the metrics.

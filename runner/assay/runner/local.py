@@ -330,7 +330,9 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             storage.clean_stale(output, ("", "results", "progress", "logs"))  # where a run's atomic writes go
             storage.clean_stale_scratch()
             if overwrite:
-                runrecord.clear(output)
+                ours, kept = runrecord.old_run_files(output)
+                print(runrecord.describe_clear(ours, kept), file=err, flush=True)
+                runrecord.clear(output, ours)
             runrecord.claim(output, runrecord.identity(ctx, model, dataset))
             status = _Status(job, job_dir)
             status.update(phase="Running", shards={"total": len(dataset.shards)},
