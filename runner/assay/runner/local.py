@@ -307,8 +307,9 @@ def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, pack
     return job.model_copy(update={"spec": spec}), dataset, model
 
 
-def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=sys.stderr,
+def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=None,
             overwrite: bool = False, manifest: str | os.PathLike | None = None) -> LocalRun:
+    err = sys.stderr if err is None else err  # looked up per call: a default bound at import goes stale
     workers = workers or job.spec.ppl.workers
     if workers != job.spec.ppl.workers:
         job = job.model_copy(update={"spec": job.spec.model_copy(
