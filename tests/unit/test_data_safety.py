@@ -247,3 +247,60 @@ def test_overwrite_on_s3_deletes_only_the_old_runs_files(s3):
     assert sorted(ours) == sorted(run) and ours[-1] == "run.json" and sorted(kept) == sorted(_USERS)
     assert runrecord.clear("s3://assay-ow/job") == len(run)
     assert storage.list_names("s3://assay-ow/job") == sorted([*_USERS, "lease.json"])
+
+
+# ------------------------------------------------------------------ 19.6: what a handler starts ends with the run
+
+_SPAWNER = '''import os
+import subprocess
+
+from handler import OracleHandler
+
+
+class Spawner(OracleHandler):
+    def load(self, model_dir, device):
+        super().load(model_dir, device)
+        self.helper = subprocess.Popen(["sleep", "300"])  # e.g. a model server the handler talks to
+        with open(os.environ["ASSAY_TEST_PIDS"], "a") as f:
+            f.write(f"{self.helper.pid}\\n")
+'''
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_processes_a_handler_starts_end_with_the_run(tmp_path, test_split, store, monkeypatch, capsys):
+    """Before: workers died with the parent, but a subprocess started in the handler's load() kept
+    running after `assay run` exited 0. Now each worker leads a process group that the run ends."""
+    import shutil
+
+    import yaml
+
+    from assay import packages
+    from tests.conftest import FIXTURES, job_manifest
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(FIXTURES / "oracle", pkg)
+    (pkg / "spawner.py").write_text(_SPAWNER)
+    cfg = yaml.safe_load((pkg / "model.yaml").read_text())
+    cfg.update(name="spawner", code=[*cfg["code"], "spawner.py"], run={**cfg["run"], "handler": "spawner:Spawner"})
+    (pkg / "model.yaml").write_text(yaml.safe_dump(cfg))
+    model = packages.build(packages.load_config(pkg / "model.yaml"), store, log=lambda s: None)
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("ASSAY_TEST_PIDS", str(pids_file))
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job_manifest("spawn", model.uri, test_split.uri, "out", workers=2)))
+    assert main(["run", str(manifest), "--no-progress"]) == 0, capsys.readouterr().err
+    pids = [int(line) for line in pids_file.read_text().split()]
+    try:
+        assert len(pids) == 2, "each worker loaded the handler once"
+        assert not [pid for pid in pids if _running(pid)], "the handler's helpers outlived the run"
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, 9)
