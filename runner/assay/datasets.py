@@ -13,7 +13,9 @@ import difflib
 import hashlib
 import importlib
 import json
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +95,8 @@ def load_source(config: DatasetConfig, data_dir: Path | None = None):
         if pattern and (Path(pattern).is_absolute() or ".." in Path(pattern).parts):
             raise SpecError(f"{field_name} {pattern!r} must be relative to data_dir",
                             f"e.g. {field_name}: 'PNGImages/*.png'; set data_dir to the folder instead")
-    data_files = sorted(data_dir.glob(config.data_filter))
-    label_files = sorted(data_dir.glob(config.label_filter)) if config.label_filter else []
+    data_files = _selected(data_dir, "data_filter", config.data_filter)
+    label_files = _selected(data_dir, "label_filter", config.label_filter) if config.label_filter else []
     if not data_files:
         raise SpecError(f"data_filter {config.data_filter!r} matches no file under {data_dir}")
     if ":" not in config.process and config.process not in BUILTIN_SOURCES:
@@ -105,6 +107,39 @@ def load_source(config: DatasetConfig, data_dir: Path | None = None):
     target = BUILTIN_SOURCES.get(config.process, config.process)
     cls = import_object(target, config.base_dir, "process")
     return cls(data_dir, data_files, label_files)
+
+
+def _selected(data_dir: Path, field_name: str, pattern: str) -> list[Path]:
+    """What ``pattern`` selects under ``data_dir``, refusing what no source can read as a file.
+
+    Reading a FIFO blocks forever and a device never ends, so any entry that is neither a regular file
+    nor a folder (a ``**/*`` filter matches folders; sources skip them) is refused by name, as is a
+    dangling symlink: dropping it would quietly build a smaller dataset.
+    """
+    paths = sorted(data_dir.glob(pattern))
+    bad = []
+    for path in paths:
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            bad.append(f"{path} (a symlink to the missing {os.path.realpath(path)})")
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            bad.append(f"{path} ({_KINDS.get(stat.S_IFMT(mode), 'not a regular file')})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise SpecError(f"{field_name} {pattern!r} selects {_count(len(bad))} that {'is' if len(bad) == 1 else 'are'} not a readable file: "
+                        + ", ".join(bad[:3]) + more,
+                        f"remove or replace them, or narrow {field_name}: a source reads only regular files")
+    return paths
+
+
+def _count(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}
 
 
 def import_object(target: str, base_dir: Path, what: str):

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -113,18 +114,69 @@ def claim(output_uri: str, ident: RunIdentity) -> None:
             "to discard the old results first")
 
 
-#: What a run writes into its output; ``clear`` removes exactly these (never anything else in the folder).
+#: The entries a run writes into its output; ``clear`` removes only the run's files in them.
 RUN_FILES = ("results", "progress", "logs", layout.METRICS, layout.SUMMARY, layout.RUN_RECORD)
 
 
-def clear(output_uri: str) -> int:
-    """Delete the previous run's files from the output (the caller holds the lease); return how many."""
-    removed = 0
-    for name in storage.list_names(output_uri):
-        if name.split("/")[0] in RUN_FILES:
-            storage.delete(storage.join(output_uri, name))
-            removed += 1
-    return removed
+#: What else lives in an output: the lease, its lock, the local status and the staging folder.
+OWN_ENTRIES = (*RUN_FILES, layout.LEASE, ".lease", "status.json", ".staging")
+
+
+def check_output(output_uri: str, manifest: str | os.PathLike | None = None) -> None:
+    """Refuse an output that is the manifest's own folder or already holds entries no assay run writes.
+
+    A run cleans and (with --overwrite) deletes inside its output, so the output must be a folder that
+    only assay writes: ``output: {uri: "."}`` next to the manifest would hand it the user's project.
+    """
+    loc = storage.parse(output_uri)
+    if manifest is not None and loc.scheme == "file" \
+            and os.path.realpath(loc.path) == os.path.realpath(os.path.dirname(os.path.abspath(manifest))):
+        raise SpecError(f"spec.output.uri {output_uri} is the folder of the manifest {manifest}: a run owns its "
+                        "output folder and cleans inside it", "set spec.output.uri to a folder of its own, e.g. out")
+    foreign = [n for n in storage.top_names(output_uri) if n not in OWN_ENTRIES and not storage.is_temp_name(n)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SpecError(f"output {output_uri} already holds entries that no assay run writes: {shown}",
+                        "set spec.output.uri to a new or empty folder (a run owns its output and cleans inside it)")
+
+
+#: The names a run gives its files (assay.layout, and the local runner's logs and exit records): only
+#: these are a run's, so --overwrite deletes only these, never a results/README.md beside them.
+_RUN_FILE = re.compile(r"results/shard-\d{6}\.(parquet|json)|progress/ppl-\d{4}\.json"
+                       r"|logs/\.?[a-z]+(-\d{4})?(\.log|\.exit\.json)"
+                       rf"|{re.escape(layout.METRICS)}|{re.escape(layout.SUMMARY)}|{re.escape(layout.RUN_RECORD)}")
+
+
+def old_run_files(output_uri: str) -> tuple[list[str], list[str]]:
+    """(the previous run's files, which --overwrite deletes; the other files under its folders, kept)."""
+    names = [n for n in storage.list_names(output_uri) if n.split("/")[0] in RUN_FILES]
+    ours = [n for n in names if _RUN_FILE.fullmatch(n)]
+    # the record last: an interrupted overwrite leaves an output that is still refused, not half-claimed
+    ours.sort(key=lambda n: n == layout.RUN_RECORD)
+    return ours, [n for n in names if not _RUN_FILE.fullmatch(n)]
+
+
+def describe_clear(ours: list[str], kept: list[str]) -> str:
+    """One line for the user: what --overwrite deletes (grouped by folder) and what it keeps (named)."""
+    groups: dict[str, int] = {}
+    for name in ours:
+        top = name.split("/")[0] + ("/" if "/" in name else "")
+        groups[top] = groups.get(top, 0) + 1
+    gone = ", ".join(f"{top} ({n} files)" if top.endswith("/") else top for top, n in groups.items())
+    line = f"--overwrite: deleting the old run's {len(ours)} files: {gone or 'none'}"
+    if kept:
+        line += f"; keeping {len(kept)} files no run writes: " + ", ".join(kept[:10]) + \
+            (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+    return line
+
+
+def clear(output_uri: str, ours: list[str] | None = None) -> int:
+    """Delete the previous run's files (``old_run_files``) from the output (the caller holds the lease);
+    return how many."""
+    ours = old_run_files(output_uri)[0] if ours is None else ours
+    for name in ours:
+        storage.delete(storage.join(output_uri, name))
+    return len(ours)
 
 
 # ------------------------------------------------------------------------------------------------- lease

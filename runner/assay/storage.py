@@ -26,6 +26,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -578,6 +579,15 @@ def list_names(prefix_uri: str) -> list[str]:
     return _retrying(prefix_uri, scan)
 
 
+def top_names(prefix_uri: str) -> list[str]:
+    """The entries directly below ``prefix_uri``, hidden files and empty folders included locally (unlike
+    ``list_names``): what a check for foreign files must see."""
+    loc = parse(prefix_uri)
+    if loc.scheme == "file":
+        return _names(loc.path)
+    return sorted({name.split("/")[0] for name in list_names(prefix_uri)})
+
+
 def delete(uri: str) -> None:
     loc = parse(uri)
     if loc.scheme == "file":
@@ -593,8 +603,10 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 #: ``<pid>@<host>-`` then tempfile's 8 random characters, at the end of every temp name assay makes.
 _OWNED = re.compile(r"(\d+)@([A-Za-z0-9._-]+)-[a-z0-9_]{8}$")
-#: What assay's temp folders are called in the system temp folder (``scratch_dir`` with no store).
-_SCRATCH = re.compile(r"assay-[a-z]+-")
+#: The only names assay gives its temp files and scratch folders (mkstemp and TemporaryDirectory add
+#: the 8 characters); clean-up removes nothing else, so another tool's ``.tmp-*`` is never touched.
+_TEMP_NAME = re.compile(r"\.tmp-\d+@[A-Za-z0-9._-]+-[a-z0-9_]{8}")
+_SCRATCH_NAME = re.compile(r"assay-[a-z]+-\d+@[A-Za-z0-9._-]+-[a-z0-9_]{8}")
 STALE_AFTER = 24 * 3600.0
 
 
@@ -604,9 +616,36 @@ def _owner() -> str:
     return f"{os.getpid()}@{host}"
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def writable_target(path: str) -> str:
+    """The path a write to ``path`` replaces: ``path``, or the file its symlinks lead to (the links stay).
+
+    Refuses anything but a regular file or a new path: a rename over a device, FIFO or folder would
+    replace it with a file (``-o /dev/full`` as root), and writing into one may block or go nowhere.
+    """
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real  # a new path (or a dangling link's target): created there
+    if stat.S_ISREG(mode):
+        return real
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    via = f" (where the link {path} leads)" if real != os.path.abspath(path) else ""
+    raise StorageError(f"{real}{via} is {kind}: assay writes only regular files and never replaces anything else",
+                       hint="name a regular file or a new path")
+
+
 @contextlib.contextmanager
 def atomic_local_file(path: str) -> Iterator[str]:
-    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A symlink is written through (its target is replaced, the link stays); a non-regular file is refused
+    before and again just before the rename (see ``writable_target``)."""
+    path = writable_target(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{_owner()}-", dir=folder)
@@ -616,6 +655,7 @@ def atomic_local_file(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        writable_target(path)  # it may have become a FIFO or a link meanwhile
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -649,8 +689,8 @@ def _alive(pid: int) -> bool:
 
 
 def _is_stale(path: str, older_than: float) -> bool:
-    """A dead writer's entry: its pid is gone on this host; an entry of another host (or of an older
-    assay, with no owner in its name) only once untouched for ``older_than`` seconds."""
+    """A dead writer's entry (its name carries pid@host): its pid is gone on this host; an entry of
+    another host only once untouched for ``older_than`` seconds."""
     m = _OWNED.search(os.path.basename(path))
     if m and m.group(2) == _owner().partition("@")[2]:
         return not _alive(int(m.group(1)))
@@ -668,26 +708,43 @@ def _remove(path: str) -> None:
             os.remove(path)
 
 
-def clean_stale(prefix_uri: str, older_than: float = STALE_AFTER) -> list[str]:
-    """Remove what killed writers left under ``prefix_uri``; return what was removed.
+def clean_stale(prefix_uri: str, folders: tuple[str, ...] = ("",), older_than: float = STALE_AFTER) -> list[str]:
+    """Remove what killed assay writers left in ``prefix_uri``; return what was removed.
 
-    Local: temp files of atomic writes (``.tmp-*``) and the entries of ``.staging`` folders whose writer
-    is dead (see ``_is_stale``). S3: incomplete multipart uploads initiated more than ``older_than``
-    seconds ago (S3 does not say who started them, so age is the only safe sign).
+    Local: the temp files of atomic writes in each of ``folders`` (relative to the prefix; listed, never
+    walked) and the temp files and scratch folders in ``<prefix>/.staging``, and of those only entries
+    with a name assay gives (``.tmp-<pid>@<host>-XXXXXXXX``, ``assay-<kind>-<pid>@<host>-XXXXXXXX``)
+    whose writer is dead (see ``_is_stale``). Anything else, another tool's ``.tmp-draft.md`` or
+    ``.staging/deploy-bundle.tar`` included, is never touched. S3: incomplete multipart uploads
+    initiated more than ``older_than`` seconds ago (S3 does not say who started them, so age is the only
+    safe sign).
     """
     loc = parse(prefix_uri)
     if loc.scheme == "s3":
         return _abort_old_uploads(loc, prefix_uri, older_than)
-    removed: list[str] = []
-    for folder, dirs, files in os.walk(loc.path):
-        in_staging = os.path.basename(folder) == ".staging"
-        for name in sorted(dirs + files):
-            path = os.path.join(folder, name)
-            if (in_staging or name.startswith(".tmp-")) and _is_stale(path, older_than):
-                _remove(path)
-                removed.append(path)
-        dirs[:] = [d for d in dirs if os.path.isdir(os.path.join(folder, d))]  # not into removed ones
+    owned = [os.path.join(loc.path, folder, name) for folder in folders
+             for name in _names(os.path.join(loc.path, folder)) if _TEMP_NAME.fullmatch(name)]
+    staging = os.path.join(loc.path, ".staging")
+    owned += [os.path.join(staging, name) for name in _names(staging)
+              if _TEMP_NAME.fullmatch(name) or _SCRATCH_NAME.fullmatch(name)]
+    removed = []
+    for path in owned:
+        if _is_stale(path, older_than):
+            _remove(path)
+            removed.append(path)
     return removed
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one assay gives the temp file of an atomic write."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def _names(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def clean_stale_scratch(older_than: float = STALE_AFTER) -> list[str]:
@@ -697,18 +754,20 @@ def clean_stale_scratch(older_than: float = STALE_AFTER) -> list[str]:
     with contextlib.suppress(OSError):
         for name in sorted(os.listdir(root)):
             path = os.path.join(root, name)
-            if _SCRATCH.match(name) and _is_stale(path, older_than):
+            if _SCRATCH_NAME.fullmatch(name) and _is_stale(path, older_than):
                 _remove(path)
                 removed.append(path)
     return removed
 
 
 def clean_leftovers(store: str, kind: str, name: str) -> None:
-    """Before a build of ``<store>/<kind>/<name>``: remove what killed builds left (temp files, staging
-    folders, scratch folders, incomplete uploads)."""
-    clean_stale(join(store, kind, name))
+    """Before a build of ``<store>/<kind>/<name>``: remove what killed builds left (temp files in the
+    name's folder and its version folders, the store's staging, scratch folders, incomplete uploads)."""
+    prefix = join(store, kind, name)
+    versions = tuple(d for d in _names(parse(prefix).path) if not d.startswith(".")) if is_local(store) else ()
+    clean_stale(prefix, ("", *versions))
     if is_local(store):
-        clean_stale(join(store, ".staging"))
+        clean_stale(store, folders=())  # the store's .staging only
     clean_stale_scratch()
 
 

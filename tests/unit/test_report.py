@@ -373,3 +373,29 @@ def test_compare_refuses_other_evaluators_and_unfinished_runs(coco, digits, tmp_
     (out / "metrics.json").unlink()
     code, _, err = _compare(capsys, coco["a"], str(out))
     assert code == 3 and "has not finished" in err
+
+
+def test_report_writes_through_symlinks_and_refuses_fifos(coco, tmp_path, capsys):
+    """Issue 19.3: the temp-file-and-rename write replaced a symlink with a regular file, and a FIFO or
+    (as root) ``/dev/full`` with a 600 KB file. Now a link is written through and stays a link, and
+    anything that is not a regular file (directly or where a link leads) is refused, before the page is
+    built, and left as it was."""
+    real = tmp_path / "pages" / "real.html"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "link.html"
+    link.symlink_to(real)
+    assert main(["report", coco["a"], "-o", str(link)]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text().startswith("<!DOCTYPE html>")
+    capsys.readouterr()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    to_fifo = tmp_path / "to-fifo.html"
+    to_fifo.symlink_to(fifo)
+    for target, where in ((fifo, f"{fifo} is a FIFO"), (to_fifo, f"(where the link {to_fifo} leads) is a FIFO")):
+        assert main(["report", coco["a"], "-o", str(target)]) == 3
+        err = capsys.readouterr().err
+        assert where in err and "never replaces anything else" in err and "hint: name a regular file" in err, err
+        assert fifo.is_fifo() and to_fifo.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.html", "pages", "to-fifo.html"]

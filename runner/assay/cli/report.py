@@ -28,8 +28,10 @@ def report(job: str, out: Path | None, gallery: int, fmt: str) -> None:
     from assay.report.finished import open_run
     from assay.report.page import build
 
-    from assay.storage import atomic_local_file
+    from assay.storage import atomic_local_file, writable_target
 
+    if out is not None:
+        writable_target(str(out))  # refuse a device or FIFO before the slow part, not after
     with open_run(job) as run:
         text = build(run, gallery=gallery)
         name = run.name

@@ -14,7 +14,8 @@ from assay.cli._output import emit, format_option
 @click.option("--workers", type=click.IntRange(1, 64), help="ppl worker processes (default: spec.ppl.workers).")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 @click.option("--overwrite", is_flag=True,
-              help="The output holds another run's results (other model, dataset or settings): delete them first.")
+              help="The output holds another run's results (other model, dataset or settings): delete that run's "
+                   "files first (listed; files the run did not write are kept).")
 @format_option
 def run(manifest: Path, workers: int | None, no_progress: bool, overwrite: bool, fmt: str) -> None:
     """Run the EvaluationJob in MANIFEST locally: ppl workers, then cmp; print the metrics.
@@ -31,7 +32,8 @@ def run(manifest: Path, workers: int | None, no_progress: bool, overwrite: bool,
 
     job = with_local_uris_relative_to(load_job(manifest), manifest.resolve().parent)
     try:
-        result = run_job(job, workers=workers, progress=not no_progress and fmt != "json", overwrite=overwrite)
+        result = run_job(job, workers=workers, progress=not no_progress and fmt != "json", overwrite=overwrite,
+                         manifest=manifest)
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = getattr(exc, "signum", 2)
         click.secho(f"interrupted ({'Ctrl-C' if signum == 2 else exc}): finished shards are kept", fg="yellow",

@@ -8,6 +8,7 @@ the image) and counted in the caption instead.
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ GROUND_TRUTH = (0, 200, 80)
 PREDICTION = (255, 140, 0)
 #: Gallery images are scaled to fit this box; tiny images (8x8 digits) are scaled up to the lower bound.
 MAX_SIDE, MIN_SIDE = 400, 96
+#: Pixels beyond the image that clipped box edges go to: wider than any outline, so it is not drawn.
+CLIP_MARGIN = 4
 
 
 def open_rgb(data: bytes):
@@ -56,7 +59,9 @@ def detections(data: bytes, label: dict[str, Any], prediction: dict[str, Any],
     for obj in label.get("objects", []):
         _fill(layer, _gt_mask(obj.get("segmentation"), img.height, img.width), GROUND_TRUTH)
         x, y, w, h = (float(v) for v in obj["bbox"])
-        draw.rectangle([x, y, x + w, y + h], outline=(*GROUND_TRUTH, 255), width=3)
+        box = clip([x, y, x + w, y + h], img.width, img.height)
+        if box:
+            draw.rectangle(box, outline=(*GROUND_TRUTH, 255), width=3)
     boxes = np.asarray(prediction.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(prediction.get("scores", np.zeros(len(boxes))), dtype=np.float64)
     masks = prediction.get("masks")
@@ -65,10 +70,22 @@ def detections(data: bytes, label: dict[str, Any], prediction: dict[str, Any],
     for i in shown.tolist():
         if masks is not None:
             _fill(layer, _decode(masks[i]), PREDICTION)
-        draw.rectangle(boxes[i].tolist(), outline=(*PREDICTION, 255), width=2)
-        draw.text((boxes[i][0] + 3, boxes[i][1] + 2), f"{scores[i]:.2f}", fill=(*PREDICTION, 255))
+        box = clip(boxes[i].tolist(), img.width, img.height)
+        if box:
+            draw.rectangle(box, outline=(*PREDICTION, 255), width=2)
+            draw.text((max(box[0], 0) + 3, max(box[1], 0) + 2), f"{scores[i]:.2f}", fill=(*PREDICTION, 255))
     img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
     return jpeg(fit(img)), len(boxes) - len(shown)
+
+
+def clip(box: list[float], width: int, height: int) -> list[float] | None:
+    """``x1, y1, x2, y2`` clipped to just outside the image (so an edge beyond it stays unseen), or None
+    for a box that misses the image or is not finite. PIL walks every pixel of an unclipped outline: a
+    box at 1e9 took minutes, one at 1e30 overflowed its C ints (SystemError)."""
+    x1, y1, x2, y2 = box
+    if not all(math.isfinite(v) for v in box) or x2 < 0 or y2 < 0 or x1 > width or y1 > height:
+        return None
+    return [min(max(v, -CLIP_MARGIN), limit + CLIP_MARGIN) for v, limit in zip(box, (width, height) * 2)]
 
 
 def _fill(layer, mask: np.ndarray | None, color: tuple[int, int, int]) -> None:

@@ -75,7 +75,12 @@ def _now() -> str:
 
 
 def _child_setup(log_path: str, parent: int) -> None:
-    """In a worker: die with the parent, and send everything printed (Python or C) to the log file."""
+    """In a worker: lead its own process group (so the run can end whatever the handler starts), die with
+    the parent, and send everything printed (Python or C) to the log file."""
+    # The worker dies with the parent (below) but a subprocess its handler starts would not; in one
+    # process group per worker the parent ends them all with killpg. Not a new session: the terminal's
+    # job control still covers the run (and SIGINT is ignored below anyway).
+    os.setpgid(0, 0)
     with contextlib.suppress(Exception):  # Linux only; elsewhere the parent's signal handlers still apply
         import ctypes
 
@@ -140,6 +145,18 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
     os._exit(code)
 
 
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to process group ``pgid``; whether the group still had a member. (A group id is
+    its leader's pid, which Linux does not reuse while a member lives, so this never hits a stranger.)"""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that is not ours any more (setuid): nothing we may end
+        return False
+    return True
+
+
 class _Children:
     """The run's processes: spawned, watched, and stopped together."""
 
@@ -179,6 +196,19 @@ class _Children:
             if p.is_alive():
                 p.kill()
                 p.join()
+        self.end_groups(grace)
+
+    def end_groups(self, grace: float = 5.0) -> None:
+        """End what is left of each worker's process group (the processes its handler started): SIGTERM,
+        then SIGKILL after ``grace`` seconds. A process that left the group (setsid) is out of reach."""
+        groups = [p.pid for p, _, _ in self.procs.values() if p.pid is not None]
+        live = [g for g in groups if _signal_group(g, signal.SIGTERM)]
+        deadline = time.monotonic() + grace
+        while live and time.monotonic() < deadline:
+            time.sleep(0.05)
+            live = [g for g in live if _signal_group(g, 0)]
+        for g in live:
+            _signal_group(g, signal.SIGKILL)
 
     def failure(self) -> RunFailed | None:
         """The first failed process's error, as the process reported it."""
@@ -307,8 +337,9 @@ def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, pack
     return job.model_copy(update={"spec": spec}), dataset, model
 
 
-def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=sys.stderr,
-            overwrite: bool = False) -> LocalRun:
+def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=None,
+            overwrite: bool = False, manifest: str | os.PathLike | None = None) -> LocalRun:
+    err = sys.stderr if err is None else err  # looked up per call: a default bound at import goes stale
     workers = workers or job.spec.ppl.workers
     if workers != job.spec.ppl.workers:
         job = job.model_copy(update={"spec": job.spec.model_copy(
@@ -319,6 +350,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
         ctx = _context(job, 0, dataset, model)
         check_present(dataset, model)
         preflight(ctx, dataset, model)
+        runrecord.check_output(output, manifest)  # before anything is written into it
         job_dir = job_dir_for(job)
         try:
             (job_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -326,10 +358,12 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             raise SpecError(f"cannot create the job folder {job_dir}: {exc.strerror}",
                             "choose a spec.output.uri in a writable folder") from exc
         with runrecord.Lease(output) as lease:
-            storage.clean_stale(output)
+            storage.clean_stale(output, ("", "results", "progress", "logs"))  # where a run's atomic writes go
             storage.clean_stale_scratch()
             if overwrite:
-                runrecord.clear(output)
+                ours, kept = runrecord.old_run_files(output)
+                print(runrecord.describe_clear(ours, kept), file=err, flush=True)
+                runrecord.clear(output, ours)
             runrecord.claim(output, runrecord.identity(ctx, model, dataset))
             status = _Status(job, job_dir)
             status.update(phase="Running", shards={"total": len(dataset.shards)},
@@ -431,6 +465,7 @@ def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, 
         print(("\r" if tty else "") + _bar(done, total, rate), end="" if tty else "\n", file=err, flush=True)
     for p, _, _ in children.procs.values():
         p.join()
+    children.end_groups()  # the workers are done: what their handlers started goes with them
     if progress:
         # the last line: finished items no longer report a rate, so say how long ppl took instead
         done, _ = _read_progress(job.spec.output.uri, items)

@@ -12,6 +12,7 @@ boxes ``[x, y, w, h]`` in pixels, polygons as RLE masks. An image without a txt 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class YoloSource:
                 raise SpecError(f"{image} and {ids[sample_id]} would both be sample {sample_id!r} (and share "
                                 "a label file)", "give images distinct stems")
             ids[sample_id] = image
+            if os.path.lexists(txt) and not txt.is_file():  # a FIFO would block; a dangling link is no "no label"
+                raise SpecError(f"label file {txt} of {image} is not a readable regular file",
+                                "replace it with the image's label text, or remove it")
             shapes = read_labels(txt, len(names)) if txt.is_file() else []
             labelled += txt.is_file()
             for shape in shapes:
