@@ -31,8 +31,10 @@ from assay.errors import AssayError, IntegrityError, ObjectNotFound, SpecError
 from assay.spec import env_seconds
 
 FORMAT = "assay.run/v1"
-#: Seconds after its last heartbeat that a lease on a remote store counts as abandoned.
-LEASE_TTL = env_seconds("ASSAY_LEASE_TTL", 60.0)
+#: Seconds after its last heartbeat that a lease on a remote store counts as abandoned. At least
+#: MIN_LEASE_TTL: the heartbeat runs every ttl/3, and a tiny ttl renews in a busy loop.
+MIN_LEASE_TTL = 5.0
+LEASE_TTL = env_seconds("ASSAY_LEASE_TTL", 60.0, minimum=MIN_LEASE_TTL)
 
 
 class OutputBusy(AssayError):
