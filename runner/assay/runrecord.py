@@ -218,7 +218,9 @@ class Lease:
 
     def _doc(self) -> bytes:
         now = time.time()
-        return json.dumps({**self.holder, "renewedAt": now, "ttlSeconds": self.ttl,
+        # the nonce makes every write unique: after a lost answer, the store tells ours from another's
+        return json.dumps({**self.holder, "nonce": uuid.uuid4().hex, "renewedAt": now,
+                           "ttlSeconds": self.ttl,
                            "renewed": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")}).encode()
 
     def _busy(self, doc: dict[str, Any]) -> OutputBusy:

@@ -24,6 +24,7 @@ from tests.faultproxy import FaultProxy
 BUCKET = "assay-lease"
 OUT = f"s3://{BUCKET}/job"
 KEY = "job/lease.json"
+PYTHONPATH = os.pathsep.join([str(REPO / "runner"), os.environ.get("PYTHONPATH", "")])
 
 
 @pytest.fixture
@@ -68,13 +69,82 @@ def holder_of(s3) -> str:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=KEY)["Body"].read())["runId"]
 
 
+def test_exclusive_create_refuses_a_second_live_run(bucket):
+    with Lease(OUT, ttl=30) as first:
+        with pytest.raises(OutputBusy, match=f"run {first.holder['runId']}"):
+            Lease(OUT, ttl=30).__enter__()
+        assert holder_of(bucket) == first.holder["runId"]
+    assert "Contents" not in bucket.list_objects_v2(Bucket=BUCKET, Prefix=KEY)
+
+
+def test_takeover_after_the_holder_is_killed(bucket):
+    code = ("import time; from assay.runrecord import Lease\n"
+            f"l = Lease({OUT!r}, ttl=30).__enter__(); print('held', flush=True); time.sleep(120)")
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(OutputBusy):
+            Lease(OUT, ttl=30).__enter__()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        with Lease(OUT, ttl=30) as taker:  # same host, dead pid: no need to wait out the ttl
+            assert holder_of(bucket) == taker.holder["runId"]
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def test_409_on_create_is_retried_not_busy(proxied, bucket):
+    """Item 7: 409 ConditionalRequestConflict (AWS: retry) was taken as "another writer won"."""
+    proxied.when = once("409", "PUT", "If-None-Match")
+    with Lease(OUT, ttl=30) as lease:
+        assert holder_of(bucket) == lease.holder["runId"]
+    assert proxied.injected["409"] == 1
+
+
+def test_409_on_renewal_is_retried_not_lost(proxied, bucket):
+    storage.write_bytes(f"{OUT}/lease.json", b"v1")
+    _, tag = storage.read_tagged(f"{OUT}/lease.json")
+    proxied.when = once("409", "PUT", "If-Match")
+    assert storage.replace_if(f"{OUT}/lease.json", b"v2", tag) is not None
+    assert proxied.injected["409"] == 1
+
+
+def test_lost_answer_to_our_own_create_is_not_busy(proxied, bucket):
+    """Item 8: the create reached the store, its answer did not; the retry's 412 is our own write."""
+    proxied.when = once("lost", "PUT", "If-None-Match")
+    with Lease(OUT, ttl=30) as lease:
+        assert holder_of(bucket) == lease.holder["runId"]
+    assert proxied.injected["lost"] == 1
+
+
+def test_lost_answer_to_our_own_renewal_is_not_lost(proxied, bucket):
+    uri = f"{OUT}/lease.json"
+    tag = storage.create_exclusive(uri, b'{"v": 1}')
+    proxied.when = once("lost", "PUT", "If-Match")
+    new = storage.replace_if(uri, b'{"v": 2}', tag)
+    assert new is not None and new == bucket.head_object(Bucket=BUCKET, Key=KEY)["ETag"]
+    assert proxied.injected["lost"] == 1
+    # and a 412 for another writer's change is still "not ours"
+    assert storage.replace_if(uri, b'{"v": 3}', tag) is None
+
+
+def test_heartbeat_survives_a_lost_answer(proxied, bucket):
+    proxied.when = once("lost", "PUT", "If-Match")
+    with Lease(OUT, ttl=1.5) as lease:
+        time.sleep(1.5)  # about three renewals, the first with its answer lost
+        assert not lease.lost and proxied.injected["lost"] == 1
+        assert holder_of(bucket) == lease.holder["runId"]
+
+
 @pytest.mark.parametrize("value", ["0", "abc", "4.9", "-1", "inf"])
 def test_a_bad_lease_ttl_is_refused_naming_what_it_accepts(value, tmp_path):
     """Item 11: ASSAY_LEASE_TTL=0 renewed in a busy loop."""
     job = tmp_path / "job.yaml"
     job.write_text("kind: EvaluationJob\n")
     env = {**os.environ, "ASSAY_LEASE_TTL": value,
-           "PYTHONPATH": os.pathsep.join([str(REPO / "runner"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": PYTHONPATH}
     code = "import sys; from assay.cli.main import main; sys.exit(main(['run', sys.argv[1]]))"
     proc = subprocess.run([sys.executable, "-c", code, str(job)], env=env, capture_output=True, text=True,
                           timeout=120)
