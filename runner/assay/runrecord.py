@@ -204,7 +204,8 @@ class Lease:
     Local stores: flock(2) on ``<output>/.lease``, dropped by the kernel when the holder dies.
     S3: ``lease.json`` created with If-None-Match and renewed with If-Match every ttl/3 seconds; a lease
     whose heartbeat is older than the ttl, or whose holder is a dead process on this host, is taken over
-    with If-Match, so two takers cannot both win. ``lost`` turns true if the lease was taken from us.
+    with If-Match, so two takers cannot both win. On exit it is deleted with If-Match on our own tag, so a holder that paused
+    past the ttl cannot delete its successor's lease. ``lost`` turns true if the lease was taken from us.
     """
 
     def __init__(self, output_uri: str, ttl: float = LEASE_TTL):
@@ -215,6 +216,7 @@ class Lease:
         self._stack = contextlib.ExitStack()
         self._stop = threading.Event()
         self._tag: str | None = None
+        self._thread: threading.Thread | None = None
 
     def _doc(self) -> bytes:
         now = time.time()
@@ -246,7 +248,8 @@ class Lease:
             self._tag = storage.replace_if(self.uri, self._doc(), tag)
             if self._tag is None:  # another taker won the race
                 raise self._busy(self._peek())
-        threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True).start()
+        self._thread = threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True)
+        self._thread.start()
         return self
 
     def _peek(self) -> dict[str, Any]:
@@ -274,9 +277,13 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        if self._thread is not None:  # no renewal in flight while we delete
+            self._thread.join(timeout=60)
         with contextlib.suppress(AssayError):
-            if not self.lost:
-                storage.delete(self.uri)
+            if storage.is_local(self.output_uri):
+                storage.delete(self.uri)  # we hold the flock: nobody else can hold the lease
+            elif not self.lost and self._tag:
+                storage.delete_if(self.uri, self._tag)  # only our own: a successor's stays
         self._stack.close()
 
 

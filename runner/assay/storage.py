@@ -865,6 +865,51 @@ def replace_if(uri: str, data: bytes, tag: str) -> str | None:
     return _retrying(uri, put)
 
 
+def delete_if(uri: str, tag: str) -> bool:
+    """Delete ``uri`` only if it still has entity tag ``tag``; False if it changed (another writer's now)
+    or is gone."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        with local_lock(loc.path + ".lock") as held:
+            if not held or not os.path.isfile(loc.path) or _local_tag(loc.path) != tag:
+                return False
+            os.remove(loc.path)
+            return True
+
+    def remove() -> bool:
+        try:
+            _s3().delete_object(Bucket=loc.bucket, Key=loc.path, IfMatch=tag)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            code, status = _code(exc)
+            if _precondition_failed(exc) or isinstance(_classify(exc, uri), ObjectNotFound):
+                return False  # changed, or gone (a retry after our own delete's lost answer)
+            if code in _NO_CONDITIONAL_DELETE or status == 501:
+                return _delete_if_unchanged(loc, uri, tag)
+            raise
+
+    return _retrying(uri, remove)
+
+
+#: What a store without conditional deletes (AWS S3 before September 2025, older MinIO) answers to one.
+_NO_CONDITIONAL_DELETE = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
+
+
+def _delete_if_unchanged(loc: Location, uri: str, tag: str) -> bool:
+    # Weaker than If-Match on the delete: another writer can replace the object between this read and the
+    # delete, and its object is then deleted. The window is one round trip, not a holder's whole pause.
+    try:
+        current = _s3().head_object(Bucket=loc.bucket, Key=loc.path)["ETag"]
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(_classify(exc, uri), ObjectNotFound):
+            return False
+        raise
+    if current != tag:
+        return False
+    _s3().delete_object(Bucket=loc.bucket, Key=loc.path)
+    return True
+
+
 def _tag_if_ours(loc: Location, data: bytes) -> str | None:
     """After a 412: the object's tag if it holds exactly ``data`` (our own write, whose answer was lost),
     else None (another writer's)."""

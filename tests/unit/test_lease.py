@@ -95,6 +95,28 @@ def test_takeover_after_the_holder_is_killed(bucket):
         proc.wait(30)
 
 
+def test_exit_does_not_delete_a_successors_lease(bucket):
+    """Item 9: a holder that paused past the ttl deleted, on exit, the lease its successor had taken."""
+    lease = Lease(OUT, ttl=30).__enter__()
+    plant(bucket, renewedAt=time.time())  # the successor took over while we were paused
+    lease.__exit__(None, None, None)
+    assert holder_of(bucket) == "other"
+
+
+def test_without_conditional_deletes_exit_compares_then_deletes(proxied, bucket):
+    """A store that refuses If-Match on DeleteObject (501): read-compare-delete instead."""
+    proxied.when = lambda method, _, headers: "501" if method == "DELETE" and "If-Match" in headers else None
+    lease = Lease(OUT, ttl=30).__enter__()
+    plant(bucket, renewedAt=time.time())
+    lease.__exit__(None, None, None)
+    assert holder_of(bucket) == "other" and proxied.injected["501"] == 1
+    bucket.delete_object(Bucket=BUCKET, Key=KEY)
+    with Lease(OUT, ttl=30):
+        pass
+    assert "Contents" not in bucket.list_objects_v2(Bucket=BUCKET, Prefix=KEY)
+    assert proxied.injected["501"] == 2
+
+
 def test_409_on_create_is_retried_not_busy(proxied, bucket):
     """Item 7: 409 ConditionalRequestConflict (AWS: retry) was taken as "another writer won"."""
     proxied.when = once("409", "PUT", "If-None-Match")
