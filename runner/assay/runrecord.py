@@ -203,8 +203,9 @@ class Lease:
 
     Local stores: flock(2) on ``<output>/.lease``, dropped by the kernel when the holder dies.
     S3: ``lease.json`` created with If-None-Match and renewed with If-Match every ttl/3 seconds; a lease
-    whose heartbeat is older than the ttl, or whose holder is a dead process on this host, is taken over
-    with If-Match, so two takers cannot both win. On exit it is deleted with If-Match on our own tag, so a holder that paused
+    the store last modified more than its ttl ago (by the store's clock, so skewed nodes cannot steal a
+    live lease), or whose holder is a dead process on this host, is taken over with If-Match, so two
+    takers cannot both win. On exit it is deleted with If-Match on our own tag, so a holder that paused
     past the ttl cannot delete its successor's lease. ``lost`` turns true if the lease was taken from us.
     """
 
@@ -241,9 +242,9 @@ class Lease:
             return self
         self._tag = storage.create_exclusive(self.uri, self._doc())
         if self._tag is None:
-            data, tag = storage.read_tagged(self.uri)
+            data, tag, age = storage.read_aged(self.uri)
             doc = _loads(data)
-            if not self._abandoned(doc):
+            if not self._abandoned(doc, age):
                 raise self._busy(doc)
             self._tag = storage.replace_if(self.uri, self._doc(), tag)
             if self._tag is None:  # another taker won the race
@@ -257,12 +258,14 @@ class Lease:
             return _loads(storage.read_bytes(self.uri))
         return {}
 
-    def _abandoned(self, doc: dict[str, Any]) -> bool:
+    def _abandoned(self, doc: dict[str, Any], age: float) -> bool:
+        """``age``: seconds since the store last modified the lease, by the store's clock. The holder's
+        renewedAt is only for people: comparing it with this node's clock lets a skewed node steal."""
         if doc.get("host") == self.holder["host"] and isinstance(doc.get("pid"), int):
             return not _pid_alive(doc["pid"])
-        renewed = doc.get("renewedAt")
-        ttl = doc.get("ttlSeconds", self.ttl)
-        return not isinstance(renewed, int | float) or time.time() - renewed > float(ttl)
+        ttl = doc.get("ttlSeconds")
+        ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else self.ttl
+        return age > ttl
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 3):

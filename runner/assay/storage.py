@@ -828,16 +828,35 @@ def create_exclusive(uri: str, data: bytes) -> str | None:
 
 def read_tagged(uri: str) -> tuple[bytes, str]:
     """An object's bytes and its entity tag, for a later ``replace_if``."""
+    data, tag, _ = read_aged(uri)
+    return data, tag
+
+
+def read_aged(uri: str) -> tuple[bytes, str, float]:
+    """An object's bytes, entity tag and age in seconds. On S3 the age is the store's own clock (the
+    answer's Date) minus the object's LastModified, so a skewed clock on this node or the writer's cannot
+    make a live object look old."""
     loc = parse(uri)
     if loc.scheme == "file":
         data = read_bytes(uri)
-        return data, _local_tag(loc.path)
+        return data, _local_tag(loc.path), max(0.0, time.time() - os.stat(loc.path).st_mtime)
 
-    def get() -> tuple[bytes, str]:
+    def get() -> tuple[bytes, str, float]:
         resp = _s3().get_object(Bucket=loc.bucket, Key=loc.path)
-        return resp["Body"].read(), resp["ETag"]
+        return resp["Body"].read(), resp["ETag"], _store_age(resp)
 
     return _retrying(uri, get)
+
+
+def _store_age(resp: dict) -> float:
+    import email.utils
+
+    modified = resp["LastModified"]
+    try:
+        now = email.utils.parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"])
+    except (KeyError, TypeError, ValueError):  # no usable Date: only then this node's clock
+        now = datetime.datetime.now(datetime.timezone.utc)
+    return max(0.0, (now - modified).total_seconds())
 
 
 def replace_if(uri: str, data: bytes, tag: str) -> str | None:

@@ -95,6 +95,23 @@ def test_takeover_after_the_holder_is_killed(bucket):
         proc.wait(30)
 
 
+def test_a_holder_clock_far_behind_does_not_make_a_fresh_lease_stale(bucket):
+    """Item 10: staleness was time.time() - renewedAt, two nodes' clocks; a node whose clock ran a day
+    ahead of the holder's took a live lease."""
+    plant(bucket, renewedAt=time.time() - 86400)
+    with pytest.raises(OutputBusy, match="elsewhere"):
+        Lease(OUT, ttl=5).__enter__()
+    assert holder_of(bucket) == "other"
+
+
+def test_a_holder_clock_far_ahead_does_not_keep_a_dead_lease(bucket):
+    """The store's LastModified ages; a renewedAt in the future kept a dead lease forever."""
+    plant(bucket, renewedAt=time.time() + 86400, ttlSeconds=1)
+    time.sleep(2.5)  # LastModified and the store's Date have one-second resolution
+    with Lease(OUT, ttl=1) as taker:
+        assert holder_of(bucket) == taker.holder["runId"]
+
+
 def test_exit_does_not_delete_a_successors_lease(bucket):
     """Item 9: a holder that paused past the ttl deleted, on exit, the lease its successor had taken."""
     lease = Lease(OUT, ttl=30).__enter__()
