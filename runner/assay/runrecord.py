@@ -240,18 +240,29 @@ class Lease:
                 raise self._busy(self._peek())
             storage.write_bytes(self.uri, self._doc())
             return self
-        self._tag = storage.create_exclusive(self.uri, self._doc())
-        if self._tag is None:
-            data, tag, age = storage.read_aged(self.uri)
-            doc = _loads(data)
-            if not self._abandoned(doc, age):
-                raise self._busy(doc)
-            self._tag = storage.replace_if(self.uri, self._doc(), tag)
-            if self._tag is None:  # another taker won the race
-                raise self._busy(self._peek())
+        self._tag = self._take()
         self._thread = threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _take(self, tries: int = 3) -> str:
+        """Create the lease, or take over an abandoned one; our entity tag."""
+        tag = storage.create_exclusive(self.uri, self._doc())
+        if tag is not None:
+            return tag
+        try:
+            data, old, age = storage.read_aged(self.uri)
+        except ObjectNotFound:  # its holder ended between our create and our read: create again
+            if tries > 1:
+                return self._take(tries - 1)
+            raise
+        doc = _loads(data)
+        if not self._abandoned(doc, age):
+            raise self._busy(doc)
+        tag = storage.replace_if(self.uri, self._doc(), old)
+        if tag is None:  # another taker won the race
+            raise self._busy(self._peek())
+        return tag
 
     def _peek(self) -> dict[str, Any]:
         with contextlib.suppress(AssayError, ValueError):

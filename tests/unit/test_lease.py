@@ -112,6 +112,21 @@ def test_a_holder_clock_far_ahead_does_not_keep_a_dead_lease(bucket):
         assert holder_of(bucket) == taker.holder["runId"]
 
 
+def test_a_lease_released_between_create_and_read_is_created_again(proxied, bucket):
+    """The holder ended after our create's 412 and before our read: no "no such object" error."""
+    def when(method, path, headers):
+        if method == "GET" and path.endswith("/lease.json") and not proxied.injected["released"]:
+            proxied.injected["released"] += 1
+            bucket.delete_object(Bucket=BUCKET, Key=KEY)  # the holder's exit, just before our read
+        return None
+
+    plant(bucket, renewedAt=time.time())
+    proxied.when = when
+    with Lease(OUT, ttl=30) as lease:
+        assert holder_of(bucket) == lease.holder["runId"]
+    assert proxied.injected["released"] == 1
+
+
 def test_exit_does_not_delete_a_successors_lease(bucket):
     """Item 9: a holder that paused past the ttl deleted, on exit, the lease its successor had taken."""
     lease = Lease(OUT, ttl=30).__enter__()
