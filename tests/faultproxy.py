@@ -1,6 +1,10 @@
 """A fault-injecting HTTP proxy for tests: sits in front of the moto S3 server on loopback and, at a
 set rate, answers 500 or 503, answers slowly, or resets the connection (before or in the middle of a
-response). Decisions come from a seeded RNG, and every injected fault is counted."""
+response). Decisions come from a seeded RNG, and every injected fault is counted.
+
+``when(method, path, headers)`` picks a fault for one request instead (None: pass it on), for the faults
+of conditional writes: "409" (ConditionalRequestConflict, nothing written), "lost" (the store applies
+the request, then the connection dies before the answer), "501" (a store without the feature)."""
 
 from __future__ import annotations
 
@@ -11,17 +15,21 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 FAULTS = ("500", "503", "slow", "reset", "cut")
+_ANSWERS = {"500": "InternalError", "503": "SlowDown", "409": "ConditionalRequestConflict",
+            "501": "NotImplemented"}
 
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.2, seed: int = 0, slow_seconds: float = 0.3,
-                 faults: tuple[str, ...] = FAULTS):
+                 faults: tuple[str, ...] = FAULTS,
+                 when: Callable[[str, str, Mapping[str, str]], str | None] | None = None):
         self.upstream = urlsplit(upstream)
-        self.rate, self.slow_seconds, self.faults = rate, slow_seconds, faults
+        self.rate, self.slow_seconds, self.faults, self.when = rate, slow_seconds, faults, when
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
@@ -52,9 +60,14 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _decide(self) -> str | None:
+    def _decide(self, handler: BaseHTTPRequestHandler) -> str | None:
         with self.lock:
             self.requests += 1
+            if self.when is not None:
+                fault = self.when(handler.command, handler.path, handler.headers)
+                if fault:
+                    self.injected[fault] += 1
+                return fault
             if self.rng.random() >= self.rate:
                 return None
             fault = self.rng.choice(self.faults)
@@ -71,9 +84,9 @@ class FaultProxy:
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        fault = self._decide()
-        if fault in ("500", "503"):
-            payload = (f"<?xml version='1.0'?><Error><Code>{'InternalError' if fault == '500' else 'SlowDown'}"
+        fault = self._decide(handler)
+        if fault in _ANSWERS:
+            payload = (f"<?xml version='1.0'?><Error><Code>{_ANSWERS[fault]}"
                        f"</Code><Message>injected</Message></Error>").encode()
             handler.send_response(int(fault))
             handler.send_header("Content-Type", "application/xml")
@@ -92,9 +105,13 @@ class FaultProxy:
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
+        if fault == "lost":  # applied upstream; the client never hears of it
+            self._reset(handler)
+            return
         handler.send_response(resp.status)
         for k, v in resp.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+            # send_response has set Date and Server: a second Date would not parse
+            if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
                 handler.send_header(k, v)
         # a HEAD answer has no body but states the object's size: pass that on
         length = resp.getheader("Content-Length") if handler.command == "HEAD" else None

@@ -31,8 +31,10 @@ from assay.errors import AssayError, IntegrityError, ObjectNotFound, SpecError
 from assay.spec import env_seconds
 
 FORMAT = "assay.run/v1"
-#: Seconds after its last heartbeat that a lease on a remote store counts as abandoned.
-LEASE_TTL = env_seconds("ASSAY_LEASE_TTL", 60.0)
+#: Seconds after its last heartbeat that a lease on a remote store counts as abandoned. At least
+#: MIN_LEASE_TTL: the heartbeat runs every ttl/3, and a tiny ttl renews in a busy loop.
+MIN_LEASE_TTL = 5.0
+LEASE_TTL = env_seconds("ASSAY_LEASE_TTL", 60.0, minimum=MIN_LEASE_TTL)
 
 
 class OutputBusy(AssayError):
@@ -201,8 +203,10 @@ class Lease:
 
     Local stores: flock(2) on ``<output>/.lease``, dropped by the kernel when the holder dies.
     S3: ``lease.json`` created with If-None-Match and renewed with If-Match every ttl/3 seconds; a lease
-    whose heartbeat is older than the ttl, or whose holder is a dead process on this host, is taken over
-    with If-Match, so two takers cannot both win. ``lost`` turns true if the lease was taken from us.
+    the store last modified more than its ttl ago (by the store's clock, so skewed nodes cannot steal a
+    live lease), or whose holder is a dead process on this host, is taken over with If-Match, so two
+    takers cannot both win. On exit it is deleted with If-Match on our own tag, so a holder that paused
+    past the ttl cannot delete its successor's lease. ``lost`` turns true if the lease was taken from us.
     """
 
     def __init__(self, output_uri: str, ttl: float = LEASE_TTL):
@@ -213,10 +217,13 @@ class Lease:
         self._stack = contextlib.ExitStack()
         self._stop = threading.Event()
         self._tag: str | None = None
+        self._thread: threading.Thread | None = None
 
     def _doc(self) -> bytes:
         now = time.time()
-        return json.dumps({**self.holder, "renewedAt": now, "ttlSeconds": self.ttl,
+        # the nonce makes every write unique: after a lost answer, the store tells ours from another's
+        return json.dumps({**self.holder, "nonce": uuid.uuid4().hex, "renewedAt": now,
+                           "ttlSeconds": self.ttl,
                            "renewed": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")}).encode()
 
     def _busy(self, doc: dict[str, Any]) -> OutputBusy:
@@ -233,29 +240,43 @@ class Lease:
                 raise self._busy(self._peek())
             storage.write_bytes(self.uri, self._doc())
             return self
-        self._tag = storage.create_exclusive(self.uri, self._doc())
-        if self._tag is None:
-            data, tag = storage.read_tagged(self.uri)
-            doc = _loads(data)
-            if not self._abandoned(doc):
-                raise self._busy(doc)
-            self._tag = storage.replace_if(self.uri, self._doc(), tag)
-            if self._tag is None:  # another taker won the race
-                raise self._busy(self._peek())
-        threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True).start()
+        self._tag = self._take()
+        self._thread = threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True)
+        self._thread.start()
         return self
+
+    def _take(self, tries: int = 3) -> str:
+        """Create the lease, or take over an abandoned one; our entity tag."""
+        tag = storage.create_exclusive(self.uri, self._doc())
+        if tag is not None:
+            return tag
+        try:
+            data, old, age = storage.read_aged(self.uri)
+        except ObjectNotFound:  # its holder ended between our create and our read: create again
+            if tries > 1:
+                return self._take(tries - 1)
+            raise
+        doc = _loads(data)
+        if not self._abandoned(doc, age):
+            raise self._busy(doc)
+        tag = storage.replace_if(self.uri, self._doc(), old)
+        if tag is None:  # another taker won the race
+            raise self._busy(self._peek())
+        return tag
 
     def _peek(self) -> dict[str, Any]:
         with contextlib.suppress(AssayError, ValueError):
             return _loads(storage.read_bytes(self.uri))
         return {}
 
-    def _abandoned(self, doc: dict[str, Any]) -> bool:
+    def _abandoned(self, doc: dict[str, Any], age: float) -> bool:
+        """``age``: seconds since the store last modified the lease, by the store's clock. The holder's
+        renewedAt is only for people: comparing it with this node's clock lets a skewed node steal."""
         if doc.get("host") == self.holder["host"] and isinstance(doc.get("pid"), int):
             return not _pid_alive(doc["pid"])
-        renewed = doc.get("renewedAt")
-        ttl = doc.get("ttlSeconds", self.ttl)
-        return not isinstance(renewed, int | float) or time.time() - renewed > float(ttl)
+        ttl = doc.get("ttlSeconds")
+        ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else self.ttl
+        return age > ttl
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -270,9 +291,13 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        if self._thread is not None:  # no renewal in flight while we delete
+            self._thread.join(timeout=60)
         with contextlib.suppress(AssayError):
-            if not self.lost:
-                storage.delete(self.uri)
+            if storage.is_local(self.output_uri):
+                storage.delete(self.uri)  # we hold the flock: nobody else can hold the lease
+            elif not self.lost and self._tag:
+                storage.delete_if(self.uri, self._tag)  # only our own: a successor's stays
         self._stack.close()
 
 

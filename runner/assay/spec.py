@@ -326,17 +326,17 @@ class RunContext(_Model):
                             "the operator sets these; to run by hand use `assay run job.yaml`") from None
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A number of seconds >= 0 from the environment variable ``name`` (unset or empty: ``default``).
-    A bad value fails naming the variable, never the value (it may come from a Secret)."""
+def env_seconds(name: str, default: float, minimum: float = 0.0) -> float:
+    """A number of seconds >= ``minimum`` from the environment variable ``name`` (unset or empty:
+    ``default``). A bad value fails naming the variable, never the value (it may come from a Secret)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not (0 <= value < float("inf")):
-        raise SpecError(f"{name} is not valid: it takes a number of seconds >= 0",
+        value = float("nan")
+    if not (minimum <= value < float("inf")):
+        raise SpecError(f"{name} is not valid: it takes a number of seconds >= {minimum:g}",
                         f"fix or unset {name} (default {default:g})")
     return value

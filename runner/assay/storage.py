@@ -49,7 +49,8 @@ BOTOCORE_TRIES = 2
 _PERMANENT_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _PERMANENT_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                      "AllAccessDisabled", "AccountProblem"}
-_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "Throttling", "InternalError", "ServiceUnavailable"}
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "Throttling", "InternalError", "ServiceUnavailable",
+                    "ConditionalRequestConflict"}  # AWS: a concurrent conditional request; retry
 
 
 @dataclass(frozen=True)
@@ -784,6 +785,13 @@ def _abort_old_uploads(loc: Location, prefix_uri: str, older_than: float) -> lis
 # ------------------------------------------------------------------------------ conditional writes
 # The run record and the output lease need compare-and-swap: S3 conditional writes (If-None-Match /
 # If-Match, served by AWS S3 and MinIO), and link(2) / flock(2) on local stores.
+#
+# A conditional PUT whose response was lost is retried (by botocore and by ``_retrying``), and the retry
+# finds assay's own write: 412. So on 412 the object is read back: if it holds exactly the bytes we sent,
+# the write was ours. Callers make writes unique where it matters (each lease write carries a nonce; two
+# run records with equal bytes name the same run, so either's claim is the other's).
+# 409 ConditionalRequestConflict means a concurrent request was in flight and nothing was written: AWS
+# documents it as "retry", so it is classified transient (``_classify_answer``), never as "someone won".
 
 
 def create_exclusive(uri: str, data: bytes) -> str | None:
@@ -812,7 +820,7 @@ def create_exclusive(uri: str, data: bytes) -> str | None:
             return _s3().put_object(Bucket=loc.bucket, Key=loc.path, Body=data, IfNoneMatch="*")["ETag"]
         except Exception as exc:  # noqa: BLE001
             if _precondition_failed(exc):
-                return None
+                return _tag_if_ours(loc, data)
             raise
 
     return _retrying(uri, put)
@@ -820,16 +828,35 @@ def create_exclusive(uri: str, data: bytes) -> str | None:
 
 def read_tagged(uri: str) -> tuple[bytes, str]:
     """An object's bytes and its entity tag, for a later ``replace_if``."""
+    data, tag, _ = read_aged(uri)
+    return data, tag
+
+
+def read_aged(uri: str) -> tuple[bytes, str, float]:
+    """An object's bytes, entity tag and age in seconds. On S3 the age is the store's own clock (the
+    answer's Date) minus the object's LastModified, so a skewed clock on this node or the writer's cannot
+    make a live object look old."""
     loc = parse(uri)
     if loc.scheme == "file":
         data = read_bytes(uri)
-        return data, _local_tag(loc.path)
+        return data, _local_tag(loc.path), max(0.0, time.time() - os.stat(loc.path).st_mtime)
 
-    def get() -> tuple[bytes, str]:
+    def get() -> tuple[bytes, str, float]:
         resp = _s3().get_object(Bucket=loc.bucket, Key=loc.path)
-        return resp["Body"].read(), resp["ETag"]
+        return resp["Body"].read(), resp["ETag"], _store_age(resp)
 
     return _retrying(uri, get)
+
+
+def _store_age(resp: dict) -> float:
+    import email.utils
+
+    modified = resp["LastModified"]
+    try:
+        now = email.utils.parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"])
+    except (KeyError, TypeError, ValueError):  # no usable Date: only then this node's clock
+        now = datetime.datetime.now(datetime.timezone.utc)
+    return max(0.0, (now - modified).total_seconds())
 
 
 def replace_if(uri: str, data: bytes, tag: str) -> str | None:
@@ -847,11 +874,71 @@ def replace_if(uri: str, data: bytes, tag: str) -> str | None:
         try:
             return _s3().put_object(Bucket=loc.bucket, Key=loc.path, Body=data, IfMatch=tag)["ETag"]
         except Exception as exc:  # noqa: BLE001
-            if _precondition_failed(exc) or isinstance(_classify(exc, uri), ObjectNotFound):
+            # Ceph RGW and gofakes3 answer 412 where AWS answers 404 for a missing key: both mean "not ours"
+            if _precondition_failed(exc):
+                return _tag_if_ours(loc, data)
+            if isinstance(_classify(exc, uri), ObjectNotFound):
                 return None
             raise
 
     return _retrying(uri, put)
+
+
+def delete_if(uri: str, tag: str) -> bool:
+    """Delete ``uri`` only if it still has entity tag ``tag``; False if it changed (another writer's now)
+    or is gone."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        with local_lock(loc.path + ".lock") as held:
+            if not held or not os.path.isfile(loc.path) or _local_tag(loc.path) != tag:
+                return False
+            os.remove(loc.path)
+            return True
+
+    def remove() -> bool:
+        try:
+            _s3().delete_object(Bucket=loc.bucket, Key=loc.path, IfMatch=tag)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            code, status = _code(exc)
+            if _precondition_failed(exc) or isinstance(_classify(exc, uri), ObjectNotFound):
+                return False  # changed, or gone (a retry after our own delete's lost answer)
+            if code in _NO_CONDITIONAL_DELETE or status == 501:
+                return _delete_if_unchanged(loc, uri, tag)
+            raise
+
+    return _retrying(uri, remove)
+
+
+#: What a store without conditional deletes (AWS S3 before September 2025, older MinIO) answers to one.
+_NO_CONDITIONAL_DELETE = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
+
+
+def _delete_if_unchanged(loc: Location, uri: str, tag: str) -> bool:
+    # Weaker than If-Match on the delete: another writer can replace the object between this read and the
+    # delete, and its object is then deleted. The window is one round trip, not a holder's whole pause.
+    try:
+        current = _s3().head_object(Bucket=loc.bucket, Key=loc.path)["ETag"]
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(_classify(exc, uri), ObjectNotFound):
+            return False
+        raise
+    if current != tag:
+        return False
+    _s3().delete_object(Bucket=loc.bucket, Key=loc.path)
+    return True
+
+
+def _tag_if_ours(loc: Location, data: bytes) -> str | None:
+    """After a 412: the object's tag if it holds exactly ``data`` (our own write, whose answer was lost),
+    else None (another writer's)."""
+    try:
+        resp = _s3().get_object(Bucket=loc.bucket, Key=loc.path)
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(_classify(exc, f"s3://{loc.bucket}/{loc.path}"), ObjectNotFound):
+            return None
+        raise
+    return resp["ETag"] if resp["Body"].read() == data else None
 
 
 def _local_tag(path: str) -> str:
@@ -866,7 +953,7 @@ def _precondition_failed(exc: Exception) -> bool:
         return False
     code = str(exc.response.get("Error", {}).get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return code in {"PreconditionFailed", "ConditionalRequestConflict"} or status in (409, 412)
+    return code == "PreconditionFailed" or status == 412
 
 
 @contextlib.contextmanager
