@@ -99,6 +99,14 @@ def _source(body: str):
     return make
 
 
+def _source_schema(schema: str):
+    def make(root, data):
+        (root / "src.py").write_text(SOURCE.format(body="yield Sample(str(i), {'png': f.read_bytes()}, {'class': 1})")
+                                     .replace('{"task": "classification", "classes": ["a", "b"]}', schema))
+        return dataset_yaml(root, data, process="src:Src")
+    return make
+
+
 def _bytes_file(content: bytes, name: str = "dataset.yaml"):
     def make(root, data):
         (root / name).write_bytes(content)
@@ -129,6 +137,22 @@ DATASET_CASES: list[tuple[str, Callable, str]] = [
      "must be relative to data_dir"),
     ("volume_size 0", lambda root, data: dataset_yaml(root, data, attr={"volume_size": "0"}),
      "is not a positive size"),
+    ("volume_size 0 (a number)", lambda root, data: dataset_yaml(root, data, attr={"volume_size": 0}),
+     "attr.volume_size 0 is not a positive size"),
+    ("volume_size -5", lambda root, data: dataset_yaml(root, data, attr={"volume_size": -5}),
+     "attr.volume_size -5 is not a positive size"),
+    ("volume_size 1.5", lambda root, data: dataset_yaml(root, data, attr={"volume_size": 1.5}),
+     "attr.volume_size 1.5 is not a size"),
+    ("volume_size '1.5'", lambda root, data: dataset_yaml(root, data, attr={"volume_size": "1.5"}),
+     "attr.volume_size '1.5' is not a positive size (a whole number of bytes)"),
+    ("volume_size true", lambda root, data: dataset_yaml(root, data, attr={"volume_size": True}),
+     "attr.volume_size True is not a size"),
+    ("files value is text", _source("yield Sample(str(i), {'png': str(f)}, {'class': 1})"),
+     "sample '0': files['png'] is a str, not bytes"),
+    ("files is a list", _source("yield Sample(str(i), [f.read_bytes()], {'class': 1})"),
+     "sample '0': files is a list, not a mapping"),
+    ("label_schema is a list", _source_schema('["a", "b"]'),
+     "the dataset source 'src:Src': label_schema is a list (['a', 'b']), not a mapping"),
     ("non-UTF-8 dataset.yaml", _bytes_file("name: caf\xe9\n".encode("latin-1")), "not UTF-8 text"),
     ("alias bomb dataset.yaml", _bytes_file(ALIAS_BOMB.encode()), "aliases expand to more than"),
     ("dataset.yaml is a folder", lambda root, data: root, "is a folder"),
@@ -143,7 +167,7 @@ def test_dataset_build_refuses(case, make, message, tmp_path, pennfudan_dir, cap
     store = tmp_path / "store"
     assert cli(["dataset", "build", str(config), "--store", str(store)]) == EXIT_PERMANENT
     err = capsys.readouterr().err
-    assert "error:" in err and message in err and "Traceback" not in err
+    assert "error:" in err and message in err and "Traceback" not in err and "unexpected" not in err
     assert not list(store.glob("datasets/*/*/manifest.json")), "no dataset version is published"
 
 
