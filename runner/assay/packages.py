@@ -313,6 +313,11 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
     except Exception as exc:  # noqa: BLE001 - user code: any failure is a handler error
         raise HandlerError(f"cannot import handler {manifest.handler!r} from {manifest.uri}: {exc!r}",
                            "check run.handler in model.yaml and that the code imports") from exc
+    except (SystemExit, KeyboardInterrupt) as exc:  # sys.exit()/exit()/raise KeyboardInterrupt in module code
+        raise HandlerError(f"cannot import handler {manifest.handler!r} from {manifest.uri}: importing "
+                           f"{module_name!r} raised {exc!r}",
+                           "remove the sys.exit()/exit() call (or the raise) at the top level of the handler's "
+                           "modules: importing them must only define things; then build the model again") from exc
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
         raise HandlerError(f"{manifest.handler} is not a subclass of assay.handler.Handler")
     return cls

@@ -220,7 +220,8 @@ def built(tmp_path_factory, pennfudan_dir):
     cls_yaml = dataset_yaml(root / "cls", root / "data", process="src:Src", name="cls")
     cls = datasets.build(datasets.load_config(cls_yaml), store, log=lambda s: None)
     models = {}
-    for name, edit in {"good": None, "syntax": "def broken(:\n", "load": "LOAD_FAILS = True\n"}.items():
+    for name, edit in {"good": None, "syntax": "def broken(:\n", "load": "LOAD_FAILS = True\n",
+                       "exit": "import sys\nsys.exit(0)\n", "interrupt": "raise KeyboardInterrupt\n"}.items():
         folder = root / f"model-{name}"
         pkg = _model_dir(folder)
         handler = pkg.parent / "handler.py"
@@ -262,6 +263,10 @@ RUN_CASES: list[tuple[str, Callable, str]] = [
      "cannot create the job folder"),
     ("handler with a syntax error", lambda b, f: _job(b, f, model="syntax"), "cannot import handler"),
     ("handler load() that raises", lambda b, f: _job(b, f, model="load"), "load() failed"),
+    ("handler calling sys.exit at import", lambda b, f: _job(b, f, model="exit"),
+     "cannot import handler 'handler:OracleHandler'"),
+    ("handler raising KeyboardInterrupt at import", lambda b, f: _job(b, f, model="interrupt"),
+     "cannot import handler 'handler:OracleHandler'"),
     ("non-UTF-8 manifest", lambda b, f: (f / "job.yaml").write_bytes(b"kind: \xff\n") and f / "job.yaml",
      "not UTF-8 text"),
     ("manifest over 1 MiB", lambda b, f: (f / "job.yaml").write_text("# " + "x" * (1 << 20)) and f / "job.yaml",

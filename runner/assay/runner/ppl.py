@@ -212,7 +212,7 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest, loaded: dict):
     t0 = time.monotonic()
     try:
         handler.load(package_dir, device)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit() too)
         raise HandlerError(f"handler {model.handler}.load() failed: {exc!r}",
                            "check the weight files and the handler code of the model package") from exc
     log.info("model %s loaded on %s in %.1fs", model.name, device, time.monotonic() - t0)
@@ -295,7 +295,7 @@ def _apply_model_options(handler, device, ctx: RunContext) -> None:
 def _predict(handler, batch):
     try:
         out = handler.predict(batch)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit() too)
         raise HandlerError(f"handler predict() failed: {exc!r}") from exc
     if not isinstance(out, list | tuple) or not all(isinstance(p, dict) for p in out):
         raise HandlerError("handler predict() must return a list of dicts, one per input")
