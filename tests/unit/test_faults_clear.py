@@ -62,3 +62,36 @@ def test_integer_or_bool_weight_tensors(tmp_path, capsys, dtype):
     code, err = _run(["model", "build", str(path), "--store", str(tmp_path / "store")], capsys)
     assert code == EXIT_PERMANENT
     assert "weight tensors are not floating point" in err and str(dtype) in err
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- {name: refused, cluster: {server: "https://127.0.0.1:%d"}}
+- {name: unknown, cluster: {server: "https://no-such-host.invalid:6443"}}
+contexts:
+- {name: refused, context: {cluster: refused, user: u, namespace: ns}}
+- {name: unknown, context: {cluster: unknown, user: u}}
+current-context: refused
+users:
+- {name: u, user: {token: abc}}
+"""
+
+
+@pytest.mark.parametrize("argv", [["job", "list"], ["job", "cancel", "foo"], ["job", "watch", "foo"]])
+def test_assay_job_against_an_unreachable_api_server(tmp_path, capsys, monkeypatch, argv):
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG % port)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    from kubernetes.config import kube_config  # reads $KUBECONFIG once, at import
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    code, err = _run(argv, capsys)
+    assert code == 1, "the server may come back: retrying can help"
+    assert f"cannot reach the Kubernetes API server https://127.0.0.1:{port}: " in err
+    assert "Connection refused" in err and "MaxRetryError" not in err
+    code, err = _run([*argv, "--context", "unknown"], capsys)
+    assert code == EXIT_PERMANENT
+    assert "cannot reach the Kubernetes API server https://no-such-host.invalid:6443: its name does not resolve" in err
