@@ -95,3 +95,18 @@ def test_assay_job_against_an_unreachable_api_server(tmp_path, capsys, monkeypat
     code, err = _run([*argv, "--context", "unknown"], capsys)
     assert code == EXIT_PERMANENT
     assert "cannot reach the Kubernetes API server https://no-such-host.invalid:6443: its name does not resolve" in err
+
+
+def test_missing_s3_credentials_is_a_configuration_fault(s3, tmp_path, capsys, monkeypatch):
+    from assay import storage
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage.reset_clients()
+    code, err = _run(["dataset", "list", "--store", "s3://bucket/store"], capsys)
+    assert code == EXIT_PERMANENT
+    assert "no S3 credentials for s3://bucket/store" in err and "cannot reach the store" not in err
+    assert "AWS_ACCESS_KEY_ID" in err
