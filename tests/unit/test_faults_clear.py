@@ -110,3 +110,58 @@ def test_missing_s3_credentials_is_a_configuration_fault(s3, tmp_path, capsys, m
     assert code == EXIT_PERMANENT
     assert "no S3 credentials for s3://bucket/store" in err and "cannot reach the store" not in err
     assert "AWS_ACCESS_KEY_ID" in err
+
+
+JPEG_SOURCE = """
+from assay.shards import Sample
+
+class Src:
+    label_schema = {"task": "classification", "classes": ["a", "b"]}
+    def __init__(self, data_dir, data_files, label_files):
+        self.files = data_files
+    def __iter__(self):
+        for i, f in enumerate(self.files):
+            yield Sample(f.stem, {"jpg": f.read_bytes()}, {"class": i % 2})
+"""
+
+
+@pytest.fixture(scope="module")
+def jpeg_run(tmp_path_factory):
+    """A classification dataset of four JPEGs, ``img2`` truncated, and a small built-in classifier."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.models import mobilenet_v3_small
+
+    from assay import datasets, packages
+
+    root = tmp_path_factory.mktemp("jpeg")
+    (root / "data").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(buf, "JPEG")
+        data = buf.getvalue()
+        (root / "data" / f"img{i}.jpg").write_bytes(data[: len(data) // 2] if i == 2 else data)
+    (root / "src.py").write_text(JPEG_SOURCE)
+    (root / "dataset.yaml").write_text(yaml.safe_dump({"name": "jpegs", "data_dir": "data", "data_filter": "*.jpg",
+                                                       "process": "src:Src"}))
+    store = str(root / "store")
+    dataset = datasets.build(datasets.load_config(root / "dataset.yaml"), store, log=lambda s: None)
+    path = _model_yaml(root / "pkg", {"architecture": "mobilenet_v3_small", "num_classes": 2, "weights": "w.pt",
+                                      "input": {"resize": 32, "crop": 32}})
+    torch.save(mobilenet_v3_small(weights=None, num_classes=2).state_dict(), root / "pkg" / "w.pt")
+    model = packages.build(packages.load_config(path), store, log=lambda s: None)
+    return root, dataset, model
+
+
+def test_a_truncated_jpeg_at_run_time_names_its_sample(jpeg_run, tmp_path, capsys):
+    from tests.conftest import job_manifest
+
+    root, dataset, model = jpeg_run
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(job_manifest("jpeg", model.uri, dataset.uri, str(tmp_path / "out"), workers=1)))
+    code, err = _run(["run", str(job), "--no-progress"], capsys)
+    assert code == EXIT_PERMANENT
+    assert "sample 'img2'" in err and "shard 0" in err
