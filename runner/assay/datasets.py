@@ -319,6 +319,15 @@ def store_name_folder(version_uri: str) -> str:
     return version_uri.rstrip("/").rsplit("/", 1)[0]
 
 
-def list_datasets(store: str) -> list[DatasetManifest]:
-    """Every complete dataset version under ``<store>/datasets``."""
-    return [load_manifest(uri) for uri in version_folders(store, "datasets")]
+def list_datasets(store: str, damaged: list[AssayError] | None = None) -> list[DatasetManifest]:
+    """Every complete dataset version under ``<store>/datasets``. With ``damaged``, a version whose manifest
+    does not load is left out and its error appended there, so one damaged manifest hides no other dataset."""
+    found = []
+    for uri in version_folders(store, "datasets"):
+        try:
+            found.append(load_manifest(uri))
+        except AssayError as exc:
+            if damaged is None or exc.retryable:
+                raise
+            damaged.append(exc)
+    return found

@@ -165,3 +165,21 @@ def test_a_truncated_jpeg_at_run_time_names_its_sample(jpeg_run, tmp_path, capsy
     code, err = _run(["run", str(job), "--no-progress"], capsys)
     assert code == EXIT_PERMANENT
     assert "sample 'img2'" in err and "shard 0" in err
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"\xff\xfe\x00garbage"])
+def test_one_damaged_manifest_does_not_hide_the_store(test_split, oracle_model, tmp_path, capsys, damage):
+    import shutil
+
+    store = tmp_path / "store"
+    for kind, uri in (("datasets", test_split.uri), ("models", oracle_model.uri)):
+        for name in ("good", "bad"):
+            shutil.copytree(uri, store / kind / name / Path(uri).name)
+        (store / kind / "bad" / Path(uri).name / "manifest.json").write_bytes(damage)
+    for command, folder, kind in (("dataset", "datasets", "datasets"), ("model", "models", "model packages")):
+        code = main([command, "list", "--store", str(store)])
+        out, err = capsys.readouterr()
+        assert code == EXIT_PERMANENT, err
+        assert "unexpected" not in err and "hint: " in err
+        assert f"{store}/{folder}/good/" in out and f"error: {store}/{folder}/bad/" in err
+        assert "not a valid" in err and f"1 of the {kind} left out of the list" in err

@@ -61,9 +61,24 @@ def list_(store: str, fmt: str) -> None:
     """List the datasets in a store."""
     from assay.datasets import list_datasets
 
+    damaged: list = []
     rows = [{"name": m.name, "version": m.version, "samples": m.samples, "shards": len(m.shards),
-             "bytes": sum(s.bytes for s in m.shards), "uri": m.uri} for m in list_datasets(store)]
+             "bytes": sum(s.bytes for s in m.shards), "uri": m.uri} for m in list_datasets(store, damaged)]
     emit(fmt, rows, table(rows, ["name", "version", "samples", "shards", "bytes", "uri"]))
+    _report_damaged(damaged, "datasets", "rebuild it with `assay dataset build`, or delete that version folder")
+
+
+def _report_damaged(damaged: list, what: str, hint: str) -> None:
+    """After the listing of the intact versions: name each damaged one, and exit 3 (a person must act)."""
+    if not damaged:
+        return
+    from assay.errors import EXIT_PERMANENT
+
+    for exc in damaged:
+        click.secho(f"error: {exc.message}", fg="red", err=True)
+    click.secho(f"error: {len(damaged)} of the {what} left out of the list: their manifests are damaged\n  hint: {hint}",
+                fg="red", err=True)
+    raise click.exceptions.Exit(EXIT_PERMANENT)
 
 
 @dataset.command()
