@@ -183,3 +183,60 @@ def test_one_damaged_manifest_does_not_hide_the_store(test_split, oracle_model, 
         assert "unexpected" not in err and "hint: " in err
         assert f"{store}/{folder}/good/" in out and f"error: {store}/{folder}/bad/" in err
         assert "not a valid" in err and f"1 of the {kind} left out of the list" in err
+
+
+CHECK_SOURCE = """
+import io
+
+import numpy as np
+from PIL import Image
+
+from assay.shards import Sample
+
+
+class Src:
+    label_schema = {"task": "detection", "categories": [{"id": 1, "name": "thing"}]}
+
+    def __init__(self, data_dir, data_files, label_files):
+        self.mode = data_files[0].read_text().strip()
+
+    def __iter__(self):
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(buf, format="JPEG")
+            data = buf.getvalue()
+            if self.mode == "truncated" and i in (1, 3):
+                data = data[: len(data) // 2]
+            crowd = 1 if self.mode == "crowd" else 0
+            objects = [{"category_id": 1, "bbox": [4.0, 4.0, 10.0, 10.0], "area": 100.0, "iscrowd": crowd}]
+            yield Sample(f"s{i}", {"jpg": data}, {"width": 32, "height": 32, "objects": objects})
+"""
+
+
+def _check_dataset(tmp_path: Path, mode: str):
+    from assay import datasets
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mode.txt").write_text(mode)
+    (tmp_path / "src.py").write_text(CHECK_SOURCE)
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump({"name": mode, "data_dir": "data", "data_filter": "*.txt",
+                                                           "process": "src:Src"}))
+    return datasets.build(datasets.load_config(tmp_path / "dataset.yaml"), str(tmp_path / "store"),
+                          log=lambda s: None)
+
+
+def test_dataset_check_names_images_that_do_not_decode(tmp_path, capsys):
+    dataset = _check_dataset(tmp_path, "truncated")
+    assert main(["dataset", "check", dataset.uri]) == EXIT_PERMANENT
+    out = capsys.readouterr().out
+    assert "FAILED: data fault: image does not decode in s1, s3" in out, out
+    assert "data: image does not decode: s1: shard 0, jpg, " in out
+
+
+def test_dataset_check_explains_an_all_crowd_ground_truth(tmp_path, capsys):
+    dataset = _check_dataset(tmp_path, "crowd")
+    assert main(["dataset", "check", dataset.uri]) == EXIT_PERMANENT
+    out = capsys.readouterr().out
+    assert "bbox AP -1.000" in out and "no label explains" not in out, out
+    assert "only crowd objects (iscrowd: 1), which COCO never scores: AP is -1, nothing to score in s0, s1, s2, s3" \
+        in out

@@ -111,6 +111,7 @@ def check(ctx: click.Context, ref: str, store: str, evaluator: str | None, worke
            "faults": {k: [{"sample": s, "detail": d} for s, d in v] for k, v in result.faults.items()}}
     human = result.line()
     if not result.ok:
-        human += "".join(f"\n  {kind}: {s}: {d}" for kind, items in result.faults.items() for s, d in items[:20])
+        human += "".join(f"\n  {kind}: {s}" + (f": {d}" if d else "") for kind, items in result.faults.items()
+                         for s, d in items[:20])
     emit(fmt, doc, human)
     ctx.exit(0 if result.ok else EXIT_PERMANENT)
