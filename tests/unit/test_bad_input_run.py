@@ -221,7 +221,8 @@ def built(tmp_path_factory, pennfudan_dir):
     cls = datasets.build(datasets.load_config(cls_yaml), store, log=lambda s: None)
     models = {}
     for name, edit in {"good": None, "syntax": "def broken(:\n", "load": "LOAD_FAILS = True\n",
-                       "exit": "import sys\nsys.exit(0)\n", "interrupt": "raise KeyboardInterrupt\n"}.items():
+                       "exit": "import sys\nsys.exit(0)\n", "interrupt": "raise KeyboardInterrupt\n",
+                       "osexit": "import os\nOracleHandler.predict = lambda self, batch: os._exit(0)\n"}.items():
         folder = root / f"model-{name}"
         pkg = _model_dir(folder)
         handler = pkg.parent / "handler.py"
@@ -269,6 +270,8 @@ RUN_CASES: list[tuple[str, Callable, str]] = [
     ("handler load() that raises", lambda b, f: _job(b, f, model="load"), "load() failed"),
     ("handler calling sys.exit at import", lambda b, f: _job(b, f, model="exit"),
      "cannot import handler 'handler:OracleHandler'"),
+    ("handler predict() calling os._exit(0)", lambda b, f: _job(b, f, model="osexit"),
+     "ppl-0000 ended with exit code 0 before it finished its work"),
     ("handler raising KeyboardInterrupt at import", lambda b, f: _job(b, f, model="interrupt"),
      "cannot import handler 'handler:OracleHandler'"),
     ("non-UTF-8 manifest", lambda b, f: (f / "job.yaml").write_bytes(b"kind: \xff\n") and f / "job.yaml",
