@@ -158,8 +158,8 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
                 exc, OSError | ValueError | SyntaxError) else "handler decode() failed"
             raise HandlerError(f"dataset {dataset.name}@{dataset.version} shard {index}, sample {sample.id!r}: "
                                f"{what}: {exc!r}",
-                               "fix or drop that sample in the source data and build the dataset again, or fix "
-                               "the handler's decode()") from exc
+                               "fix or drop that sample in the source data and build the dataset again (`assay "
+                               "dataset check` lists every such sample), or fix the handler's decode()") from exc
 
     def decoded(pool, index, chunk):
         batch = list(pool.map(lambda sample: decode(index, sample), chunk))
