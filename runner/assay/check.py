@@ -56,8 +56,10 @@ class CheckResult:
         for kind, items in self.faults.items():
             ids = sorted({s for s, _ in items})
             more = f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else ""
-            what = "pipeline fault" if kind.startswith("pipeline") else "labelling fault"
-            parts.append(f"{what}: {kind.removeprefix('pipeline: ')} in {', '.join(ids[:SHOWN])}{more}")
+            what = next((f"{prefix} fault" for prefix in ("pipeline", "data") if kind.startswith(f"{prefix}: ")),
+                        "labelling fault")
+            parts.append(f"{what}: {kind.split(': ', 1)[-1] if what != 'labelling fault' else kind} in "
+                         f"{', '.join(ids[:SHOWN])}{more}")
         return f"{head}: FAILED: " + "; ".join(parts or ["a score below 1 that no label explains"])
 
 
@@ -89,9 +91,47 @@ def check(dataset_uri: str, evaluator: str | None = None, workers: int = 1, outp
             findings += _round_trip(dataset, model, str(out), evaluator, masks)
         except AssayError as exc:
             result.error = exc.message
+    findings += _undecodable(dataset)
+    if any(v < 0 for v in result.scores.values()):
+        findings += _nothing_to_score(records)
     for f in findings:
         result.faults.setdefault(f.fault, []).append((f.sample_id, f.detail))
     return result
+
+
+def _undecodable(dataset) -> list[Finding]:
+    """Samples whose image file does not decode (truncated, not an image): the oracle never opens images, so
+    the scores cannot show them, but every model would fail on them."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for index in range(len(dataset.shards)):
+        uri = dataset.shard_uri(index)
+        with shards.fetch_shard(dataset, index) as path:
+            for sample in shards.iter_shard_samples(path, uri):
+                if (image := sample.image_or_none()) is None:
+                    continue
+                try:
+                    with Image.open(io.BytesIO(image[1])) as img:
+                        img.load()
+                except Exception as exc:  # noqa: BLE001 - OSError (truncated), UnidentifiedImageError, bombs
+                    out.append(Finding(sample.id, "data: image does not decode",
+                                       f"shard {index}, {image[0]}, {len(image[1])} bytes: "
+                                       f"{str(exc).split(' <_io.')[0]}"))
+    return out
+
+
+def _nothing_to_score(records: list[dict[str, Any]]) -> list[Finding]:
+    """COCO scores -1 when no object can be scored: every object is a crowd region (iscrowd: 1), or none."""
+    crowd = [r["id"] for r in records if r["label"].get("objects")
+             and all(o.get("iscrowd") for o in r["label"]["objects"])]
+    if crowd:
+        return [Finding(i, "only crowd objects (iscrowd: 1), which COCO never scores: AP is -1, nothing to score",
+                        "") for i in crowd]
+    return [Finding(r["id"], "no objects: AP is -1, nothing to score", "") for r in records
+            if not r["label"].get("objects")]
 
 
 def _oracle_package(tmp: Path, evaluator: str, masks: bool) -> packages.ModelManifest:

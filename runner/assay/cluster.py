@@ -26,6 +26,12 @@ class ClusterError(AssayError, RuntimeError):
     """The cluster refused or failed a request."""
 
 
+class UnreachableClusterError(ClusterError):
+    """The API server did not answer (refused, timed out): it may be down or restarting."""
+
+    retryable = True
+
+
 class Cluster:
     """A connection to one cluster (lazily configured)."""
 
@@ -128,14 +134,34 @@ class Cluster:
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             result = fn()
         except ApiException as exc:
             raise _translate(exc, what) from exc
+        except HTTPError as exc:  # MaxRetryError, ProtocolError, ...: no HTTP answer at all
+            raise _unreachable(exc, what, self._api.configuration.host) from exc
         if hasattr(result, "data") and hasattr(result, "status") and isinstance(result.data, bytes):
             return json.loads(result.data or b"{}")  # a raw response (_preload_content=False): plain dicts
         return result
+
+
+def _unreachable(exc: Exception, what: str, server: str) -> ClusterError:
+    """No answer from the API server: a wrong name or certificate (retrying cannot help), or no answer yet."""
+    from urllib3.exceptions import LocationParseError, NameResolutionError, SSLError
+
+    cause = getattr(exc, "reason", None) or exc
+    if isinstance(cause, NameResolutionError | SSLError | LocationParseError):
+        detail = "its name does not resolve" if isinstance(cause, NameResolutionError) else \
+            "its TLS certificate is refused" if isinstance(cause, SSLError) else "its address is not valid"
+        return ClusterError(f"{what}: cannot reach the Kubernetes API server {server}: {detail} ({cause})",
+                            "check the server (and certificate-authority) of the kubeconfig context "
+                            "(`kubectl config view --minify`), or pass --context")
+    text = str(cause).split(": ", 1)[-1] if "Failed to establish" in str(cause) else str(cause)
+    return UnreachableClusterError(f"{what}: cannot reach the Kubernetes API server {server}: {text[:200]}",
+                                   "check that the cluster is up (`kubectl cluster-info`) and that the kubeconfig "
+                                   "context names it, then run the same command again")
 
 
 def _translate(exc: Any, what: str) -> ClusterError:

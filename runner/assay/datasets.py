@@ -52,15 +52,21 @@ class DatasetConfig:
 
 def parse_size(text: str | int) -> int:
     """'8M', '64MB', '1.5G', '4096' -> bytes."""
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise SpecError(f"attr.volume_size {text!r} is not a size", "write e.g. 8M, 64MB or 1G")
     if isinstance(text, int):
+        if text <= 0:
+            raise SpecError(f"attr.volume_size {text!r} is not a positive size (a whole number of bytes)",
+                            "write e.g. 8M, 64MB or 1G")
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
     if not m:
         raise SpecError(f"attr.volume_size {text!r} is not a size", "write e.g. 8M, 64MB or 1G")
-    size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
-    if size <= 0:
-        raise SpecError(f"attr.volume_size {text!r} is not a positive size", "write e.g. 8M, 64MB or 1G")
-    return size
+    size = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if size < 1 or (not m.group(2) and size != int(size)):
+        raise SpecError(f"attr.volume_size {text!r} is not a positive size (a whole number of bytes)",
+                        "write e.g. 8M, 64MB or 1G")
+    return int(size)
 
 
 def load_config(path: str | Path) -> DatasetConfig:
@@ -80,10 +86,14 @@ def load_config(path: str | Path) -> DatasetConfig:
     if not isinstance(attr, dict):
         raise SpecError(f"{path}: attr must be a mapping (e.g. volume_size: 8M)")
     tag = doc.get("tag") or []
+    try:
+        volume_size = parse_size(attr.get("volume_size", "64M"))
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc.message}", exc.hint) from None
     return DatasetConfig(name=name, data_dir=data_dir, data_filter=str(doc["data_filter"]),
                          label_filter=doc.get("label_filter"), process=str(doc["process"]),
                          desc=str(doc.get("desc") or ""), tag=[str(t) for t in tag],
-                         volume_size=parse_size(attr.get("volume_size", "64M")), base_dir=base)
+                         volume_size=volume_size, base_dir=base)
 
 
 def load_source(config: DatasetConfig, data_dir: Path | None = None):
@@ -173,7 +183,13 @@ def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=p
     their content, and uploads skip objects that already exist with the same digest (a rerun resumes).
     """
     source = load_source(config, data_dir)
-    label_schema = dict(getattr(source, "label_schema", {}) or {})
+    label_schema = getattr(source, "label_schema", {}) or {}
+    if not isinstance(label_schema, dict):
+        raise SpecError(f"the dataset source {config.process!r}: label_schema is a {type(label_schema).__name__} "
+                        f"({str(label_schema)[:80]}), not a mapping",
+                        "set label_schema to a dict, e.g. {'classes': [...]} or {'categories': [{'id': 1, "
+                        "'name': ...}]}")
+    label_schema = dict(label_schema)
     storage.clean_leftovers(store, "datasets", config.name)
     with storage.scratch_dir("dataset", store) as staging:
         shards, seen = [], set()
@@ -260,10 +276,16 @@ def _check_sample(sample: Sample, seen: set[str]) -> None:
     if sample.id in seen:
         raise SpecError(f"sample id {sample.id!r} occurs twice", "sample ids must be unique within a dataset")
     seen.add(sample.id)
-    for ext in sample.files:
-        if not _EXT.fullmatch(ext) or ext == "json":
+    if not isinstance(sample.files, dict):
+        raise SpecError(f"sample {sample.id!r}: files is a {type(sample.files).__name__}, not a mapping",
+                        "give Sample(files=...) a dict of extension -> bytes, e.g. {'png': path.read_bytes()}")
+    for ext, data in sample.files.items():
+        if not isinstance(ext, str) or not _EXT.fullmatch(ext) or ext == "json":
             raise SpecError(f"sample {sample.id!r}: file extension {ext!r} is not allowed",
                             "use lowercase extensions such as 'png' or 'mask.png' ('json' is reserved)")
+        if not isinstance(data, bytes | bytearray):
+            raise SpecError(f"sample {sample.id!r}: files[{ext!r}] is a {type(data).__name__}, not bytes",
+                            "give the file's content as bytes, e.g. path.read_bytes() (not the path or text)")
     try:
         json.dumps(sample.label, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -297,6 +319,15 @@ def store_name_folder(version_uri: str) -> str:
     return version_uri.rstrip("/").rsplit("/", 1)[0]
 
 
-def list_datasets(store: str) -> list[DatasetManifest]:
-    """Every complete dataset version under ``<store>/datasets``."""
-    return [load_manifest(uri) for uri in version_folders(store, "datasets")]
+def list_datasets(store: str, damaged: list[AssayError] | None = None) -> list[DatasetManifest]:
+    """Every complete dataset version under ``<store>/datasets``. With ``damaged``, a version whose manifest
+    does not load is left out and its error appended there, so one damaged manifest hides no other dataset."""
+    found = []
+    for uri in version_folders(store, "datasets"):
+        try:
+            found.append(load_manifest(uri))
+        except AssayError as exc:
+            if damaged is None or exc.retryable:
+                raise
+            damaged.append(exc)
+    return found

@@ -72,7 +72,7 @@ class ModelManifest:
         return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, uri: str) -> ModelManifest:
+    def from_json(cls, text: str | bytes, uri: str) -> ModelManifest:
         try:
             doc = json.loads(text)
             if doc.pop("format", None) != FORMAT:
@@ -185,7 +185,7 @@ def build(config: ModelConfig, store: str, log=print) -> ModelManifest:
 
 def load_manifest(uri: str) -> ModelManifest:
     folder = resolve_version(uri, "model package", "build one with `assay model build model.yaml --store STORE`")
-    return ModelManifest.from_json(storage.read_text(storage.join(folder, MANIFEST)), folder)
+    return ModelManifest.from_json(storage.read_bytes(storage.join(folder, MANIFEST)), folder)
 
 
 def cache_root() -> Path:
@@ -313,10 +313,27 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
     except Exception as exc:  # noqa: BLE001 - user code: any failure is a handler error
         raise HandlerError(f"cannot import handler {manifest.handler!r} from {manifest.uri}: {exc!r}",
                            "check run.handler in model.yaml and that the code imports") from exc
+    except (SystemExit, KeyboardInterrupt) as exc:  # sys.exit()/exit()/raise KeyboardInterrupt in module code
+        raise HandlerError(f"cannot import handler {manifest.handler!r} from {manifest.uri}: importing "
+                           f"{module_name!r} raised {exc!r}",
+                           "remove the sys.exit()/exit() call (or the raise) at the top level of the handler's "
+                           "modules: importing them must only define things; then build the model again") from exc
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
         raise HandlerError(f"{manifest.handler} is not a subclass of assay.handler.Handler")
     return cls
 
 
-def list_models(store: str) -> list[ModelManifest]:
-    return [load_manifest(uri) for uri in version_folders(store, "models")]
+def list_models(store: str, damaged: list | None = None) -> list[ModelManifest]:
+    """Every model version in the store; with ``damaged``, one whose manifest does not load is left out and
+    its error appended there (see ``datasets.list_datasets``)."""
+    from assay.errors import AssayError
+
+    found = []
+    for uri in version_folders(store, "models"):
+        try:
+            found.append(load_manifest(uri))
+        except AssayError as exc:
+            if damaged is None or exc.retryable:
+                raise
+            damaged.append(exc)
+    return found

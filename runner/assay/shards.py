@@ -85,7 +85,7 @@ class DatasetManifest:
         return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, uri: str) -> DatasetManifest:
+    def from_json(cls, text: str | bytes, uri: str) -> DatasetManifest:
         try:
             doc = json.loads(text)
             if doc.get("format") != FORMAT:
@@ -108,7 +108,7 @@ class DatasetManifest:
 def load_manifest(uri: str) -> DatasetManifest:
     folder = resolve_version(uri, "dataset", "build one with `assay dataset build dataset.yaml --store STORE`, "
                              "or list them with `assay dataset list --store STORE`")
-    return DatasetManifest.from_json(storage.read_text(storage.join(folder, MANIFEST)), folder)
+    return DatasetManifest.from_json(storage.read_bytes(storage.join(folder, MANIFEST)), folder)
 
 
 def read_labels(manifest: DatasetManifest, index: int) -> list[dict[str, Any]]:

@@ -309,6 +309,12 @@ def _classify(exc: Exception, uri: str) -> Exception:
         exc = exc.__cause__ or exc.__context__
     if isinstance(exc, ClientError):
         return _classify_answer(exc, uri)
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):  # configuration: retrying cannot help
+        return StorageError(f"no S3 credentials for {uri} at {endpoint()}: {redact(exc)}",
+                            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or the job's "
+                            "storage secretRef, then run the same command again")
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     # a body that breaks off mid-read surfaces as urllib3's ProtocolError, not as a botocore error

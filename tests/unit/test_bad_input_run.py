@@ -99,6 +99,14 @@ def _source(body: str):
     return make
 
 
+def _source_schema(schema: str):
+    def make(root, data):
+        (root / "src.py").write_text(SOURCE.format(body="yield Sample(str(i), {'png': f.read_bytes()}, {'class': 1})")
+                                     .replace('{"task": "classification", "classes": ["a", "b"]}', schema))
+        return dataset_yaml(root, data, process="src:Src")
+    return make
+
+
 def _bytes_file(content: bytes, name: str = "dataset.yaml"):
     def make(root, data):
         (root / name).write_bytes(content)
@@ -129,6 +137,22 @@ DATASET_CASES: list[tuple[str, Callable, str]] = [
      "must be relative to data_dir"),
     ("volume_size 0", lambda root, data: dataset_yaml(root, data, attr={"volume_size": "0"}),
      "is not a positive size"),
+    ("volume_size 0 (a number)", lambda root, data: dataset_yaml(root, data, attr={"volume_size": 0}),
+     "attr.volume_size 0 is not a positive size"),
+    ("volume_size -5", lambda root, data: dataset_yaml(root, data, attr={"volume_size": -5}),
+     "attr.volume_size -5 is not a positive size"),
+    ("volume_size 1.5", lambda root, data: dataset_yaml(root, data, attr={"volume_size": 1.5}),
+     "attr.volume_size 1.5 is not a size"),
+    ("volume_size '1.5'", lambda root, data: dataset_yaml(root, data, attr={"volume_size": "1.5"}),
+     "attr.volume_size '1.5' is not a positive size (a whole number of bytes)"),
+    ("volume_size true", lambda root, data: dataset_yaml(root, data, attr={"volume_size": True}),
+     "attr.volume_size True is not a size"),
+    ("files value is text", _source("yield Sample(str(i), {'png': str(f)}, {'class': 1})"),
+     "sample '0': files['png'] is a str, not bytes"),
+    ("files is a list", _source("yield Sample(str(i), [f.read_bytes()], {'class': 1})"),
+     "sample '0': files is a list, not a mapping"),
+    ("label_schema is a list", _source_schema('["a", "b"]'),
+     "the dataset source 'src:Src': label_schema is a list (['a', 'b']), not a mapping"),
     ("non-UTF-8 dataset.yaml", _bytes_file("name: caf\xe9\n".encode("latin-1")), "not UTF-8 text"),
     ("alias bomb dataset.yaml", _bytes_file(ALIAS_BOMB.encode()), "aliases expand to more than"),
     ("dataset.yaml is a folder", lambda root, data: root, "is a folder"),
@@ -143,7 +167,7 @@ def test_dataset_build_refuses(case, make, message, tmp_path, pennfudan_dir, cap
     store = tmp_path / "store"
     assert cli(["dataset", "build", str(config), "--store", str(store)]) == EXIT_PERMANENT
     err = capsys.readouterr().err
-    assert "error:" in err and message in err and "Traceback" not in err
+    assert "error:" in err and message in err and "Traceback" not in err and "unexpected" not in err
     assert not list(store.glob("datasets/*/*/manifest.json")), "no dataset version is published"
 
 
@@ -196,7 +220,9 @@ def built(tmp_path_factory, pennfudan_dir):
     cls_yaml = dataset_yaml(root / "cls", root / "data", process="src:Src", name="cls")
     cls = datasets.build(datasets.load_config(cls_yaml), store, log=lambda s: None)
     models = {}
-    for name, edit in {"good": None, "syntax": "def broken(:\n", "load": "LOAD_FAILS = True\n"}.items():
+    for name, edit in {"good": None, "syntax": "def broken(:\n", "load": "LOAD_FAILS = True\n",
+                       "exit": "import sys\nsys.exit(0)\n", "interrupt": "raise KeyboardInterrupt\n",
+                       "osexit": "import os\nOracleHandler.predict = lambda self, batch: os._exit(0)\n"}.items():
         folder = root / f"model-{name}"
         pkg = _model_dir(folder)
         handler = pkg.parent / "handler.py"
@@ -237,7 +263,17 @@ RUN_CASES: list[tuple[str, Callable, str]] = [
     ("output below a file", lambda b, f: (f / "file").write_text("x") and _job(b, f, output="file/out"),
      "cannot create the job folder"),
     ("handler with a syntax error", lambda b, f: _job(b, f, model="syntax"), "cannot import handler"),
+    ("output inside the dataset version folder", lambda b, f: _job(b, f, output=b["det"] + "/out"),
+     "is inside the folder of dataset mini@"),
+    ("output is the model version folder", lambda b, f: _job(b, f, output=b["good"]),
+     "is inside the folder of model m@"),
     ("handler load() that raises", lambda b, f: _job(b, f, model="load"), "load() failed"),
+    ("handler calling sys.exit at import", lambda b, f: _job(b, f, model="exit"),
+     "cannot import handler 'handler:OracleHandler'"),
+    ("handler predict() calling os._exit(0)", lambda b, f: _job(b, f, model="osexit"),
+     "ppl-0000 ended with exit code 0 before it finished its work"),
+    ("handler raising KeyboardInterrupt at import", lambda b, f: _job(b, f, model="interrupt"),
+     "cannot import handler 'handler:OracleHandler'"),
     ("non-UTF-8 manifest", lambda b, f: (f / "job.yaml").write_bytes(b"kind: \xff\n") and f / "job.yaml",
      "not UTF-8 text"),
     ("manifest over 1 MiB", lambda b, f: (f / "job.yaml").write_text("# " + "x" * (1 << 20)) and f / "job.yaml",

@@ -399,3 +399,21 @@ def test_report_writes_through_symlinks_and_refuses_fifos(coco, tmp_path, capsys
         assert where in err and "never replaces anything else" in err and "hint: name a regular file" in err, err
         assert fifo.is_fifo() and to_fifo.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.html", "pages", "to-fifo.html"]
+
+
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 3], lambda data: b"not an image"])
+def test_a_gallery_image_that_does_not_decode_is_named_in_its_caption(coco, digits, tmp_path, monkeypatch,
+                                                                       capsys, damage):
+    """The report is still written: the sample's caption says its image does not decode, and why."""
+    from assay.report import finished
+
+    real = finished.FinishedRun.images
+
+    def damaged(self, ids):
+        return {i: (ext, damage(data)) for i, (ext, data) in real(self, ids).items()}
+
+    monkeypatch.setattr(finished.FinishedRun, "images", damaged)
+    for job, args in ((coco["b"], ()), (digits["job"], ("--gallery", "3"))):
+        text, page = _report(job, tmp_path / "r.html", *args)
+        assert page.captions and all(" image (" in c and "does not decode: " in c for c in page.captions)
+        assert "unexpected" not in capsys.readouterr().err

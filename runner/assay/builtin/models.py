@@ -14,9 +14,10 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 from urllib.parse import urlparse
 
-from assay.errors import SpecError
+from assay.errors import AssayError, SpecError, TransientStorageError
 
 #: torchvision weights names: DEFAULT, a member (COCO_V1) or Enum.MEMBER; files are never all upper case.
 ENUM_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9_]*\.)?[A-Z][A-Z0-9_]*$")
@@ -72,7 +73,16 @@ def fetch(weights, log=print) -> Path:
         cached.parent.mkdir(parents=True, exist_ok=True)
         match = torch.hub.HASH_REGEX.search(cached.name)
         log(f"  downloading {weights.url}")
-        torch.hub.download_url_to_file(weights.url, str(cached), match.group(1) if match else None, progress=False)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(cached), match.group(1) if match else None,
+                                           progress=False)
+        except (URLError, OSError) as exc:  # no network, DNS, proxy, refused, HTTP 404/5xx
+            code = getattr(exc, "code", None)
+            error = TransientStorageError if isinstance(code, int) and (code >= 500 or code == 429) else AssayError
+            raise error(f"torchvision weights {weights}: cannot download {weights.url} into {cached}: "
+                        f"{getattr(exc, 'reason', None) or exc}",
+                        "connect this machine to the network (or set https_proxy), or copy the file there from a "
+                        "machine that has it, or name a weights file beside model.yaml instead") from exc
     return cached
 
 
@@ -160,7 +170,12 @@ def read_state_dict(path: Path, where: str) -> dict[str, Any]:
         except ImportError:
             raise SpecError(f"{where}: {path.name} is a safetensors file but safetensors is not installed",
                             "pip install 'assay[safetensors]'") from None
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError (bad header), OSError: all mean "not weights"
+            raise SpecError(f"{where}: {path.name} is not a safetensors file ({str(exc)[:200]})",
+                            "save the weights with safetensors.torch.save_file(model.state_dict(), path), or "
+                            "give the file the suffix of what it is (.pt for torch.save)") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError: all mean "not weights"
@@ -203,4 +218,13 @@ def load_state(model, state: dict[str, Any], spec: dict[str, Any], where: str) -
                         f"{list(got)}; {spec['architecture']} with num_classes {n} expects {list(want)})",
                         f"set torchvision.num_classes: {classes} in model.yaml (for detection models the "
                         "background counts as a class)")
+    # load_state_dict copies integer or bool tensors into float parameters without a word
+    cast = [(k, state[k].dtype) for k, v in expected.items()
+            if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    if cast:
+        key, dtype = cast[0]
+        raise SpecError(f"{where}: {len(cast)} weight tensors are not floating point (e.g. {key} is {dtype}); "
+                        f"{spec['architecture']} expects float weights",
+                        "save the weights of the trained model as they are, not converted to an integer or "
+                        "bool type: torch.save(model.state_dict(), path)")
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)

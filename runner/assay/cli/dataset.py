@@ -61,9 +61,24 @@ def list_(store: str, fmt: str) -> None:
     """List the datasets in a store."""
     from assay.datasets import list_datasets
 
+    damaged: list = []
     rows = [{"name": m.name, "version": m.version, "samples": m.samples, "shards": len(m.shards),
-             "bytes": sum(s.bytes for s in m.shards), "uri": m.uri} for m in list_datasets(store)]
+             "bytes": sum(s.bytes for s in m.shards), "uri": m.uri} for m in list_datasets(store, damaged)]
     emit(fmt, rows, table(rows, ["name", "version", "samples", "shards", "bytes", "uri"]))
+    _report_damaged(damaged, "datasets", "rebuild it with `assay dataset build`, or delete that version folder")
+
+
+def _report_damaged(damaged: list, what: str, hint: str) -> None:
+    """After the listing of the intact versions: name each damaged one, and exit 3 (a person must act)."""
+    if not damaged:
+        return
+    from assay.errors import EXIT_PERMANENT
+
+    for exc in damaged:
+        click.secho(f"error: {exc.message}", fg="red", err=True)
+    click.secho(f"error: {len(damaged)} of the {what} left out of the list: their manifests are damaged\n  hint: {hint}",
+                fg="red", err=True)
+    raise click.exceptions.Exit(EXIT_PERMANENT)
 
 
 @dataset.command()
@@ -96,6 +111,7 @@ def check(ctx: click.Context, ref: str, store: str, evaluator: str | None, worke
            "faults": {k: [{"sample": s, "detail": d} for s, d in v] for k, v in result.faults.items()}}
     human = result.line()
     if not result.ok:
-        human += "".join(f"\n  {kind}: {s}: {d}" for kind, items in result.faults.items() for s, d in items[:20])
+        human += "".join(f"\n  {kind}: {s}" + (f": {d}" if d else "") for kind, items in result.faults.items()
+                         for s, d in items[:20])
     emit(fmt, doc, human)
     ctx.exit(0 if result.ok else EXIT_PERMANENT)

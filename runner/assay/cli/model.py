@@ -59,8 +59,11 @@ def info(ref: str, store: str, fmt: str) -> None:
 @format_option
 def list_(store: str, fmt: str) -> None:
     """List the model packages in a store."""
+    from assay.cli.dataset import _report_damaged
     from assay.packages import list_models
 
+    damaged: list = []
     rows = [{"name": m.name, "version": m.version, "files": len(m.files), "bytes": m.package_bytes,
-             "evaluator": m.evaluator, "uri": m.uri} for m in list_models(store)]
+             "evaluator": m.evaluator, "uri": m.uri} for m in list_models(store, damaged)]
     emit(fmt, rows, table(rows, ["name", "version", "files", "bytes", "evaluator", "uri"]))
+    _report_damaged(damaged, "model packages", "rebuild it with `assay model build`, or delete that version folder")

@@ -100,11 +100,11 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
         objects, detections = len(label.get("objects", [])), len(prediction.get("boxes", []))
         caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {_count(objects, 'object')}, "
                    f"{_count(detections, 'detection')}")
-        drawn = None
-        if sample_id in images:
-            drawn, hidden = overlay.detections(images[sample_id][1], label, prediction)
+        drawn, note = _drawn(images, sample_id, lambda data: overlay.detections(data, label, prediction))
+        if drawn is not None:
+            drawn, hidden = drawn
             caption += f" ({hidden} below score 0.5 not drawn)" if hidden else ""
-        figures.append(_figure(drawn, sample_id, caption))
+        figures.append(_figure(drawn, sample_id, caption, note))
     legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {evaluator.per_sample_score}. "
                  "Drawn over each image: ", tag("span", "ground truth", class_="legend-gt"), " and ",
                  tag("span", "predictions (score at least 0.5)", class_="legend-pred"), ".")
@@ -146,8 +146,8 @@ def _classification(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery:
         label, prediction = kept[sample_id]
         caption = (f"{sample_id}: true {classes[int(label['label'])]}, "
                    f"predicted {classes[int(np.asarray(prediction['label']))]}")
-        thumb = overlay.jpeg(overlay.fit(overlay.open_rgb(images[sample_id][1]))) if sample_id in images else None
-        figures.append(_figure(thumb, sample_id, caption))
+        thumb, note = _drawn(images, sample_id, lambda data: overlay.jpeg(overlay.fit(overlay.open_rgb(data))))
+        figures.append(_figure(thumb, sample_id, caption, note))
     return [section("per-class", "Per class", table(["class", "precision", "recall", "F1", "support"], rows)),
             section("confusion", "Confusion matrix", confusion),
             section("roc", "ROC curves", roc),
@@ -156,10 +156,26 @@ def _classification(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery:
                     tag("div", *figures, class_="gallery"))]
 
 
-def _figure(jpeg: bytes | None, sample_id: str, caption: str) -> Html:
-    """A gallery entry: the image and its caption, or the caption alone for a sample with no image."""
+def _drawn(images: dict[str, tuple[str, bytes]], sample_id: str, draw):
+    """(``draw(image bytes)``, None), or (None, why there is no picture): one image that does not decode
+    (truncated, not an image) leaves its caption alone in the gallery instead of failing the report."""
+    if sample_id not in images:
+        return None, "no image in the sample"
+    ext, data = images[sample_id]
+    try:
+        return draw(data), None
+    except Exception as exc:  # noqa: BLE001 - PIL: OSError (truncated), UnidentifiedImageError, DecompressionBombError
+        import logging
+
+        logging.getLogger("assay.report").warning("sample %r: its %s image (%d bytes) does not decode: %s",
+                                                  sample_id, ext, len(data), exc)
+        return None, f"its {ext} image ({len(data)} bytes) does not decode: {str(exc).split(' <_io.')[0]}"
+
+
+def _figure(jpeg: bytes | None, sample_id: str, caption: str, note: str | None = None) -> Html:
+    """A gallery entry: the image and its caption, or the caption alone (and why) for a sample with no picture."""
     if jpeg is None:
-        return tag("figure", tag("figcaption", caption + " (no image in the sample)"))
+        return tag("figure", tag("figcaption", f"{caption} ({note or 'no image in the sample'})"))
     return tag("figure", html.image(jpeg, "image/jpeg", sample_id), tag("figcaption", caption))
 
 

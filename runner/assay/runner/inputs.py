@@ -49,6 +49,12 @@ def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.
         except SpecError as exc:
             raise SpecError(f"evaluator {name!r} does not fit dataset {dataset.name}@{dataset.version}: "
                             f"{exc.message}", exc.hint) from exc
+    for what, uri in ((f"dataset {dataset.name}@{dataset.version}", dataset.uri),
+                      (f"model {model.name}@{model.version}", model.uri)):
+        if _within(ctx.output_uri, uri):
+            raise SpecError(f"spec.output.uri {ctx.output_uri} is inside the folder of {what} ({uri})",
+                            "choose an output outside the store's datasets/ and models/ folders, e.g. "
+                            "<store>/runs/<job name>: a version folder holds exactly what was built")
     packages.check_handler_packaged(model)
     if model.builtin is not None:
         from assay.builtin import spec as builtin_spec
@@ -58,6 +64,18 @@ def preflight(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.
             raise SpecError(f"evaluator {name!r} does not fit model {model.name}, a built-in {task} handler",
                             f"use evaluator {builtin_spec.EVALUATORS[task]} (or leave spec.evaluator out)")
         builtin_spec.check_dataset(model.builtin, dataset.label_schema, model.name)
+
+
+def _within(uri: str, folder: str) -> bool:
+    """Whether ``uri`` is ``folder`` or below it (local paths resolved, so links and ``..`` do not hide it)."""
+    a, b = storage.parse(uri), storage.parse(folder)
+    if a.scheme != b.scheme or a.bucket != b.bucket:
+        return False
+    if a.scheme == "file":
+        from pathlib import Path
+
+        return Path(a.path).resolve().is_relative_to(Path(b.path).resolve())
+    return f"{a.path.strip('/')}/".startswith(f"{b.path.strip('/')}/")
 
 
 def check_present(dataset: shards.DatasetManifest, model: packages.ModelManifest) -> None:

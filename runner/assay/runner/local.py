@@ -138,8 +138,8 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
             log.exception("unexpected error")
             code, doc = EXIT_RETRYABLE, {"error": f"unexpected {type(exc).__name__}: {exc}",
                                          "hint": f"see {log_path}; rerun to resume"}
-    if doc:
-        Path(exit_path).write_text(json.dumps(doc))
+    # always written: a process that ends with code 0 and no file was ended by code inside it (os._exit)
+    Path(exit_path).write_text(json.dumps(doc or {"done": True}))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -214,7 +214,12 @@ class _Children:
         """The first failed process's error, as the process reported it."""
         for name, (p, log_path, exit_path) in self.procs.items():
             if p.exitcode == 0:
-                continue
+                if exit_path.is_file():
+                    continue
+                return RunFailed(f"{name} ended with exit code 0 before it finished its work: code running in it "
+                                 "ended the process (os._exit(), or exit() in a thread it started)",
+                                 f"remove that call from the model's handler (predict() and load() must return); "
+                                 f"see {log_path}", retryable=False)
             try:
                 doc = json.loads(exit_path.read_text())
             except (OSError, ValueError):

@@ -149,8 +149,20 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
              decode_threads: int, stager: _DeviceStager | None = None) -> None:
     """Background thread: fetch each shard, decode its samples, put ("batch", shard, ids, inputs) items."""
 
-    def decoded(pool, chunk):
-        batch = list(pool.map(handler.decode, chunk))
+    def decode(index: int, sample: shards.Sample):
+        try:
+            return handler.decode(sample)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code, or a file that does not decode
+            image = sample.image_or_none()
+            what = f"its {image[0]} file ({len(image[1])} bytes) does not decode" if image and isinstance(
+                exc, OSError | ValueError | SyntaxError) else "handler decode() failed"
+            raise HandlerError(f"dataset {dataset.name}@{dataset.version} shard {index}, sample {sample.id!r}: "
+                               f"{what}: {exc!r}",
+                               "fix or drop that sample in the source data and build the dataset again (`assay "
+                               "dataset check` lists every such sample), or fix the handler's decode()") from exc
+
+    def decoded(pool, index, chunk):
+        batch = list(pool.map(lambda sample: decode(index, sample), chunk))
         return stager.stage(batch) if stager is not None else batch
 
     try:
@@ -162,12 +174,12 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
                     for sample in shards.iter_shard_samples(path, uri):
                         chunk.append(sample)
                         if len(chunk) == batch_size:
-                            out.put(("batch", index, [s.id for s in chunk], decoded(pool, chunk)))
+                            out.put(("batch", index, [s.id for s in chunk], decoded(pool, index, chunk)))
                             chunk = []
                         if stop.is_set():
                             return
                     if chunk:  # the last, shorter batch is predicted too (the seed dropped it)
-                        out.put(("batch", index, [s.id for s in chunk], decoded(pool, chunk)))
+                        out.put(("batch", index, [s.id for s in chunk], decoded(pool, index, chunk)))
                 out.put(("end", index, None, None))
         out.put((_END, None, None, None))
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -212,7 +224,7 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest, loaded: dict):
     t0 = time.monotonic()
     try:
         handler.load(package_dir, device)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit() too)
         raise HandlerError(f"handler {model.handler}.load() failed: {exc!r}",
                            "check the weight files and the handler code of the model package") from exc
     log.info("model %s loaded on %s in %.1fs", model.name, device, time.monotonic() - t0)
@@ -295,7 +307,7 @@ def _apply_model_options(handler, device, ctx: RunContext) -> None:
 def _predict(handler, batch):
     try:
         out = handler.predict(batch)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit() too)
         raise HandlerError(f"handler predict() failed: {exc!r}") from exc
     if not isinstance(out, list | tuple) or not all(isinstance(p, dict) for p in out):
         raise HandlerError("handler predict() must return a list of dicts, one per input")
