@@ -24,7 +24,7 @@ from typing import Any
 from assay import storage
 from assay.config_files import read_mapping
 from assay.errors import AssayError, SpecError
-from assay.layout import LATEST, MANIFEST, version_folders
+from assay.layout import LATEST, MANIFEST, load_versions
 from assay.shards import DatasetManifest, Sample, ShardWriter, load_manifest
 
 BUILTIN_SOURCES = {
@@ -320,14 +320,5 @@ def store_name_folder(version_uri: str) -> str:
 
 
 def list_datasets(store: str, damaged: list[AssayError] | None = None) -> list[DatasetManifest]:
-    """Every complete dataset version under ``<store>/datasets``. With ``damaged``, a version whose manifest
-    does not load is left out and its error appended there, so one damaged manifest hides no other dataset."""
-    found = []
-    for uri in version_folders(store, "datasets"):
-        try:
-            found.append(load_manifest(uri))
-        except AssayError as exc:
-            if damaged is None or exc.retryable:
-                raise
-            damaged.append(exc)
-    return found
+    """Every complete dataset version under ``<store>/datasets``; with ``damaged``, see ``layout.load_versions``."""
+    return load_versions(store, "datasets", load_manifest, damaged)

@@ -13,8 +13,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from assay import storage
+
+T = TypeVar("T")
 
 #: Every dataset and model version folder holds this file, written last (its presence means complete).
 MANIFEST = "manifest.json"
@@ -109,6 +113,23 @@ def resolve_version(uri: str, what: str, hint: str) -> str:
     if storage.exists(latest):
         return storage.join(uri, storage.read_text(latest).strip())
     raise ObjectNotFound(f"no {what} at {uri} (no {MANIFEST} or {LATEST} there)", hint)
+
+
+def load_versions(store: str, kind: str, load: Callable[[str], T], damaged: list | None = None) -> list[T]:
+    """``load`` of every complete version folder under ``<store>/<kind>``. With ``damaged``, a version that
+    does not load for good (an AssayError that is not retryable) is left out and its error appended there,
+    so one damaged manifest hides no other version."""
+    from assay.errors import AssayError
+
+    found = []
+    for uri in version_folders(store, kind):
+        try:
+            found.append(load(uri))
+        except AssayError as exc:
+            if damaged is None or exc.retryable:
+                raise
+            damaged.append(exc)
+    return found
 
 
 def version_folders(store: str, kind: str) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 from assay import archive, storage
 from assay.config_files import read_mapping
 from assay.errors import IntegrityError, SpecError
-from assay.layout import LATEST, MANIFEST, resolve_version, version_folders
+from assay.layout import LATEST, MANIFEST, load_versions, resolve_version
 
 FORMAT = "assay.model/v1"
 PACKAGE = "package.tar"
@@ -324,16 +324,5 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
 
 
 def list_models(store: str, damaged: list | None = None) -> list[ModelManifest]:
-    """Every model version in the store; with ``damaged``, one whose manifest does not load is left out and
-    its error appended there (see ``datasets.list_datasets``)."""
-    from assay.errors import AssayError
-
-    found = []
-    for uri in version_folders(store, "models"):
-        try:
-            found.append(load_manifest(uri))
-        except AssayError as exc:
-            if damaged is None or exc.retryable:
-                raise
-            damaged.append(exc)
-    return found
+    """Every model version in the store; with ``damaged``, see ``layout.load_versions``."""
+    return load_versions(store, "models", load_manifest, damaged)
