@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from assay.cli._output import emit, format_option, store_option, table
+from assay.cli._output import emit, format_option, safe_text, store_option, table
 
 
 @click.group()
@@ -75,7 +75,7 @@ def _report_damaged(damaged: list, what: str, hint: str) -> None:
     from assay.errors import EXIT_PERMANENT
 
     for exc in damaged:
-        click.secho(f"error: {exc.message}", fg="red", err=True)
+        click.secho(safe_text(f"error: {exc.message}"), fg="red", err=True)
     click.secho(f"error: {len(damaged)} of the {what} left out of the list: their manifests are damaged\n  hint: {hint}",
                 fg="red", err=True)
     raise click.exceptions.Exit(EXIT_PERMANENT)

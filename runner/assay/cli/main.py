@@ -12,6 +12,7 @@ import sys
 import click
 
 from assay import __version__
+from assay.cli._output import safe_text
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError
 
 
@@ -50,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     except AssayError as exc:
         if os.environ.get("ASSAY_DEBUG") == "1":
             raise
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(safe_text(f"error: {exc}", keep_newlines=True), fg="red", err=True)
         return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
     except Exception as exc:  # noqa: BLE001 - the one place where anything becomes a message
         if os.environ.get("ASSAY_DEBUG") == "1":
             raise
         message, hint, code = describe_unexpected(exc)
-        click.secho(f"error: {message}\n  hint: {hint}", fg="red", err=True)
+        click.secho(safe_text(f"error: {message}\n  hint: {hint}", keep_newlines=True), fg="red", err=True)
         return code
     return 0
 

