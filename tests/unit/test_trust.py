@@ -44,3 +44,22 @@ def test_error_messages_escape_control_characters(monkeypatch, capsys):
     assert main(["compare", "a", "b"]) == 3
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "pwned" in err
+
+
+@pytest.mark.parametrize("debug", ["1", "0"])
+def test_debug_traceback_hides_credentials(monkeypatch, capsys, debug):
+    import assay.report.compare as compare_mod
+
+    monkeypatch.setenv("ASSAY_DEBUG", debug)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "PLANTED-aws-9f3e")
+
+    def boom(*a):
+        local = "http://user:hunter2@127.0.0.1:9/bucket"  # noqa: F841 - a local a traceback could show
+        raise RuntimeError("cannot reach http://user:hunter2@127.0.0.1:9/bucket with key PLANTED-aws-9f3e")
+
+    monkeypatch.setattr(compare_mod, "compare_runs", boom)
+    assert main(["compare", "a", "b"]) == 1
+    err = capsys.readouterr().err
+    assert ("Traceback" in err) == (debug == "1")
+    assert "hunter2" not in err and "PLANTED-aws-9f3e" not in err
+    assert "http://***@127.0.0.1:9/bucket" in err and "error: unexpected RuntimeError" in err

@@ -50,16 +50,40 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except AssayError as exc:
         if os.environ.get("ASSAY_DEBUG") == "1":
-            raise
-        click.secho(safe_text(f"error: {exc}", keep_newlines=True), fg="red", err=True)
+            _print_traceback()
+        click.secho(_scrub(f"error: {exc}"), fg="red", err=True)
         return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
     except Exception as exc:  # noqa: BLE001 - the one place where anything becomes a message
         if os.environ.get("ASSAY_DEBUG") == "1":
-            raise
+            _print_traceback()
         message, hint, code = describe_unexpected(exc)
-        click.secho(safe_text(f"error: {message}\n  hint: {hint}", keep_newlines=True), fg="red", err=True)
+        click.secho(_scrub(f"error: {message}\n  hint: {hint}"), fg="red", err=True)
         return code
     return 0
+
+
+#: Variables whose values are secrets: a traceback never shows them.
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+def _print_traceback() -> None:
+    """ASSAY_DEBUG=1: the traceback of the error being handled, with the credentials of any URL and the
+    values of the secret variables hidden, as in the error messages; the error line follows it."""
+    import traceback
+
+    click.echo(_scrub(traceback.format_exc().rstrip("\n")), err=True)
+
+
+def _scrub(text: str) -> str:
+    """``text`` fit for the terminal: no URL credentials, no secret variable's value, no control characters."""
+    from assay.storage import redact
+
+    text = redact(text)
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return safe_text(text, keep_newlines=True)
 
 
 #: OS errors that only a person can fix (retrying cannot help).
