@@ -25,6 +25,9 @@ MANIFEST = "manifest.json"
 #: ``<store>/<kind>/<name>/LATEST`` holds the newest version's folder name.
 LATEST = "LATEST"
 METRICS = "metrics.json"
+#: ``<sha256>  metrics.json``, written by cmp right after metrics.json (``sha256sum -c`` reads it): the
+#: report and compare refuse a metrics.json edited after the run.
+METRICS_DIGEST = "metrics.sha256"
 SUMMARY = "summary.txt"
 RUN_RECORD = "run.json"
 LEASE = "lease.json"
@@ -78,6 +81,10 @@ def log_uri(output_uri: str, role: str, worker_index: int | None = None) -> str:
 
 def metrics_uri(output_uri: str) -> str:
     return storage.join(output_uri, METRICS)
+
+
+def metrics_digest_uri(output_uri: str) -> str:
+    return storage.join(output_uri, METRICS_DIGEST)
 
 
 def summary_uri(output_uri: str) -> str:

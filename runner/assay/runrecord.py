@@ -117,7 +117,7 @@ def claim(output_uri: str, ident: RunIdentity) -> None:
 
 
 #: The entries a run writes into its output; ``clear`` removes only the run's files in them.
-RUN_FILES = ("results", "progress", "logs", layout.METRICS, layout.SUMMARY, layout.RUN_RECORD)
+RUN_FILES = ("results", "progress", "logs", layout.METRICS, layout.METRICS_DIGEST, layout.SUMMARY, layout.RUN_RECORD)
 
 
 #: What else lives in an output: the lease, its lock, the local status and the staging folder.
@@ -146,7 +146,7 @@ def check_output(output_uri: str, manifest: str | os.PathLike | None = None) -> 
 #: these are a run's, so --overwrite deletes only these, never a results/README.md beside them.
 _RUN_FILE = re.compile(r"results/shard-\d{6}\.(parquet|json)|progress/ppl-\d{4}\.json"
                        r"|logs/\.?[a-z]+(-\d{4})?(\.log|\.exit\.json)"
-                       rf"|{re.escape(layout.METRICS)}|{re.escape(layout.SUMMARY)}|{re.escape(layout.RUN_RECORD)}")
+                       rf"|{re.escape(layout.METRICS)}|{re.escape(layout.METRICS_DIGEST)}|{re.escape(layout.SUMMARY)}|{re.escape(layout.RUN_RECORD)}")
 
 
 def old_run_files(output_uri: str) -> tuple[list[str], list[str]]:

@@ -417,3 +417,24 @@ def test_a_gallery_image_that_does_not_decode_is_named_in_its_caption(coco, digi
         text, page = _report(job, tmp_path / "r.html", *args)
         assert page.captions and all(" image (" in c and "does not decode: " in c for c in page.captions)
         assert "unexpected" not in capsys.readouterr().err
+
+
+def test_report_and_compare_refuse_metrics_edited_after_the_run(digits, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(Path(digits["job"]).parent / "out", out)
+    record = (out / "metrics.sha256").read_text()
+    assert subprocess.run(["sha256sum", "-c", "metrics.sha256"], cwd=out, capture_output=True).returncode == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    doc["summary"] = {k: 1.0 for k in doc["summary"]}
+    (out / "metrics.json").write_text(json.dumps(doc, indent=1))
+    for args in (["report", str(out), "-o", str(tmp_path / "r.html")], ["compare", str(out), digits["job"]]):
+        assert main(args) == 3
+        err = capsys.readouterr().err
+        assert f"{out}/metrics.json does not match the digest recorded when cmp wrote it" in err, err
+        assert "hint: rerun the job's cmp step" in err
+    assert not (tmp_path / "r.html").exists()
+    # an output made before cmp wrote the digest is still read
+    (out / "metrics.sha256").unlink()
+    assert main(["compare", str(out), digits["job"], "--format", "json"]) == 0
+    capsys.readouterr()
+    assert record.endswith("  metrics.json\n")

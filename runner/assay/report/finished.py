@@ -10,6 +10,7 @@ dataset's labels, exactly as when the metrics were computed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from assay import layout, packages, shards, storage
-from assay.errors import EvaluationError, ObjectNotFound, SpecError
+from assay.errors import EvaluationError, IntegrityError, ObjectNotFound, SpecError
 from assay.metrics import Evaluator, get_evaluator
 
 
@@ -110,10 +111,13 @@ def _load(ref: str, name: str, output_uri: str, status_path: Path | None) -> Fin
                               f"wait for it, or finish it: assay run {ref}" if os.path.isfile(ref)
                               else "wait for the run to succeed, or run its job again to finish it")
     try:
-        metrics = json.loads(storage.read_bytes(layout.metrics_uri(output_uri)))
+        data = storage.read_bytes(layout.metrics_uri(output_uri))
     except ObjectNotFound:
         raise EvaluationError(f"{ref} has not finished: no {layout.METRICS} in {output_uri}",
                               "run the job to the end first (assay run JOB, or assay job watch NAME)") from None
+    _check_metrics_digest(output_uri, data)
+    try:
+        metrics = json.loads(data)
     except ValueError as exc:
         raise EvaluationError(f"{layout.metrics_uri(output_uri)} is not valid JSON ({exc})",
                               "rerun the job's cmp step: assay run JOB") from exc
@@ -124,6 +128,20 @@ def _load(ref: str, name: str, output_uri: str, status_path: Path | None) -> Fin
                               "the run's dataset was replaced; rerun the job")
     model = packages.load_manifest(metrics["model"]["uri"])
     return FinishedRun(ref=ref, name=name, output_uri=output_uri, metrics=metrics, dataset=dataset, model=model)
+
+
+def _check_metrics_digest(output_uri: str, data: bytes) -> None:
+    """Refuse a metrics.json that differs from the one cmp wrote (edited after the run). An output
+    without the digest record (made before cmp wrote one) is read as it is."""
+    try:
+        record = storage.read_bytes(layout.metrics_digest_uri(output_uri)).decode("utf-8", "replace")
+    except ObjectNotFound:
+        return
+    if hashlib.sha256(data).hexdigest() != record.split(" ", 1)[0].strip().lower():
+        raise IntegrityError(f"{layout.metrics_uri(output_uri)} does not match the digest recorded when cmp "
+                             f"wrote it ({layout.METRICS_DIGEST}): it was changed after the run",
+                             "rerun the job's cmp step to write it again from the results: assay run JOB "
+                             "(finished shards are kept)")
 
 
 def _read_status(path: Path | None) -> dict[str, Any] | None:

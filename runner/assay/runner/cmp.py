@@ -7,6 +7,7 @@ evaluator's state, not all results files at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -135,7 +136,10 @@ def write_report(ctx: RunContext, dataset, model, report: MetricsReport, ident: 
         # one entry per distinct set of conditions the shards were predicted under (ideally one)
         "runConditions": conditions,
     }
-    storage.write_text(layout.metrics_uri(ctx.output_uri), json.dumps(doc, indent=1))
+    text = json.dumps(doc, indent=1)
+    storage.write_text(layout.metrics_uri(ctx.output_uri), text)
+    storage.write_text(layout.metrics_digest_uri(ctx.output_uri),
+                       f"{hashlib.sha256(text.encode()).hexdigest()}  {layout.METRICS}\n")
     header = (f"{ctx.job_name}: model {model.name}@{model.version} on dataset {dataset.name}@{dataset.version} "
               f"({dataset.samples} samples)\n")
     storage.write_text(layout.summary_uri(ctx.output_uri), header + report.table() + "\n")
