@@ -63,3 +63,21 @@ def test_debug_traceback_hides_credentials(monkeypatch, capsys, debug):
     assert ("Traceback" in err) == (debug == "1")
     assert "hunter2" not in err and "PLANTED-aws-9f3e" not in err
     assert "http://***@127.0.0.1:9/bucket" in err and "error: unexpected RuntimeError" in err
+
+
+def test_local_status_names_env_variables_without_their_values(tmp_path):
+    import json
+
+    from assay.runner.local import _Status
+    from assay.spec import EvaluationJob
+    from tests.conftest import job_manifest
+
+    manifest = job_manifest("envjob", str(tmp_path / "m"), str(tmp_path / "d"), str(tmp_path / "out"))
+    manifest["spec"]["runtime"] = {"env": [{"name": "API_TOKEN", "value": "PLANTED-env-77aa"},
+                                           {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {
+                                               "name": "s", "key": "k"}}}]}
+    status = _Status(EvaluationJob.from_manifest(manifest), tmp_path)
+    status.update(phase="Running")
+    text = (tmp_path / "status.json").read_text()
+    assert "PLANTED-env-77aa" not in text
+    assert json.loads(text)["spec"]["runtime"]["env"] == [{"name": "API_TOKEN"}, {"name": "FROM_SECRET"}]

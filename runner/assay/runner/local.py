@@ -239,6 +239,9 @@ class _Status:
         spec = job.to_manifest()["spec"]
         if spec.get("storage", {}).get("endpoint"):
             spec["storage"]["endpoint"] = storage.redact(spec["storage"]["endpoint"])
+        runtime = spec.get("runtime") or {}
+        if runtime.get("env"):  # values may be secrets: the status names the variables only
+            runtime["env"] = [{"name": e.get("name")} for e in runtime["env"]]
         self.doc: dict[str, Any] = {"job": job.name, "phase": "Pending", "startTime": _now(), "pid": os.getpid(),
                                     "spec": spec}
         if self.previous:
