@@ -438,3 +438,17 @@ def test_report_and_compare_refuse_metrics_edited_after_the_run(digits, tmp_path
     assert main(["compare", str(out), digits["job"], "--format", "json"]) == 0
     capsys.readouterr()
     assert record.endswith("  metrics.json\n")
+
+
+def test_readme_parquet_snippet_reads_a_real_runs_results(digits, monkeypatch):
+    """The README's "any Parquet reader" snippet works on a run's output (beside shard-*.json records)."""
+    text = (REPO / "README.md").read_text()
+    at = text.index("any Parquet reader can query them")
+    snippet = re.search(r"```python\n(.*?)```", text[at:], re.S).group(1)
+    out = Path(digits["job"]).parent / "out"
+    assert list((out / "results").glob("shard-*.json")), "the records the snippet must skip"
+    monkeypatch.chdir(out.parent)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the README's own code
+    assert scope["table"].num_rows == digits["dataset"].samples
+    assert "sample_id" in scope["table"].column_names
