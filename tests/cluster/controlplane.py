@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -139,15 +140,22 @@ class ControlPlane:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca)) if port == self.port else \
             ssl._create_unverified_context()  # the controllers serve self-signed certificates
         ctx.load_cert_chain(*self.admin_cert)
-        deadline, last = time.monotonic() + timeout, ""
-        while time.monotonic() < deadline:
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.procs[name].returncode}:\n{self.log_tail(name)}")
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.25)
-        raise RuntimeError(f"{name} not ready after {timeout:.0f}s ({last}):\n{self.log_tail(name)}")
+        wait_ready(f"https://127.0.0.1:{port}{path}", self.procs[name], name, lambda: self.log_tail(name),
+                   timeout, ctx)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, name: str, log_tail: Callable[[], str], timeout: float,
+               context: ssl.SSLContext | None = None) -> None:
+    """Poll a component's health ``url`` until it answers 200; fail at once, with its log, if it exits."""
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise RuntimeError(f"{name} not ready after {timeout:.0f}s ({last}):\n{log_tail()}")

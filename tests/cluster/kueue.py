@@ -13,14 +13,13 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client
 
-from tests.cluster.controlplane import WITH_PARENT, ControlPlane, free_port
+from tests.cluster.controlplane import WITH_PARENT, ControlPlane, free_port, wait_ready
 
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 QUEUE_LABEL = f"{GROUP}/queue-name"
@@ -146,19 +145,8 @@ class Kueue:
         self.proc = None
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline, last = time.monotonic() + timeout, ""
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kueue exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.25)
-        raise RuntimeError(f"kueue not ready after {timeout:.0f}s ({last}):\n{self.log_tail()}")
+        assert self.proc is not None
+        wait_ready(f"http://127.0.0.1:{self.health_port}/readyz", self.proc, "kueue", self.log_tail, timeout)
 
     def _wait_webhooks(self, timeout: float) -> None:
         """Until the API server calls the Job webhook: a dry-run queued Job comes back suspended."""
