@@ -15,6 +15,7 @@ Run it again after a crash or Ctrl-C and finished shards are skipped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -61,10 +62,13 @@ class LocalRun:
 
 
 def job_dir_for(job: EvaluationJob) -> Path:
-    """The output folder itself when it is local, else ./.assay/jobs/<name>."""
+    """The output folder itself when it is local, else ./.assay/jobs/<name>-<8 hex digits of the output URI's
+    SHA-256>: two jobs of one name writing different outputs must not share logs and status."""
     if storage.is_local(job.spec.output.uri):
         return Path(storage.parse(job.spec.output.uri).path)
-    return Path(".assay") / "jobs" / job.name
+    loc = storage.parse(job.spec.output.uri)
+    digest = hashlib.sha256(f"s3://{loc.bucket}/{loc.path}".encode()).hexdigest()[:8]
+    return Path(".assay") / "jobs" / f"{job.name}-{digest}"
 
 
 def _now() -> str:
