@@ -105,3 +105,65 @@ def test_a_bad_setting_is_named_without_its_value(variable, test_split, tmp_path
     assert proc.returncode == EXIT_PERMANENT, proc.stderr
     assert text.startswith("error:") and variable in text, text
     assert PLANTED not in text and PLANTED not in proc.stderr
+
+
+def _handler_model(tmp_path: Path, name: str, module: str, handler: str):
+    """The oracle package with one more module whose class is the handler."""
+    import shutil
+
+    import yaml
+
+    from assay import packages
+    from tests.conftest import FIXTURES
+
+    pkg = tmp_path / name
+    shutil.copytree(FIXTURES / "oracle", pkg)
+    (pkg / f"{name}.py").write_text(module)
+    cfg = yaml.safe_load((pkg / "model.yaml").read_text())
+    cfg.update(name=name, code=[*cfg["code"], f"{name}.py"], run={**cfg["run"], "handler": f"{name}:{handler}"})
+    (pkg / "model.yaml").write_text(yaml.safe_dump(cfg))
+    return packages.build(packages.load_config(pkg / "model.yaml"), str(tmp_path / "store"), log=lambda s: None)
+
+
+def _resolved(model, test_split, tmp_path: Path) -> RunContext:
+    ctx = RunContext(job_name="pods", model_uri=model.uri, dataset_uri=test_split.uri,
+                     output_uri=str(tmp_path / "out"), worker_count=1, device="cpu")
+    code, message, err = run_role("resolve", ctx, tmp_path)
+    assert code == 0, err
+    inputs = json.loads(message)
+    return ctx.model_copy(update={"model_version": inputs["model"]["version"],
+                                  "dataset_version": inputs["dataset"]["version"],
+                                  "shards_per_index": inputs["shardsPerIndex"]})
+
+
+def test_a_ppl_pod_whose_handler_calls_os_exit_0_fails_instead_of_passing(test_split, tmp_path):
+    """Issue 19: `os._exit(0)` in predict() ended the pod with code 0, the Job counted the index as done, and
+    cmp then failed with "N of N shards have no results" on every rerun."""
+    model = _handler_model(tmp_path, "quitter", "import os\n\nfrom handler import OracleHandler\n\n\n"
+                           "class Quitter(OracleHandler):\n    def predict(self, batch):\n        os._exit(0)\n",
+                           "Quitter")
+    code, message, err = run_role("ppl", _resolved(model, test_split, tmp_path), tmp_path, 0)
+    assert code == EXIT_PERMANENT, err
+    assert message.startswith("error: ppl ended with exit code 0 before it finished its work"), message
+    assert "\nhint: remove that call from the model's handler" in message
+    assert not Path(layout.results_uri(str(tmp_path / "out"), 0)).exists()
+
+
+def test_a_ppl_pod_ends_what_its_handler_started(test_split, tmp_path, monkeypatch):
+    """Issue 19.6 in a pod: a process started in load() outlived the step (on a real node it keeps the
+    container's cgroup busy until the kubelet kills it; run by hand it runs on for ever)."""
+    from tests.unit.test_data_safety import _SPAWNER, _running
+
+    model = _handler_model(tmp_path, "spawner", _SPAWNER, "Spawner")
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("ASSAY_TEST_PIDS", str(pids_file))
+    code, message, err = run_role("ppl", _resolved(model, test_split, tmp_path), tmp_path, 0)
+    assert code == 0, err
+    assert json.loads(message)["shards"] == 1
+    pids = [int(line) for line in pids_file.read_text().split()]
+    try:
+        assert len(pids) == 1 and not _running(pids[0]), "the handler's helper outlived the step"
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, 9)

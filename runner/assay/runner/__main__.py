@@ -7,6 +7,11 @@ Kubernetes' JOB_COMPLETION_INDEX). Exit codes: 0 done; EXIT_PERMANENT (3) for de
 Pods report to the operator only through their termination message (the operator never reads the
 store): ``resolve`` writes the pinned inputs, ``cmp`` a bounded metrics summary, and a failing step its
 error and hint. Kubernetes keeps at most 4096 bytes of it.
+
+``ppl`` runs the model's handler, user code, in a child process that leads its own process group, as
+``assay run`` runs its workers: a handler that ends the process with code 0 (``os._exit(0)``) before the
+work is done fails the step (exit 3) instead of passing for a finished index, and what the handler
+started ends with the step.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError
 from assay.logs import setup_logging
+from assay.runner import groups
 from assay.spec import RunContext
 
 ROLES = ("resolve", "ppl", "cmp")
@@ -90,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         write_termination_message(f"error: {exc}")
         return EXIT_PERMANENT
+    if role == "ppl":
+        return _supervised(role, ctx)
+    return _step(role, ctx)
+
+
+def _step(role: str, ctx: RunContext) -> int:
     worker = ctx.worker_index if role == "ppl" else None
     with setup_logging(ctx, role, worker, json_format=True):
         log = logging.getLogger(f"assay.{role}")
@@ -108,6 +121,51 @@ def main(argv: list[str] | None = None) -> int:
             write_termination_message(f"error: unexpected {type(exc).__name__}: {exc}")
             return EXIT_RETRYABLE
     return 0
+
+
+#: How long the handler's leftover processes get between SIGTERM and SIGKILL once the step has ended.
+GROUP_GRACE_SECONDS = 5.0
+
+
+def _supervised(role: str, ctx: RunContext) -> int:
+    """Run the step in a forked child leading its own process group; turn its end into the step's exit code."""
+    returned_r, returned_w = os.pipe()  # not inherited by what the handler starts (O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: the step itself, then one byte saying that it returned
+        code = EXIT_RETRYABLE
+        try:
+            os.close(returned_r)
+            os.setpgid(0, 0)
+            code = _step(role, ctx)
+            os.write(returned_w, b"1")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(returned_w)
+    # the parent: pass the kubelet's SIGTERM (and Ctrl-C, the child being in a group of its own) on to the
+    # whole group, then wait for the step
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda n, _f: groups.signal_group(pid, n))
+    _, status = os.waitpid(pid, 0)
+    os.set_blocking(returned_r, False)  # a process the handler forked may still hold the write end
+    try:
+        returned = os.read(returned_r, 1) == b"1"
+    except BlockingIOError:
+        returned = False
+    os.close(returned_r)
+    groups.end_groups([pid], GROUP_GRACE_SECONDS)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)  # as a shell reports it; the kubelet tells OOMKilled apart itself
+    code = os.WEXITSTATUS(status)
+    if code == 0 and not returned:
+        message = f"error: {role} {groups.EARLY_EXIT}\nhint: {groups.EARLY_EXIT_HINT}"
+        print(message, file=sys.stderr)
+        write_termination_message(message)
+        return EXIT_PERMANENT
+    return code
 
 
 if __name__ == "__main__":

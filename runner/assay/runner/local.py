@@ -31,6 +31,7 @@ from typing import Any
 from assay import layout, packages, runrecord, shards, storage
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError, EvaluationError, SpecError
 from assay.metrics import MetricsReport
+from assay.runner import groups
 from assay.runner.inputs import check_present, preflight
 from assay.spec import EvaluationJob, RunContext, UriRef
 
@@ -149,18 +150,6 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
     os._exit(code)
 
 
-def _signal_group(pgid: int, signum: int) -> bool:
-    """Send ``signum`` to process group ``pgid``; whether the group still had a member. (A group id is
-    its leader's pid, which Linux does not reuse while a member lives, so this never hits a stranger.)"""
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member that is not ours any more (setuid): nothing we may end
-        return False
-    return True
-
-
 class _Children:
     """The run's processes: spawned, watched, and stopped together."""
 
@@ -203,16 +192,8 @@ class _Children:
         self.end_groups(grace)
 
     def end_groups(self, grace: float = 5.0) -> None:
-        """End what is left of each worker's process group (the processes its handler started): SIGTERM,
-        then SIGKILL after ``grace`` seconds. A process that left the group (setsid) is out of reach."""
-        groups = [p.pid for p, _, _ in self.procs.values() if p.pid is not None]
-        live = [g for g in groups if _signal_group(g, signal.SIGTERM)]
-        deadline = time.monotonic() + grace
-        while live and time.monotonic() < deadline:
-            time.sleep(0.05)
-            live = [g for g in live if _signal_group(g, 0)]
-        for g in live:
-            _signal_group(g, signal.SIGKILL)
+        """End what is left of each worker's process group (the processes its handler started)."""
+        groups.end_groups([p.pid for p, _, _ in self.procs.values() if p.pid is not None], grace)
 
     def failure(self) -> RunFailed | None:
         """The first failed process's error, as the process reported it."""
@@ -220,10 +201,8 @@ class _Children:
             if p.exitcode == 0:
                 if exit_path.is_file():
                     continue
-                return RunFailed(f"{name} ended with exit code 0 before it finished its work: code running in it "
-                                 "ended the process (os._exit(), or exit() in a thread it started)",
-                                 f"remove that call from the model's handler (predict() and load() must return); "
-                                 f"see {log_path}", retryable=False)
+                return RunFailed(f"{name} {groups.EARLY_EXIT}", f"{groups.EARLY_EXIT_HINT}; see {log_path}",
+                                 retryable=False)
             try:
                 doc = json.loads(exit_path.read_text())
             except (OSError, ValueError):
