@@ -22,6 +22,7 @@ test: install-test
 	bash scripts/install-chromium.sh
 	if [ -f scripts/install-kube.sh ]; then bash scripts/install-kube.sh; fi
 	if [ -f scripts/install-kueue.sh ]; then bash scripts/install-kueue.sh; fi
+	bash scripts/install-gofakes3.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.assay-installed

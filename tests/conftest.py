@@ -72,20 +72,59 @@ def moto_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def s3(moto_endpoint, monkeypatch):
-    """Environment pointing boto3 at the moto server; yields a boto3 client for setup."""
+@pytest.fixture(scope="session")
+def gofakes3_endpoint(tmp_path_factory):
+    """A gofakes3 server (scripts/install-gofakes3.sh) over real HTTP on loopback: atomic conditional writes."""
+    import subprocess
+    import time
+    import urllib.request
+
+    binary = REPO / ".tools" / "bin" / "gofakes3"
+    if not binary.is_file():
+        pytest.skip(f"gofakes3 not in {binary.parent}: run `bash scripts/install-gofakes3.sh`")
+    port = free_port()
+    log = tmp_path_factory.mktemp("gofakes3") / "gofakes3.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(binary), "-backend", "memory", "-host", f"127.0.0.1:{port}", "-quiet"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except urllib.error.HTTPError:  # answering: an S3 error for an anonymous listing
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"gofakes3 did not start:\n{log.read_text(errors='replace')}") from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def point_s3_at(endpoint: str, monkeypatch):
+    """Environment pointing boto3 (and assay) at ``endpoint``; a boto3 client for setup."""
     import boto3
 
     from assay import storage
 
-    for k, v in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
                  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                  "ASSAY_STORAGE_RETRY_DELAY": "0.01"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
     storage.reset_clients()
-    yield boto3.client("s3", endpoint_url=moto_endpoint)
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """Environment pointing boto3 at the moto server; yields a boto3 client for setup."""
+    from assay import storage
+
+    yield point_s3_at(moto_endpoint, monkeypatch)
     storage.reset_clients()
 
 

@@ -277,9 +277,10 @@ def _new_client(access: S3Access | None, cfg: StorageSettings):
 
 
 def reset_clients() -> None:
-    """Forget cached clients (tests change endpoints and credentials between cases)."""
+    """Forget cached clients and what was learnt of their stores (tests change endpoints between cases)."""
     with _client_lock:
         _clients.clear()
+        _conditional_delete.clear()
 
 
 def endpoint() -> str:
@@ -519,8 +520,13 @@ def _incomplete_uploads(loc: Location, uri: str, exact: bool) -> list[dict]:
 
     def scan() -> list[dict]:
         found = []
-        for page in _s3().get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix):
-            found.extend(u for u in page.get("Uploads", []) if not exact or u["Key"] == loc.path)
+        try:
+            for page in _s3().get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix):
+                found.extend(u for u in page.get("Uploads", []) if not exact or u["Key"] == loc.path)
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc)[0] != "NoSuchUpload":
+                raise
+            return []  # gofakes3's answer for a bucket that never had an upload: none to list
         return found
 
     try:
@@ -902,14 +908,15 @@ def delete_if(uri: str, tag: str) -> bool:
             return True
 
     def remove() -> bool:
+        if not _honours_conditional_delete(loc):
+            return _delete_if_unchanged(loc, uri, tag)
         try:
             _s3().delete_object(Bucket=loc.bucket, Key=loc.path, IfMatch=tag)
             return True
         except Exception as exc:  # noqa: BLE001
-            code, status = _code(exc)
             if _precondition_failed(exc) or isinstance(_classify(exc, uri), ObjectNotFound):
                 return False  # changed, or gone (a retry after our own delete's lost answer)
-            if code in _NO_CONDITIONAL_DELETE or status == 501:
+            if _refuses_conditional_delete(exc):
                 return _delete_if_unchanged(loc, uri, tag)
             raise
 
@@ -918,6 +925,33 @@ def delete_if(uri: str, tag: str) -> bool:
 
 #: What a store without conditional deletes (AWS S3 before September 2025, older MinIO) answers to one.
 _NO_CONDITIONAL_DELETE = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
+#: (endpoint, bucket) -> whether DeleteObject's If-Match is honoured there (probed once per process).
+_conditional_delete: dict[tuple[str, str], bool] = {}
+
+
+def _refuses_conditional_delete(exc: Exception) -> bool:
+    code, status = _code(exc)
+    return code in _NO_CONDITIONAL_DELETE or status == 501
+
+
+def _honours_conditional_delete(loc: Location) -> bool:
+    """Whether the store applies If-Match to DeleteObject. Some ignore the header and delete anyway (gofakes3;
+    stores that predate conditional deletes may too), which would delete a successor's lease: so a probe
+    object of our own is deleted once with a tag it cannot have, and must survive."""
+    key = (endpoint(), loc.bucket)
+    if key not in _conditional_delete:
+        probe = f"{loc.path.rsplit('/', 1)[0]}/.assay-delete-probe-{os.getpid()}-{random.getrandbits(48):012x}"
+        _s3().put_object(Bucket=loc.bucket, Key=probe, Body=b"")
+        try:
+            _s3().delete_object(Bucket=loc.bucket, Key=probe, IfMatch='"assay-probe-never-this-tag"')
+            honoured = False  # deleted despite the wrong tag
+        except Exception as exc:  # noqa: BLE001
+            if not (_precondition_failed(exc) or _refuses_conditional_delete(exc)):
+                raise
+            honoured = _precondition_failed(exc)
+        _s3().delete_object(Bucket=loc.bucket, Key=probe)
+        _conditional_delete[key] = honoured
+    return _conditional_delete[key]
 
 
 def _delete_if_unchanged(loc: Location, uri: str, tag: str) -> bool:
