@@ -9,7 +9,6 @@ noisy: absolute times are not comparable across runs). About 10 minutes on 2 CPU
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import tempfile
 import time

@@ -61,7 +61,7 @@ def synthesise(n_images: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     base = _base_labels()
     variants = []  # per base image: per object: 4 near variants and 1 far one
-    for label, masks in base:
+    for _label, masks in base:
         per_obj = []
         for m in masks:
             near = [_shifted(m, int(rng.integers(-5, 6)), int(rng.integers(-5, 6))) for _ in range(4)]

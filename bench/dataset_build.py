@@ -46,12 +46,12 @@ def run(work: Path) -> list[Row]:
 
 
 def _s3(work: Path) -> Row:
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
     from assay import storage
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)

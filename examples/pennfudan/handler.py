@@ -18,7 +18,6 @@ from assay.handler import Handler, rle_encode
 class MaskRCNNHandler(Handler):
     def load(self, model_dir, device):
         import torch
-
         from model_def import build_model
 
         self.config = json.loads((model_dir / "config.json").read_text())

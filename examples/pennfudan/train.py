@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_def import ARCHS, COCO_PERSON, build_model  # noqa: E402
+from model_def import ARCHS, COCO_PERSON, build_model
 
 COCO_URL = "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
 

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ValidationError
 
 from assay import layout
 from assay.spec import EvaluationJob, JobSpec
-
 from assay_operator import kube, manifests, policy, status
 from assay_operator import metrics as op_metrics
 from assay_operator.settings import Settings

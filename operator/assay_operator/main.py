@@ -78,7 +78,7 @@ def _reconcile_logged(namespace: str, name: str, logger: logging.Logger) -> None
     try:
         with metrics.timed_reconcile():
             phase = handlers.reconcile(namespace, name, logger, SETTINGS)
-    except Exception as exc:  # noqa: BLE001 - the next trigger retries; one job must not stop the others
+    except Exception as exc:
         logger.exception("reconcile of %s/%s failed; retrying at the next change or resync", namespace, name)
         _report_error(namespace, name, exc, logger)
         return

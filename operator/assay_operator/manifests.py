@@ -20,7 +20,6 @@ from typing import Any
 
 from assay.errors import EXIT_PERMANENT
 from assay.spec import EvaluationJob, RunContext
-
 from assay_operator.settings import Settings
 
 RESOLVE, PPL, CMP = "resolve", "ppl", "cmp"

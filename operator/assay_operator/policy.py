@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from assay.spec import EvaluationJob, RunContext
-
 from assay_operator.settings import Settings
 
 #: status.reason of a job refused by these rules (terminal: a new spec.retryToken after a fix reruns it).

@@ -263,7 +263,7 @@ def _source_errors_named(samples, process: str):
         yield from samples
     except AssayError:
         raise
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:
         raise SpecError(f"the dataset source {process!r} failed: {exc!r}",
                         "fix the source (ASSAY_DEBUG=1 shows the traceback), then build again") from exc
 

@@ -310,7 +310,7 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
         sys.dont_write_bytecode = True  # the verified cache holds exactly the package's files
         module = importlib.import_module(module_name)
         cls = getattr(module, attr)
-    except Exception as exc:  # noqa: BLE001 - user code: any failure is a handler error
+    except Exception as exc:
         raise HandlerError(f"cannot import handler {manifest.handler!r} from {manifest.uri}: {exc!r}",
                            "check run.handler in model.yaml and that the code imports") from exc
     except (SystemExit, KeyboardInterrupt) as exc:  # sys.exit()/exit()/raise KeyboardInterrupt in module code

@@ -106,7 +106,7 @@ def read_local(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
         table = pq.read_table(str(path))
         meta = json.loads((table.schema.metadata or {})[META_KEY])
         return _decode(table, meta)
-    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the bytes, the file is corrupt
+    except Exception as exc:
         raise IntegrityError(f"{path}: not a readable assay results file ({exc!r})",
                              "delete it; the ppl worker will recompute the shard") from exc
 

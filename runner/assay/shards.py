@@ -182,8 +182,8 @@ class ShardWriter:
         self.first = first
         self.tar_path = folder / f"{self.name}.tar"
         self.labels_path = folder / f"{self.name}.labels.json"
-        self._file = _HashingWriter(open(self.tar_path, "wb"))
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._file = _HashingWriter(open(self.tar_path, "wb"))  # noqa: SIM115 - closed by close()
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - as above
         self._labels: list[dict[str, Any]] = []
 
     @property

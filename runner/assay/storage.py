@@ -365,7 +365,7 @@ def _retrying(uri: str, op: Callable[[], T], clock: _Clock | None = None) -> T:
     for attempt in range(1, cfg.retries + 1):
         try:
             return op()
-        except Exception as exc:  # noqa: BLE001 - classified right below
+        except Exception as exc:
             err = _classify(exc, uri)
             if not getattr(err, "retryable", False) or attempt == cfg.retries:
                 if err is exc:
@@ -413,7 +413,7 @@ def _head(loc: Location, uri: str) -> dict | None:
     whether the key or the bucket is missing: ask the bucket then."""
     try:
         return _s3().head_object(Bucket=loc.bucket, Key=loc.path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if not isinstance(_classify(exc, uri), ObjectNotFound):
             raise
     _check_bucket(loc, uri)
@@ -425,7 +425,7 @@ def _check_bucket(loc: Location, uri: str) -> None:
     credentials limited to objects) leaves the question to the object requests."""
     try:
         _s3().head_bucket(Bucket=loc.bucket)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if _code(exc)[1] == 404:
             raise _no_bucket(uri) from exc
         if getattr(_classify(exc, uri), "retryable", False):  # no answer, or a 5xx: for the retry loop
@@ -523,7 +523,7 @@ def _incomplete_uploads(loc: Location, uri: str, exact: bool) -> list[dict]:
         try:
             for page in _s3().get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix):
                 found.extend(u for u in page.get("Uploads", []) if not exact or u["Key"] == loc.path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _code(exc)[0] != "NoSuchUpload":
                 raise
             return []  # gofakes3's answer for a bucket that never had an upload: none to list
@@ -541,7 +541,7 @@ def _abort(loc: Location, upload: dict) -> None:
     def abort() -> None:
         try:
             _s3().abort_multipart_upload(Bucket=loc.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _code(exc)[0] not in {"NoSuchUpload", "404"}:  # already gone: done
                 raise
 
@@ -830,7 +830,7 @@ def create_exclusive(uri: str, data: bytes) -> str | None:
     def put() -> str | None:
         try:
             return _s3().put_object(Bucket=loc.bucket, Key=loc.path, Body=data, IfNoneMatch="*")["ETag"]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _precondition_failed(exc):
                 return _tag_if_ours(loc, data)
             raise
@@ -885,7 +885,7 @@ def replace_if(uri: str, data: bytes, tag: str) -> str | None:
     def put() -> str | None:
         try:
             return _s3().put_object(Bucket=loc.bucket, Key=loc.path, Body=data, IfMatch=tag)["ETag"]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # Ceph RGW and gofakes3 answer 412 where AWS answers 404 for a missing key: both mean "not ours"
             if _precondition_failed(exc):
                 return _tag_if_ours(loc, data)
@@ -913,7 +913,7 @@ def delete_if(uri: str, tag: str) -> bool:
         try:
             _s3().delete_object(Bucket=loc.bucket, Key=loc.path, IfMatch=tag)
             return True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _precondition_failed(exc) or isinstance(_classify(exc, uri), ObjectNotFound):
                 return False  # changed, or gone (a retry after our own delete's lost answer)
             if _refuses_conditional_delete(exc):
@@ -945,7 +945,7 @@ def _honours_conditional_delete(loc: Location) -> bool:
         try:
             _s3().delete_object(Bucket=loc.bucket, Key=probe, IfMatch='"assay-probe-never-this-tag"')
             honoured = False  # deleted despite the wrong tag
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not (_precondition_failed(exc) or _refuses_conditional_delete(exc)):
                 raise
             honoured = _precondition_failed(exc)
@@ -959,7 +959,7 @@ def _delete_if_unchanged(loc: Location, uri: str, tag: str) -> bool:
     # delete, and its object is then deleted. The window is one round trip, not a holder's whole pause.
     try:
         current = _s3().head_object(Bucket=loc.bucket, Key=loc.path)["ETag"]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if isinstance(_classify(exc, uri), ObjectNotFound):
             return False
         raise
@@ -974,7 +974,7 @@ def _tag_if_ours(loc: Location, data: bytes) -> str | None:
     else None (another writer's)."""
     try:
         resp = _s3().get_object(Bucket=loc.bucket, Key=loc.path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if isinstance(_classify(exc, f"s3://{loc.bucket}/{loc.path}"), ObjectNotFound):
             return None
         raise

@@ -68,7 +68,7 @@ def _stored_predictions(output: str, dataset) -> dict[str, dict]:
     preds = {}
     for i in range(len(dataset.shards)):
         ids, rows, _ = results.read_local(layout.results_uri(output, i))
-        preds.update(zip(ids, rows))
+        preds.update(zip(ids, rows, strict=True))
     return preds
 
 

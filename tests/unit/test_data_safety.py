@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from assay import datasets
-from assay.errors import SpecError
 from assay.cli.main import main
+from assay.errors import SpecError
 from tests.conftest import write_dataset_yaml
 
 # ------------------------------------------------------------------ 19.5: non-regular files among the inputs

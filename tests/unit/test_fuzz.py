@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import tarfile
 
 import numpy as np
-import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

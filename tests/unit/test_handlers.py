@@ -11,11 +11,12 @@ import datetime as dt
 import json
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from assay_operator import handlers, kube, manifests
+from assay_operator import handlers, kube
 from assay_operator.settings import Settings
 
 NS, NAME = "evals", "eval"
@@ -399,7 +400,7 @@ def test_no_finalizer_is_ever_added(api):
     assert "finalizers" not in api.evaljobs[NAME]["metadata"]
     import assay_operator.main as main
 
-    source = open(main.__file__).read()
+    source = Path(main.__file__).read_text()
     assert "kopf.timer" not in source and "kopf.daemon" not in source and "on.delete" not in source
 
 

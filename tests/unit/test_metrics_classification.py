@@ -33,7 +33,7 @@ def _data(seed: int, n: int, num_classes: int, *, hit_rate: float = 0.6,
 def _evaluate(classes: list[str], y_true: np.ndarray, y_pred: np.ndarray,
               scores: np.ndarray | None = None) -> MetricsReport:
     ev = get_evaluator("classification", {"task": "classification", "classes": classes})
-    for i, (t, p) in enumerate(zip(y_true, y_pred)):
+    for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True)):
         # Mix the accepted forms: Python int, numpy scalar, 0-d array; float32 scores.
         pred: dict[str, Any] = {"label": [int(p), p, np.asarray(p)][i % 3]}
         if scores is not None:

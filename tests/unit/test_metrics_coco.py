@@ -109,7 +109,7 @@ def _perturbed(rng: np.random.Generator, sample: dict[str, Any]) -> dict[str, An
     """Jittered boxes, noisy masks, random (partly tied) scores, misses, duplicates, false positives."""
     h, w = sample["masks"][0].shape
     boxes, labels, masks = [], [], []
-    for obj, m in zip(sample["label"]["objects"], sample["masks"]):
+    for obj, m in zip(sample["label"]["objects"], sample["masks"], strict=True):
         for _ in range(1 + int(rng.random() < 0.2) - int(rng.random() < 0.15)):
             boxes.append(_jitter(rng, obj["bbox"], (h, w)))
             labels.append(1)
@@ -134,7 +134,7 @@ def _perturbed(rng: np.random.Generator, sample: dict[str, Any]) -> dict[str, An
 def _reference_stats(tmp_path: Path, samples: list[dict[str, Any]],
                      predictions: list[dict[str, Any]], iou_types: tuple[str, ...]) -> dict[str, list[float]]:
     images, anns, results = [], [], {"bbox": [], "segm": []}
-    for image_id, (sample, pred) in enumerate(zip(samples, predictions), start=1):
+    for image_id, (sample, pred) in enumerate(zip(samples, predictions, strict=True), start=1):
         label = sample["label"]
         images.append({"id": image_id, "width": label["width"], "height": label["height"]})
         for obj in label["objects"]:
@@ -168,7 +168,7 @@ def _reference_stats(tmp_path: Path, samples: list[dict[str, Any]],
 
 def _evaluate(samples: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> MetricsReport:
     ev = get_evaluator("coco", SCHEMA)
-    for sample, pred in zip(samples, predictions):
+    for sample, pred in zip(samples, predictions, strict=True):
         ev.update(sample["sample_id"], sample["label"], pred)
     return ev.compute()
 

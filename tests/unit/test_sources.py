@@ -78,3 +78,4 @@ def test_labels_match_the_annotation_boxes(pennfudan_dir):
         for obj, (x1, y1, x2, y2) in zip(label["objects"], boxes, strict=True):
             x, y, w, h = obj["bbox"]
             assert abs(x - (x1 - 1)) <= 3 and abs(x + w - x2) <= 3 and abs(y - (y1 - 1)) <= 3
+            assert abs(y + h - y2) <= 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def test_local_write_is_atomic_and_listed(tmp_path):
 def test_local_failed_write_leaves_nothing(tmp_path):
     target = tmp_path / "x.bin"
     with pytest.raises(RuntimeError), storage.atomic_local_file(str(target)) as tmp:
-        open(tmp, "wb").write(b"half")
+        Path(tmp).write_bytes(b"half")
         raise RuntimeError("killed mid-write")
     assert not target.exists() and os.listdir(tmp_path) == []
 

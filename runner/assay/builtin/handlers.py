@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from assay.builtin import models, spec as builtin_spec
+from assay.builtin import models
+from assay.builtin import spec as builtin_spec
 from assay.handler import Handler, rle_encode
 
 

@@ -151,7 +151,7 @@ def build(spec: dict[str, Any], weights=None):
         shown = {**kwargs, "weights": str(weights) if weights is not None else None}
         raise SpecError(f"model.yaml torchvision: {spec['architecture']} cannot be built with {shown}: {exc}",
                         "remove the option it does not take (SSD models have a fixed input size)") from exc
-    except Exception as exc:  # noqa: BLE001 - torchvision loading enum weights: UnpicklingError, RuntimeError, ...
+    except Exception as exc:
         if weights is None:
             raise
         raise SpecError(f"model.yaml torchvision: the {weights} weights file does not load into "
@@ -172,13 +172,13 @@ def read_state_dict(path: Path, where: str) -> dict[str, Any]:
                             "pip install 'assay[safetensors]'") from None
         try:
             return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - SafetensorError (bad header), OSError: all mean "not weights"
+        except Exception as exc:
             raise SpecError(f"{where}: {path.name} is not a safetensors file ({str(exc)[:200]})",
                             "save the weights with safetensors.torch.save_file(model.state_dict(), path), or "
                             "give the file the suffix of what it is (.pt for torch.save)") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError: all mean "not weights"
+    except Exception as exc:
         raise SpecError(f"{where}: {path.name} is not a state dict that loads with weights_only=True ({exc})",
                         "save the weights with torch.save(model.state_dict(), path); pickled models or "
                         "other objects are refused") from exc

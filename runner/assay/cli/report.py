@@ -27,7 +27,6 @@ def report(job: str, out: Path | None, gallery: int, fmt: str) -> None:
     """
     from assay.report.finished import open_run
     from assay.report.page import build
-
     from assay.storage import atomic_local_file, writable_target
 
     if out is not None:

@@ -14,8 +14,8 @@ Example::
     print(ev.compute().table())
 """
 
-from assay.metrics import classification as classification  # noqa: F401  (registers "classification")
-from assay.metrics import coco as coco  # noqa: F401  (registers "coco")
+from assay.metrics import classification as classification
+from assay.metrics import coco as coco
 from assay.metrics.registry import Evaluator, MetricsReport, available, get_evaluator, register
 
 __all__ = ["Evaluator", "MetricsReport", "available", "get_evaluator", "register"]

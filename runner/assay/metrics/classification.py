@@ -81,7 +81,7 @@ class ClassificationEvaluator(Evaluator):
             "per_class": {name: {k: (int(v[i]) if k == "support" else float(v[i]))
                                  for k, v in per_class.items()} for i, name in enumerate(self.classes)},
             "macro": macro, "micro": micro,
-            "averaged_over": [c for c, p in zip(self.classes, present) if p],
+            "averaged_over": [c for c, p in zip(self.classes, present, strict=True) if p],
             "confusion_matrix": cm.tolist(),  # rows: true class, columns: predicted class
             "roc_auc": None,
         }

@@ -180,7 +180,7 @@ class CocoEvaluator(Evaluator):
         }
         for iou_type, dets in iou_types.items():
             stats, per_category, curves = _evaluate(gt, dets, iou_type, self.categories, engine)
-            summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats)})
+            summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats, strict=True)})
             full[f"{iou_type}/stats"] = stats
             full[f"{iou_type}/per_category"] = per_category
             full[f"{iou_type}/precision_iou50"] = curves[CURVE_IOUS[0]]

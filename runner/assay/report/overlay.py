@@ -85,7 +85,7 @@ def clip(box: list[float], width: int, height: int) -> list[float] | None:
     x1, y1, x2, y2 = box
     if not all(math.isfinite(v) for v in box) or x2 < 0 or y2 < 0 or x1 > width or y1 > height:
         return None
-    return [min(max(v, -CLIP_MARGIN), limit + CLIP_MARGIN) for v, limit in zip(box, (width, height) * 2)]
+    return [min(max(v, -CLIP_MARGIN), limit + CLIP_MARGIN) for v, limit in zip(box, (width, height) * 2, strict=True)]
 
 
 def _fill(layer, mask: np.ndarray | None, color: tuple[int, int, int]) -> None:

@@ -100,7 +100,8 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
         objects, detections = len(label.get("objects", [])), len(prediction.get("boxes", []))
         caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {_count(objects, 'object')}, "
                    f"{_count(detections, 'detection')}")
-        drawn, note = _drawn(images, sample_id, lambda data: overlay.detections(data, label, prediction))
+        drawn, note = _drawn(images, sample_id,
+                             lambda data, label=label, prediction=prediction: overlay.detections(data, label, prediction))
         if drawn is not None:
             drawn, hidden = drawn
             caption += f" ({hidden} below score 0.5 not drawn)" if hidden else ""

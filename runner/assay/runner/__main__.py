@@ -116,7 +116,7 @@ def _step(role: str, ctx: RunContext) -> int:
             log.exception("OS error")
             write_termination_message(f"error: {exc}")
             return EXIT_RETRYABLE
-        except Exception as exc:  # noqa: BLE001 - unknown failures are retried by the Job
+        except Exception as exc:
             log.exception("unexpected error")
             write_termination_message(f"error: unexpected {type(exc).__name__}: {exc}")
             return EXIT_RETRYABLE

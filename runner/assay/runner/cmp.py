@@ -113,7 +113,7 @@ def _handler_evaluate(model, records) -> MetricsReport:
         summary = {k: float(v) for k, v in handler.evaluate(records).items()}
     except AssayError:
         raise
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:
         raise HandlerError(f"handler {model.handler}.evaluate() failed: {exc!r}",
                            "evaluate() must return a mapping of metric names to numbers") from exc
     if not summary:

@@ -139,7 +139,7 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
             log.exception("OS error")
             code, doc = EXIT_PERMANENT, {"error": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                                          "hint": "free disk space or fix the folder's permissions, then rerun"}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        except BaseException as exc:
             log.exception("unexpected error")
             code, doc = EXIT_RETRYABLE, {"error": f"unexpected {type(exc).__name__}: {exc}",
                                          "hint": f"see {log_path}; rerun to resume"}

@@ -152,7 +152,7 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
     def decode(index: int, sample: shards.Sample):
         try:
             return handler.decode(sample)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code, or a file that does not decode
+        except (Exception, SystemExit) as exc:
             image = sample.image_or_none()
             what = f"its {image[0]} file ({len(image[1])} bytes) does not decode" if image and isinstance(
                 exc, OSError | ValueError | SyntaxError) else "handler decode() failed"
@@ -224,7 +224,7 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest, loaded: dict):
     t0 = time.monotonic()
     try:
         handler.load(package_dir, device)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit() too)
+    except (Exception, SystemExit) as exc:
         raise HandlerError(f"handler {model.handler}.load() failed: {exc!r}",
                            "check the weight files and the handler code of the model package") from exc
     log.info("model %s loaded on %s in %.1fs", model.name, device, time.monotonic() - t0)
@@ -307,7 +307,7 @@ def _apply_model_options(handler, device, ctx: RunContext) -> None:
 def _predict(handler, batch):
     try:
         out = handler.predict(batch)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit() too)
+    except (Exception, SystemExit) as exc:
         raise HandlerError(f"handler predict() failed: {exc!r}") from exc
     if not isinstance(out, list | tuple) or not all(isinstance(p, dict) for p in out):
         raise HandlerError("handler predict() must return a list of dicts, one per input")

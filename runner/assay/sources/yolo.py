@@ -145,6 +145,6 @@ def _object(shape: _Shape, width: int, height: int, image: Path) -> dict:
     box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
     if box[2] <= 0 or box[3] <= 0:
         raise SpecError(f"the labels of {image} have a polygon of no area ({shape.values})", _LINE_HINT)
-    rle = masks.to_rle([[v for xy in zip(xs, ys) for v in xy]], height, width)
+    rle = masks.to_rle([[v for xy in zip(xs, ys, strict=True) for v in xy]], height, width)
     return {"category_id": shape.category_id, "bbox": box, "area": masks.rle_area_and_box(rle)[0],
             "iscrowd": 0, "segmentation": rle}
