@@ -45,6 +45,8 @@ def free_port() -> int:
 
 #: Run a command so that it gets SIGTERM when the test process dies (no preexec_fn: we have threads).
 WITH_PARENT = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "TERM", "--"]
+#: The same with SIGKILL: a terminated API server waits for etcd, which died with the test process too.
+KILLED_WITH_PARENT = [*WITH_PARENT[:2], "KILL", "--"]
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, namespace: str | None = None) -> Path:
@@ -143,7 +145,8 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        self.procs[name] = subprocess.Popen([*WITH_PARENT, str(self.bin / name), *args], stdout=log,
+        prefix = KILLED_WITH_PARENT if name == "kube-apiserver" else WITH_PARENT
+        self.procs[name] = subprocess.Popen([*prefix, str(self.bin / name), *args], stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

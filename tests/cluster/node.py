@@ -4,17 +4,14 @@ Installed by ``scripts/install-node.sh``. The control plane must serve on the no
 (``ControlPlane(node_ip=host_ip(), controllers=CONTROLLERS + NODE_CONTROLLERS)``): pods reach the API
 server through the ``kubernetes`` Service, which kube-proxy routes to that address.
 
-Everything runs as children of the test process and dies with it. The node changes the host, so
-``stop`` undoes it, step by step, even after a failed start: the pods (crictl rmp: containers, network
-namespaces, mounts), kube-proxy's iptables chains (``kube-proxy --cleanup``), the pods' bridge, the
-kubelet's mounts, folder and cgroups, and the sysctls the kubelet, kube-proxy and the CNI bridge
-rewrite at every start (``Sysctls``). A run that was killed leaves its saved sysctls behind; the next
-``start`` restores them first, and clears the pods and chains the killed run left.
+Everything runs as children of the test process and dies with it. The node changes the host (the
+kubelet rewrites sysctls, leaves iptables chains, mounts and cgroups; containers outlive containerd):
+``stop`` puts it back (tests/cluster/nodehost.py), even after a failed start, and so does a guard
+process if the test process is killed. ``start`` also clears what a run killed some other way left.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -26,13 +23,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.containerd import BRIDGE, POD_CIDR, RUN, SOCKET, Containerd
+from tests.cluster.containerd import POD_CIDR, SOCKET, Containerd
 from tests.cluster.controlplane import WITH_PARENT, ControlPlane, free_port, wait_ready
-
-#: The kubelet's folder (pods' volumes, plugins): one node per machine, as for the containerd.
-KUBELET_ROOT = Path("/var/lib/assay-kubelet")
-#: The cgroup v1 hierarchies the kubelet makes ``kubepods`` in (cgroupfs driver).
-CGROUP_V1 = Path("/sys/fs/cgroup")
+from tests.cluster.nodehost import KUBELET_ROOT, Guard, Sysctls, clear_kubelet_root, cleanup_iptables, undo
 
 
 def host_ip() -> str | None:
@@ -46,41 +39,6 @@ def host_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
-class Sysctls:
-    """The host settings the node rewrites, saved to a file before it starts and written back after.
-
-    The kubelet sets vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops and the
-    root keyring quotas at every start; the CNI bridge turns on ip_forward. kube-proxy is configured to
-    leave its conntrack and route_localnet settings alone; they are saved all the same."""
-
-    KEYS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
-            "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward",
-            "net.ipv4.conf.all.route_localnet", "net.netfilter.nf_conntrack_max",
-            "net.netfilter.nf_conntrack_tcp_timeout_established",
-            "net.netfilter.nf_conntrack_tcp_timeout_close_wait")
-
-    def __init__(self, saved: Path = RUN.with_name("assay-node-sysctls.json")) -> None:
-        self.saved = saved
-
-    @staticmethod
-    def _path(key: str) -> Path:
-        return Path("/proc/sys") / key.replace(".", "/")
-
-    def save(self) -> None:
-        if self.saved.exists():  # a killed run's: those are the host's own values
-            self.restore()
-        values = {k: self._path(k).read_text().strip() for k in self.KEYS if self._path(k).exists()}
-        self.saved.write_text(json.dumps(values, indent=1))
-
-    def restore(self) -> None:
-        if not self.saved.exists():
-            return
-        for key, value in json.loads(self.saved.read_text()).items():
-            if self._path(key).read_text().strip() != value:
-                self._path(key).write_text(value)
-        self.saved.unlink()
-
-
 class RealNode:
     def __init__(self, plane: ControlPlane, admin: client.ApiClient, folder: Path, bin_dir: Path,
                  name: str = "assay-node") -> None:
@@ -92,17 +50,20 @@ class RealNode:
         self.sysctls = Sysctls()
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = plane.logs
+        self.guard: Guard | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 120) -> RealNode:
         self.containerd.start()  # first: its lock says no other node runs here, whose state to leave alone
         try:
+            self.guard = Guard(self.folder, self.bin, self.logs / "nodehost.log")
+            self.guard.watch(self.containerd.proc.pid)
             self.sysctls.save()
             self.containerd.ensure_pause()
             self.containerd.remove_pods()  # a killed run's, recovered from containerd's store
-            self._cleanup_iptables()
-            self._clear_kubelet_root()
+            cleanup_iptables(self.bin)
+            clear_kubelet_root()
             self._allow_apiserver_to_kubelet()
             self._start_kubelet()
             self._start_kube_proxy()
@@ -113,19 +74,23 @@ class RealNode:
         return self
 
     def stop(self) -> None:
-        """Undo the node, each step on its own: one failing does not keep the others from running."""
-        steps = [lambda: self._terminate("kubelet"), self.containerd.remove_pods,
-                 lambda: self._terminate("kube-proxy"), self._cleanup_iptables, self.containerd.stop,
-                 lambda: subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False),
-                 self._clear_kubelet_root, _remove_kubepods_cgroups, self.sysctls.restore]
-        errors = []
-        for step in steps:
-            try:
-                step()
-            except Exception as exc:  # noqa: BLE001 - report them all at the end
-                errors.append(f"{type(exc).__name__}: {exc}")
+        """Stop the node and put the host back; raises, once all is tried, if some step failed."""
+        for name in ("kubelet", "kube-proxy"):  # first, so that neither makes anything again
+            self._terminate(name)
+        self._keep_pod_logs()
+        errors = undo(self.containerd, self.bin)
+        if self.guard:
+            self.guard.release()
+            self.guard = None
         if errors:
             raise RuntimeError("the real node did not stop cleanly:\n" + "\n".join(errors))
+
+    def _keep_pod_logs(self) -> None:
+        """Copy the containers' logs beside the control plane's before the kubelet's folder goes."""
+        for log in (KUBELET_ROOT / "pod-logs").glob("*/*/*.log"):  # NAMESPACE_POD_UID/CONTAINER/N.log
+            dest = self.logs / "pods" / f"{log.parents[1].name.rsplit('_', 1)[0]}-{log.parent.name}-{log.name}"
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(log, dest)
 
     def wait_ready(self, timeout: float) -> None:
         """Until the Node is Ready and the node-lifecycle controller has lifted its not-ready taint."""
@@ -197,6 +162,7 @@ class RealNode:
         self.procs[name] = subprocess.Popen([*WITH_PARENT, str(self.bin / name), *args], stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
+        self.guard.watch(self.procs[name].pid)
 
     def _terminate(self, name: str) -> None:
         proc = self.procs.pop(name, None)
@@ -208,51 +174,6 @@ class RealNode:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    # ---------------------------------------------------------------------------------- host state
-
-    def _cleanup_iptables(self) -> None:
-        """Remove the KUBE-* chains kube-proxy and the kubelet (this run's or a killed one's) leave in iptables."""
-        out = subprocess.run([str(self.bin / "kube-proxy"), "--cleanup", "--v=0"], capture_output=True,
-                             text=True, timeout=60, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"kube-proxy --cleanup exited {out.returncode}: {out.stderr[-2000:]}")
-        # The kubelet's own (pkg/kubelet/kubelet_network_linux.go), which it makes at every start and
-        # never removes: KUBE-FIREWALL drops packets to 127.0.0.0/8 that do not come from it.
-        for tool in ("iptables", "ip6tables"):
-            for args in (("-D", "INPUT", "-j", "KUBE-FIREWALL"), ("-D", "OUTPUT", "-j", "KUBE-FIREWALL"),
-                         ("-F", "KUBE-FIREWALL"), ("-X", "KUBE-FIREWALL"), ("-X", "KUBE-KUBELET-CANARY"),
-                         ("-t", "nat", "-X", "KUBE-KUBELET-CANARY"), ("-t", "mangle", "-X", "KUBE-KUBELET-CANARY"),
-                         ("-t", "mangle", "-X", "KUBE-IPTABLES-HINT")):
-                subprocess.run([tool, "-w", *args], capture_output=True, check=False)  # absent: fine
-            left = [line for line in subprocess.run([f"{tool}-save"], capture_output=True, text=True,
-                                                    check=False).stdout.splitlines() if "KUBE-" in line]
-            if left:
-                raise RuntimeError(f"{tool} rules left: {left}")
-
-    def _clear_kubelet_root(self) -> None:
-        """Unmount what the kubelet mounted (secret and projected volumes are tmpfs) and remove its folder."""
-        for root in (KUBELET_ROOT, RUN):
-            for mount in reversed(_mounts_under(root)):
-                subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
-            if _mounts_under(root):
-                raise RuntimeError(f"mounts left under {root}: {_mounts_under(root)}")
-        shutil.rmtree(KUBELET_ROOT, ignore_errors=True)
-
-
-def _mounts_under(root: Path) -> list[str]:
-    """Mount points at or below ``root``, outermost first (from /proc/self/mountinfo)."""
-    prefix = str(root).rstrip("/") + "/"
-    points = [line.split()[4].replace("\\040", " ") for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return [p for p in points if p == str(root) or p.startswith(prefix)]
-
-
-def _remove_kubepods_cgroups() -> None:
-    """The kubelet's empty ``kubepods`` cgroups (cgroup v1 keeps them after their processes are gone)."""
-    for tree in CGROUP_V1.glob("*/kubepods"):
-        for folder in sorted((p for p in tree.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            folder.rmdir()
-        tree.rmdir()
 
 
 def kubelet_config(ca: Path, serving: tuple[Path, Path], port: int, healthz_port: int) -> dict[str, Any]:

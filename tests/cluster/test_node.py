@@ -174,7 +174,7 @@ def test_memory_limit_is_enforced_by_the_kernel(real_node, probe_image, node_adm
 
 def test_job_deadline_kills_the_container(real_node, probe_image, node_admin, node_ns):
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "deadline"},
-           "spec": {"activeDeadlineSeconds": 5, "backoffLimit": 0,
+           "spec": {"activeDeadlineSeconds": 10, "backoffLimit": 0,
                     "template": {k: v for k, v in pod("deadline", probe_image, ["sleep", "600"]).items()
                                  if k in ("metadata", "spec")}}}
     client.BatchV1Api(node_admin).create_namespaced_job(node_ns, job)
