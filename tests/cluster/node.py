@@ -125,7 +125,7 @@ class RealNode:
         crt, key = self.plane.pki.issue(f"node-{self.name}", f"system:node:{self.name}", ("system:nodes",))
         kubeconfig = self.plane.kubeconfig_for(f"node-{self.name}", crt, key)
         serving = self.plane.pki.issue("kubelet-serving", self.name, server=True, sans=(self.ip, self.name))
-        config = kubelet_config(self.plane.pki.ca, serving, free_port(), free_port())
+        config = kubelet_config(self.plane.pki.ca, serving, self.ip, free_port(), free_port())
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
         self._spawn("kubelet", [
             f"--config={folder / 'config.yaml'}", f"--kubeconfig={kubeconfig}", f"--root-dir={KUBELET_ROOT}",
@@ -176,10 +176,10 @@ class RealNode:
             proc.wait()
 
 
-def kubelet_config(ca: Path, serving: tuple[Path, Path], port: int, healthz_port: int) -> dict[str, Any]:
+def kubelet_config(ca: Path, serving: tuple[Path, Path], ip: str, port: int, healthz_port: int) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "port": port, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
+        "address": ip, "port": port, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
         # The API server checks this certificate (--kubelet-certificate-authority) for logs and exec.
         "tlsCertFile": str(serving[0]), "tlsPrivateKeyFile": str(serving[1]),
         "authentication": {"x509": {"clientCAFile": str(ca)}, "webhook": {"enabled": True},
