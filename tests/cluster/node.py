@@ -179,7 +179,8 @@ class RealNode:
 def kubelet_config(ca: Path, serving: tuple[Path, Path], ip: str, port: int, healthz_port: int) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": ip, "port": port, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
+        "address": ip, "port": port, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
         # The API server checks this certificate (--kubelet-certificate-authority) for logs and exec.
         "tlsCertFile": str(serving[0]), "tlsPrivateKeyFile": str(serving[1]),
         "authentication": {"x509": {"clientCAFile": str(ca)}, "webhook": {"enabled": True},
