@@ -93,6 +93,11 @@ def probe_image(real_node, tmp_path_factory) -> str:
     name = f"assay.test/probe:{hashlib.sha256(data).hexdigest()[:12]}"
     ociimage.write(folder / "probe.tar", name, {"/probe": (data, 0o755)}, ["/probe"])
     real_node.containerd.import_image(folder / "probe.tar")
+    # The store outlives the run: drop the probes of older sources (crictl rmi: also their image-id names).
+    old = [i for i in real_node.containerd.images() if i.startswith("assay.test/probe:") and i != name]
+    if old:
+        subprocess.run([str(BIN / "crictl"), "--runtime-endpoint", f"unix://{SOCKET}", "rmi", *old],
+                       check=True, capture_output=True, timeout=60)
     return name
 
 
