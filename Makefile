@@ -1,6 +1,7 @@
 # The README's two commands, with everything they need set up on a fresh machine.
 #   make demo    venv + package (torch, torchvision, ...) + the PennFudanPed demo
-#   make test    + test extras, helm and kubectl, the Kubernetes binaries and Kueue of tests/cluster, headless Chromium
+#   make test    + test extras, helm and kubectl, the Kubernetes binaries, Kueue and (as root) the real node of
+#                tests/cluster, headless Chromium
 #                (for the report tests) + the whole suite
 # CPU-only torch (about 4.5 GB less than PyPI's CUDA build), for users with internet:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -23,6 +24,7 @@ test: install-test
 	if [ -f scripts/install-kube.sh ]; then bash scripts/install-kube.sh; fi
 	if [ -f scripts/install-kueue.sh ]; then bash scripts/install-kueue.sh; fi
 	bash scripts/install-gofakes3.sh
+	if [ -f scripts/install-node.sh ] && [ "$$(id -u)" = 0 ]; then bash scripts/install-node.sh; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.assay-installed

@@ -3,10 +3,8 @@
 # kube-controller-manager and kube-scheduler from the k8s.io/kubernetes Go module, and etcd from
 # go.etcd.io/etcd/server/v3, each at a pinned release fetched through the Go module proxy.
 #
-# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the k8s.io/* staging modules
-# with local paths. So this script writes a small wrapper module in a cache folder whose go.mod
-# requires k8s.io/kubernetes and replaces each staging module with its published version
-# (v0.X.Y for Kubernetes v1.X.Y); the replace list is generated from the release's own go.mod.
+# The Kubernetes commands are built by scripts/lib/kube-module.sh (a wrapper module, shared with
+# install-node.sh).
 #
 # Idempotent: a stamp file names the versions built; with it and the binaries present this does
 # nothing. The first build takes 20-40 minutes on 2 cores; it runs under `nice`.
@@ -35,40 +33,9 @@ mkdir -p "$BIN" "$WORK"
 build() { nice -n "${ASSAY_BUILD_NICE:-10}" go build -trimpath "$@"; }
 
 # --- Kubernetes -------------------------------------------------------------------------------
-kube_dir="$WORK/kubernetes-$KUBE_VERSION"
-mkdir -p "$kube_dir"
-upstream_gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["GoMod"])')"
-
-# The wrapper's go.mod: the release's go and godebug lines, k8s.io/kubernetes required, and every
-# `k8s.io/x => ./staging/src/k8s.io/x` replace turned into `k8s.io/x => k8s.io/x v0.X.Y`.
-python3 - "$upstream_gomod" "$KUBE_VERSION" >"$kube_dir/go.mod" <<'PY'
-import re, sys
-text, version = open(sys.argv[1]).read(), sys.argv[2]
-staging = "v0." + version.split(".", 1)[1]
-out = ["module assay.dev/kube-build", ""]
-out += [l for l in text.splitlines() if re.match(r"(go|godebug) ", l)]
-out += ["", f"require k8s.io/kubernetes {version}", "", "replace ("]
-mods = re.findall(r"^\s*(?:replace\s+)?(k8s\.io/\S+)\s*=>\s*\./staging/\S+", text, re.M)
-if not mods:
-    sys.exit("install-kube: no staging replaces found in k8s.io/kubernetes's go.mod")
-out += [f"\t{m} => {m} {staging}" for m in sorted(set(mods))] + [")"]
-print("\n".join(out))
-PY
-echo "install-kube: building kubernetes $KUBE_VERSION in $kube_dir ($(grep -c ' => ' "$kube_dir/go.mod") staging modules)"
-
-minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
-ver="k8s.io/component-base/version"
-kube_ldflags="-s -w -X $ver.gitVersion=$KUBE_VERSION -X $ver.gitMajor=1 -X $ver.gitMinor=$minor"
-kube_ldflags+=" -X $ver.gitTreeState=clean -X $ver.buildDate=1970-01-01T00:00:00Z"
-(
-  cd "$kube_dir"
-  # -mod=mod lets go build complete go.mod and go.sum from the proxy (checked against sum.golang.org).
-  build -mod=mod -ldflags="$kube_ldflags" -o "$BIN/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
-)
+source scripts/lib/kube-module.sh
+kube_build "$BIN" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler
 
 # --- etcd -------------------------------------------------------------------------------------
 # server/v3's own go.mod replaces its sibling modules with local paths too, but replaces in a

@@ -1,4 +1,7 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+"""A real Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+The API server listens on loopback, or, for a real node (tests/cluster/node.py), on the node's address:
+pods cannot reach the host's 127.0.0.1, and the ``kubernetes`` Service may not point at a loopback address.
 
 The binaries come from ``scripts/install-kube.sh`` (``.tools/bin``). Every component runs as a child
 process with its log in ``<folder>/logs/``, authenticates with its own client certificate, and dies
@@ -28,6 +31,9 @@ CONTROLLERS = ("job-controller", "garbage-collector-controller", "ttl-after-fini
                "resourcequota-controller",
                # type-checks the chart's ValidatingAdmissionPolicy against the CRD (status.typeChecking)
                "validatingadmissionpolicy-status-controller")
+#: What a real node needs on top: Ready status and its taints from heartbeats, Service endpoints for kube-proxy.
+NODE_CONTROLLERS = ("node-lifecycle-controller", "endpoints-controller", "endpointslice-controller",
+                    "pod-garbage-collector-controller")
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -39,6 +45,8 @@ def free_port() -> int:
 
 #: Run a command so that it gets SIGTERM when the test process dies (no preexec_fn: we have threads).
 WITH_PARENT = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "TERM", "--"]
+#: The same with SIGKILL: a terminated API server waits for etcd, which died with the test process too.
+KILLED_WITH_PARENT = [*WITH_PARENT[:2], "KILL", "--"]
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, namespace: str | None = None) -> Path:
@@ -53,14 +61,18 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, n
 
 
 class ControlPlane:
-    def __init__(self, bin_dir: Path, folder: Path, apiserver_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, bin_dir: Path, folder: Path, apiserver_args: tuple[str, ...] = (),
+                 node_ip: str | None = None, controllers: tuple[str, ...] = CONTROLLERS) -> None:
+        """``node_ip``: serve on that address instead of 127.0.0.1, advertised as the ``kubernetes``
+        Service's endpoint (for a real node; see ``NODE_CONTROLLERS``)."""
         self.bin, self.folder = bin_dir, folder
         self.apiserver_args = apiserver_args  # e.g. an audit policy (bench/operator_scale.py)
+        self.host, self.node_ip, self.controllers = node_ip or "127.0.0.1", node_ip, controllers
         self.logs = folder / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pki = PKI(folder / "pki")
         self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.server = f"https://{self.host}:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.admin_cert = self.pki.issue("admin", "assay-test-admin", ("system:masters",))
         self.kubeconfig = self.kubeconfig_for("admin", *self.admin_cert)
@@ -79,13 +91,14 @@ class ControlPlane:
             f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
             f"--initial-cluster=test=http://127.0.0.1:{etcd_peer}"])
-        crt, key = self.pki.issue("apiserver", "kube-apiserver", server=True)
+        crt, key = self.pki.issue("apiserver", "kube-apiserver", server=True, sans=(self.host,))
+        # The "kubernetes" Service's endpoints may not be a loopback address; nothing needs them then.
+        endpoints = [] if self.node_ip else ["--endpoint-reconciler-type=none"]
         kubelet_crt, kubelet_key = self.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
         self._spawn("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.port}", "--advertise-address=127.0.0.1",
-            # The "kubernetes" Service's endpoints may not be a loopback address; nothing here needs them.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={self.host}", f"--secure-port={self.port}", f"--advertise-address={self.host}",
+            *endpoints,
             f"--tls-cert-file={crt}", f"--tls-private-key-file={key}", f"--client-ca-file={self.pki.ca}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction,PodSecurity",
             f"--service-account-issuer={ISSUER}", f"--service-account-key-file={self.pki.sa_pub}",
@@ -102,7 +115,7 @@ class ControlPlane:
             f"--kubeconfig={kcm}", f"--authentication-kubeconfig={kcm}", f"--authorization-kubeconfig={kcm}",
             # Each controller acts as its own service account with its bootstrap role, as on a real cluster.
             "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", "--leader-elect=false",
-            f"--controllers={','.join(CONTROLLERS)}", f"--root-ca-file={self.pki.ca}",
+            f"--controllers={','.join(self.controllers)}", f"--root-ca-file={self.pki.ca}",
             f"--service-account-private-key-file={self.pki.sa_key}", "--use-service-account-credentials=true",
             "--kube-api-qps=100", "--kube-api-burst=200", "--v=1"])
         sched = self.kubeconfig_for("scheduler", *self.pki.issue("scheduler", "system:kube-scheduler"))
@@ -132,7 +145,8 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        self.procs[name] = subprocess.Popen([*WITH_PARENT, str(self.bin / name), *args], stdout=log,
+        prefix = KILLED_WITH_PARENT if name == "kube-apiserver" else WITH_PARENT
+        self.procs[name] = subprocess.Popen([*prefix, str(self.bin / name), *args], stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
@@ -140,7 +154,8 @@ class ControlPlane:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca)) if port == self.port else \
             ssl._create_unverified_context()  # the controllers serve self-signed certificates
         ctx.load_cert_chain(*self.admin_cert)
-        wait_ready(f"https://127.0.0.1:{port}{path}", self.procs[name], name, lambda: self.log_tail(name),
+        host = self.host if port == self.port else "127.0.0.1"
+        wait_ready(f"https://{host}:{port}{path}", self.procs[name], name, lambda: self.log_tail(name),
                    timeout, ctx)
 
 

@@ -30,6 +30,13 @@ def _name(common_name: str, orgs: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name(attrs + [x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 class PKI:
     """Writes ``ca.crt``, ``<name>.crt``/``<name>.key`` pairs and ``sa.key``/``sa.pub`` into ``folder``."""
 
@@ -56,8 +63,10 @@ class PKI:
         self.sa_pub.write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
 
-    def issue(self, name: str, common_name: str, orgs: tuple[str, ...] = (), server: bool = False) -> tuple[Path, Path]:
-        """A certificate for a client identity (CN = user, O = groups), or the API server's serving one."""
+    def issue(self, name: str, common_name: str, orgs: tuple[str, ...] = (), server: bool = False,
+              sans: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """A certificate for a client identity (CN = user, O = groups), or a serving one: the API server's
+        names and addresses, plus ``sans`` (IP addresses or DNS names, e.g. a node's)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -67,8 +76,7 @@ class PKI:
                    .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
                    .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
         if server:
-            alt = [x509.DNSName(n) for n in SERVER_NAMES] + [x509.IPAddress(ipaddress.ip_address(i))
-                                                             for i in SERVER_IPS]
+            alt = [_san(n) for n in (*SERVER_NAMES, *SERVER_IPS, *sans)]
             builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         cert = builder.sign(self._ca_key, hashes.SHA256())
         crt, keyfile = self.folder / f"{name}.crt", self.folder / f"{name}.key"
