@@ -273,7 +273,7 @@ class Kubelet:
             volumes = self._volumes(api, pod, run)
             envs = [self._env(api, pod, c) for c in containers]
             run.containers = [Container(spec=c) for c in containers]
-            for container, env in zip(run.containers, envs):
+            for container, env in zip(run.containers, envs, strict=True):
                 self._launch(pod, run, container, env, volumes)
         except (ConfigError, ApiException) as exc:
             reason = exc.reason if isinstance(exc, ApiException) else str(exc)

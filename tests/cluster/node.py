@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.containerd import POD_CIDR, SOCKET, Containerd
 from tests.cluster.controlplane import WITH_PARENT, ControlPlane, free_port, wait_ready
-from tests.cluster.nodehost import KUBELET_ROOT, Guard, Sysctls, clear_kubelet_root, cleanup_iptables, undo
+from tests.cluster.nodehost import KUBELET_ROOT, Guard, Sysctls, cleanup_iptables, clear_kubelet_root, undo
 
 
 def host_ip() -> str | None:

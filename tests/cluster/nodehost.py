@@ -22,6 +22,8 @@ from tests.cluster.containerd import BRIDGE, REPO, RUN, Containerd
 
 #: The kubelet's folder (pods' volumes, plugins): one node per machine, as for the containerd.
 KUBELET_ROOT = Path("/var/lib/assay-kubelet")
+#: Where the host's sysctls are kept while a node runs (restored from there after a crash, too).
+SYSCTLS_SAVED = RUN.with_name("assay-node-sysctls.json")
 #: The cgroup v1 hierarchies the kubelet makes ``kubepods`` in (cgroupfs driver).
 CGROUP_V1 = Path("/sys/fs/cgroup")
 
@@ -39,7 +41,7 @@ class Sysctls:
             "net.netfilter.nf_conntrack_tcp_timeout_established",
             "net.netfilter.nf_conntrack_tcp_timeout_close_wait")
 
-    def __init__(self, saved: Path = RUN.with_name("assay-node-sysctls.json")) -> None:
+    def __init__(self, saved: Path = SYSCTLS_SAVED) -> None:
         self.saved = saved
 
     @staticmethod

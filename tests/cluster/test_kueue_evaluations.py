@@ -14,8 +14,17 @@ import pytest
 from kubernetes import client, watch
 
 from tests.cluster.conftest import RUNNER_IMAGE, Api, evaljob, wait_for
-from tests.cluster.kueue import (GROUP, PRIORITY_LABEL, QUEUE_LABEL, VERSION, cluster_queue, local_queue,
-                                 resource_flavor, workload_priority_class, workloads)
+from tests.cluster.kueue import (
+    GROUP,
+    PRIORITY_LABEL,
+    QUEUE_LABEL,
+    VERSION,
+    cluster_queue,
+    local_queue,
+    resource_flavor,
+    workload_priority_class,
+    workloads,
+)
 from tests.cluster.test_evaluationjob import apply, result_ids, running_ppl_pods, slow
 
 pytestmark = pytest.mark.cluster
