@@ -74,7 +74,7 @@ CMD ["python", "-m", "assay_operator"]
 FROM ${PYTHON_IMAGE} AS runner
 RUN groupadd --gid 1000 assay && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp/home assay
 ENV PATH=/opt/venv/bin:$PATH
-# torch/torchvision from PyPI: CUDA 12 builds on linux/amd64 (CUDA libraries as nvidia-* wheels).
+# torch/torchvision from PyPI: CUDA 13 builds on linux/amd64 (CUDA libraries as nvidia-* wheels).
 # This layer depends on these pins only; keep it above everything that changes with assay's code.
 RUN --mount=type=cache,id=assay-pip,target=/root/.cache/pip \
     python -m venv /opt/venv && pip install \
@@ -91,8 +91,10 @@ RUN --mount=type=cache,id=assay-pip,target=/root/.cache/pip \
       jsonschema==4.26.0 \
       click==8.5.1 \
       safetensors==0.8.0
+# assay itself. A COPY rather than a bind mount of the wheel stage: buildah (podman build) reuses a
+# cached RUN whose bind-mounted stage has changed, and would keep the old assay.
 COPY --from=wheel /dist/ /tmp/dist/
-RUN pip install --no-cache-dir --no-deps /tmp/dist/assay-0.1.0-py3-none-any.whl
+RUN pip install --no-cache-dir --no-deps /tmp/dist/assay-0.1.0-py3-none-any.whl && rm -r /tmp/dist
 LABEL org.opencontainers.image.title="assay-runner" \
       org.opencontainers.image.description="assay's ppl/cmp worker: torch, torchvision and assay" \
       org.opencontainers.image.source="https://github.com/assay-dev/assay" \

@@ -70,6 +70,15 @@ with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMA
 PY
 }
 
+# The config digest (the image id) of the manifest with digest $1 in containerd's content store.
+config_digest() {
+  "${CTR[@]}" content get "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["digest"])'
+}
+
+send() {
+  stream_layout "$1/oci" "$2" | "${CTR[@]}" images import --digests --skip-digest-for-named - >/dev/null
+}
+
 import_ref() {
   local ref="$1" want have t0=$SECONDS
   want="$(podman image inspect --format '{{.Digest}}' "$ref" 2>/dev/null)" \
@@ -79,7 +88,8 @@ import_ref() {
     echo "import-images: $ref already in containerd ($want)"
     return
   fi
-  local work reused
+  local old_id="" work reused
+  [[ -z "$have" ]] || old_id="$(config_digest "$have")"
   work="$(mktemp -d "$DIR/tmp/import.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
   "${CTR[@]}" content ls -q >"$work/known"
@@ -87,12 +97,25 @@ import_ref() {
   reused="$(wc -l <"$work/reused")"
   nice -n "${ASSAY_BUILD_NICE:-10}" skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
     "containers-storage:$ref" "oci:$work/oci:$ref"
-  stream_layout "$work/oci" "$work/reused" \
-    | "${CTR[@]}" images import --digests --skip-digest-for-named - >/dev/null
+  if ! send "$work" "$work/reused"; then
+    # A layer listed a moment ago may have been garbage-collected since (an image removed meanwhile):
+    # send everything.
+    echo "import-images: $ref: import without the $reused layers containerd had failed; sending them too" >&2
+    rm -rf "$work/oci"
+    nice -n "${ASSAY_BUILD_NICE:-10}" skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
+      "containers-storage:$ref" "oci:$work/oci:$ref"
+    : >"$work/reused"
+    send "$work" "$work/reused"
+  fi
   rm -rf "$work"
   trap - EXIT
   have="$(containerd_digest "$ref")"
   [[ "$have" == "$want" ]] || { echo "import-images: $ref imported as '$have', expected $want" >&2; exit 1; }
+  # CRI names each image it first sees by its id too (sha256:<config digest>); the old image's id name
+  # would keep its layers (6 GB when the runner's pins change) for ever.
+  if [[ -n "$old_id" && "$old_id" != "$(config_digest "$want")" && -n "$(containerd_digest "$old_id")" ]]; then
+    "${CTR[@]}" images rm "$old_id" >/dev/null
+  fi
   echo "import-images: $ref imported ($want; $reused layers already there) in $((SECONDS - t0)) s"
 }
 
