@@ -136,6 +136,11 @@ ensure_base_image() {
     --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
     "$DIR/base/$key.tar" "$BASE_IMAGE" >>"$LOG"
+  # An older base is untagged, and goes with the images built on it at the next prune.
+  local old
+  for old in $(podman images --format '{{.Repository}}:{{.Tag}}' localhost/assay-python-base); do
+    [[ "$old" == "$BASE_IMAGE" ]] || podman untag "$old" "$old"
+  done
 }
 
 # --- the Dockerfile's targets ---------------------------------------------------------------------
