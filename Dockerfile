@@ -14,11 +14,19 @@
 # Both run as uid/gid 1000 (the chart's and the operator's runAsUser), contain no compiler, and pin
 # every version. For releases, pin the base by digest as well (python:3.11.11-slim-bookworm@sha256:...).
 # The versions below are the ones the test suite runs with; bump them together with pyproject.toml.
+#
+# PYTHON_IMAGE swaps the base for a local image with the same layout (python and pip on PATH, bash,
+# groupadd/useradd): scripts/build-images.sh builds one from Debian packages where no registry can be
+# reached. The pip caches are cache mounts, so a changed pin downloads only what changed and no image
+# holds a cache; the runner's dependencies are one layer, installed straight into /opt/venv, and assay
+# itself is a small layer above it, so a code change rebuilds only that layer.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------- wheel
-FROM python:3.11.11-slim-bookworm AS wheel
+FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
-RUN pip install --no-cache-dir hatchling==1.27.0
+RUN --mount=type=cache,id=assay-pip,target=/root/.cache/pip \
+    pip install hatchling==1.27.0
 COPY pyproject.toml README.md ./
 COPY crds/ crds/
 COPY runner/ runner/
@@ -26,10 +34,10 @@ COPY operator/ operator/
 RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist .
 
 # ------------------------------------------------------------------------------------- operator deps
-FROM python:3.11.11-slim-bookworm AS operator-venv
-RUN python -m venv /opt/venv
+FROM ${PYTHON_IMAGE} AS operator-venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --no-cache-dir \
+RUN --mount=type=cache,id=assay-pip,target=/root/.cache/pip \
+    python -m venv /opt/venv && pip install \
       kopf==1.45.2 \
       kubernetes==37.0.1 \
       pydantic==2.14.3 \
@@ -44,7 +52,7 @@ COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir --no-deps /tmp/dist/assay-0.1.0-py3-none-any.whl
 
 # ------------------------------------------------------------------------------------------ operator
-FROM python:3.11.11-slim-bookworm AS operator
+FROM ${PYTHON_IMAGE} AS operator
 LABEL org.opencontainers.image.title="assay-operator" \
       org.opencontainers.image.description="assay's kopf operator for EvaluationJobs" \
       org.opencontainers.image.source="https://github.com/assay-dev/assay" \
@@ -60,12 +68,16 @@ USER 1000:1000
 EXPOSE 8080 8000
 CMD ["python", "-m", "assay_operator"]
 
-# --------------------------------------------------------------------------------------- runner deps
-FROM python:3.11.11-slim-bookworm AS runner-venv
-RUN python -m venv /opt/venv
+# -------------------------------------------------------------------------------------------- runner
+# One stage, no venv stage to copy from: torch's CUDA wheels make /opt/venv about 6 GB, and a
+# `COPY --from` would write all of it a second time.
+FROM ${PYTHON_IMAGE} AS runner
+RUN groupadd --gid 1000 assay && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp/home assay
 ENV PATH=/opt/venv/bin:$PATH
-# torch/torchvision from PyPI: CUDA 12 builds on linux/amd64 (CUDA libraries as nvidia-* wheels).
-RUN pip install --no-cache-dir \
+# torch/torchvision from PyPI: CUDA 13 builds on linux/amd64 (CUDA libraries as nvidia-* wheels).
+# This layer depends on these pins only; keep it above everything that changes with assay's code.
+RUN --mount=type=cache,id=assay-pip,target=/root/.cache/pip \
+    python -m venv /opt/venv && pip install \
       torch==2.15.0 \
       torchvision==0.29.2 \
       pycocotools==2.0.11 \
@@ -79,20 +91,16 @@ RUN pip install --no-cache-dir \
       jsonschema==4.26.0 \
       click==8.5.1 \
       safetensors==0.8.0
+# assay itself. A COPY rather than a bind mount of the wheel stage: buildah (podman build) reuses a
+# cached RUN whose bind-mounted stage has changed, and would keep the old assay.
 COPY --from=wheel /dist/ /tmp/dist/
-RUN pip install --no-cache-dir --no-deps /tmp/dist/assay-0.1.0-py3-none-any.whl
-
-# -------------------------------------------------------------------------------------------- runner
-FROM python:3.11.11-slim-bookworm AS runner
+RUN pip install --no-cache-dir --no-deps /tmp/dist/assay-0.1.0-py3-none-any.whl && rm -r /tmp/dist
 LABEL org.opencontainers.image.title="assay-runner" \
       org.opencontainers.image.description="assay's ppl/cmp worker: torch, torchvision and assay" \
       org.opencontainers.image.source="https://github.com/assay-dev/assay" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 1000 assay && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp/home assay
-COPY --from=runner-venv /opt/venv /opt/venv
 # HOME and the caches match the operator's job pods (emptyDirs on /tmp and /var/cache/assay, read-only root).
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp/home \
     XDG_CACHE_HOME=/var/cache/assay \
