@@ -12,7 +12,6 @@ ownerReference carries this EvaluationJob's uid; anything else with that name is
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from assay import layout
+from assay import layout, protocol
 from assay.spec import EvaluationJob, JobSpec
 from assay_operator import kube, manifests, policy, status
 from assay_operator import metrics as op_metrics
@@ -114,7 +113,7 @@ def _observe(job: EvaluationJob, body: dict[str, Any], previous: dict[str, Any],
     o.attempt = _attempt_token(job, previous, children.values())
     if o.blocker or o.hold:
         return o
-    o.resolve, o.ppl, o.cmp = children[manifests.RESOLVE], children[manifests.PPL], children[manifests.CMP]
+    o.resolve, o.ppl, o.cmp = children[protocol.RESOLVE], children[protocol.PPL], children[protocol.CMP]
     # Before any create: a job may not borrow more than the operator's policy allows (confused deputy).
     # Children of a job admitted under an older policy are stopped (PolicyViolation is an operator failure).
     o.blocker = policy.refusal(job, settings)
@@ -132,9 +131,9 @@ def _observe(job: EvaluationJob, body: dict[str, Any], previous: dict[str, Any],
             if o.resolve is None and may_create:
                 o.resolve = _create(job, manifests.build_resolve_job(body, job, settings), logger)
             elif status.job_state(o.resolve) == "Complete":
-                o.inputs = _report(o.pods, manifests.RESOLVE, ("model", "dataset", "shards", "indexes"))
+                o.inputs = _report(o.pods, protocol.RESOLVE, protocol.PinnedInputs)
                 if o.inputs is None:
-                    o.resolve = _rerun_lost_report(job, o, manifests.RESOLVE, logger)
+                    o.resolve = _rerun_lost_report(job, o, protocol.RESOLVE, logger)
         if o.inputs and stages.get("ppl") != "Complete" and o.ppl is None and may_create:
             o.ppl = _create(job, manifests.build_ppl_job(body, job, settings, o.inputs), logger)
         ppl_done = stages.get("ppl") == "Complete" or status.job_state(o.ppl) == "Complete"
@@ -149,13 +148,13 @@ def _observe(job: EvaluationJob, body: dict[str, Any], previous: dict[str, Any],
             o.hold = _refusal_hold(exc)
         return o
     if status.job_state(o.cmp) == "Complete":
-        o.report = _report(o.pods, manifests.CMP, ("evaluator", "summary"))
+        o.report = _report(o.pods, protocol.CMP, protocol.MetricsSummary)
         if o.report is None:
-            o.cmp = _rerun_lost_report(job, o, manifests.CMP, logger)
-    for role in manifests.ROLES:
+            o.cmp = _rerun_lost_report(job, o, protocol.CMP, logger)
+    for role in protocol.ROLES:
         if status.job_state(getattr(o, role)) == "Failed":
             o.errors[role] = _error_message(o.pods, role)
-    for role in manifests.ROLES:
+    for role in protocol.ROLES:
         setattr(o, role, _sync_suspend(job, getattr(o, role), logger))
     o.ppl = _sync_ppl(job, o.ppl, o.inputs, logger)
     o.failed_create = _failed_create(job, (o.resolve, o.ppl, o.cmp), o.pods)
@@ -230,11 +229,11 @@ def _children(job: EvaluationJob, body: dict[str, Any], o: status.Observed,
     stage's result is recorded in status."""
     uid, token = body["metadata"]["uid"], job.spec.retry_token or ""
     stages = o.previous.get("stages") or {}
-    recorded = {manifests.RESOLVE: bool(o.inputs), manifests.PPL: stages.get("ppl") == "Complete",
-                manifests.CMP: False}
+    recorded = {protocol.RESOLVE: bool(o.inputs), protocol.PPL: stages.get("ppl") == "Complete",
+                protocol.CMP: False}
     out: dict[str, dict[str, Any] | None] = {}
     waiting = False
-    for role in manifests.ROLES:
+    for role in protocol.ROLES:
         child_name = manifests.child_name(job.name, role)
         child = kube.get_job(job.namespace, child_name)
         if child is not None and (child.get("metadata") or {}).get("deletionTimestamp"):
@@ -248,7 +247,7 @@ def _children(job: EvaluationJob, body: dict[str, Any], o: status.Observed,
                 o.hold = ("ChildNameConflict", f"Job {child_name} exists and is not this EvaluationJob's (its "
                                                f"controller: {owner}); delete or rename that Job, or give the "
                                                "EvaluationJob another name")
-            return {r: None for r in manifests.ROLES}, True
+            return {r: None for r in protocol.ROLES}, True
         elif child is not None and _token_of(child) != token and not recorded[role]:
             logger.info("deleting Job %s of the earlier attempt %r", child_name, _token_of(child))
             kube.delete_job(job.namespace, child_name, child["metadata"]["uid"])
@@ -258,7 +257,7 @@ def _children(job: EvaluationJob, body: dict[str, Any], o: status.Observed,
 
 
 def _token_of(child: Mapping[str, Any]) -> str:
-    return ((child.get("metadata") or {}).get("annotations") or {}).get(manifests.RETRY_TOKEN_ANNOTATION, "")
+    return ((child.get("metadata") or {}).get("annotations") or {}).get(protocol.RETRY_TOKEN_ANNOTATION, "")
 
 
 def _pod_of(pod: dict[str, Any], children: dict[str, dict[str, Any] | None]) -> bool:
@@ -309,12 +308,12 @@ def _sync_suspend(job: EvaluationJob, child: dict[str, Any] | None,
         return child
     want = "true" if job.spec.suspend else "false"
     # a child of an operator before the annotation: what it has now is what that operator applied
-    applied = (meta.get("annotations") or {}).get(manifests.SUSPEND_ANNOTATION) or \
+    applied = (meta.get("annotations") or {}).get(protocol.SUSPEND_ANNOTATION) or \
         ("true" if (child.get("spec") or {}).get("suspend") else "false")
     if applied == want:
         return child
     logger.info("%s Job %s", "suspending" if job.spec.suspend else "resuming", meta["name"])
-    patch: dict[str, Any] = {"metadata": {"annotations": {manifests.SUSPEND_ANNOTATION: want}}}
+    patch: dict[str, Any] = {"metadata": {"annotations": {protocol.SUSPEND_ANNOTATION: want}}}
     if job.spec.suspend or not kube.list_workloads(job.namespace, meta.get("uid", "")):
         patch["spec"] = {"suspend": job.spec.suspend}  # a Job with a Workload is resumed by Kueue alone
     return kube.patch_job(job.namespace, meta["name"], patch)
@@ -394,7 +393,7 @@ def _expire_children(job: EvaluationJob, body: dict[str, Any], previous: dict[st
     ttl, done = job.spec.ttl_seconds_after_finished, status.parse_time(previous.get("completionTime"))
     if ttl is None or done is None or (now - done).total_seconds() < ttl:
         return
-    for role in manifests.ROLES:
+    for role in protocol.ROLES:
         child = kube.get_job(job.namespace, manifests.child_name(job.name, role))
         if child is not None and manifests.controller_uid(child) == body["metadata"]["uid"]:
             if kube.delete_job(job.namespace, child["metadata"]["name"], child["metadata"]["uid"]):
@@ -417,29 +416,28 @@ def _terminations(pods: list[dict[str, Any]], role: str) -> list[tuple[str, dict
     return sorted(out, key=lambda t: t[0], reverse=True)
 
 
-def _report(pods: list[dict[str, Any]], role: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """The JSON report in the termination message of ``role``'s pod that succeeded."""
+def _report(pods: list[dict[str, Any]], role: str, model: type[BaseModel]) -> dict[str, Any] | None:
+    """The result that ``role``'s pod which succeeded reported in its termination message."""
     for _, term in _terminations(pods, role):
-        if term.get("exitCode") != 0:
-            continue
-        try:
-            doc = json.loads(term.get("message") or "")
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and all(k in doc for k in keys):
-            return doc
+        if term.get("exitCode") == 0:
+            result = protocol.parse_result(term.get("message"), model)
+            if result is not None:
+                return result.model_dump(mode="json", by_alias=True, exclude_none=True)
     return None
 
 
 def _error_message(pods: list[dict[str, Any]], role: str) -> str | None:
-    """The error line (and hint) a failed pod of ``role`` left in its termination message."""
+    """The error (and hint) a failed pod of ``role`` reported in its termination message; for a pod that died
+    before it could report (a crash of the interpreter), the last line of the log tail the kubelet put
+    there instead (terminationMessagePolicy FallbackToLogsOnError)."""
     for _, term in _terminations(pods, role):
         text = (term.get("message") or "").strip()
-        if term.get("exitCode") and text:
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            error = next((line for line in lines if line.startswith("error:")), lines[-1])
-            hint = next((line for line in lines if line.startswith("hint:")), "")
-            return f"{error.removeprefix('error:').strip()}" + (f" ({hint})" if hint else "")
+        if not term.get("exitCode") or not text:
+            continue
+        failure = protocol.parse_failure(text)
+        if failure is not None:
+            return failure.error + (f" (hint: {failure.hint})" if failure.hint else "")
+        return text.splitlines()[-1].strip()
     return None
 
 

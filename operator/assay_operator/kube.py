@@ -18,8 +18,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from assay.protocol import GROUP, PLURAL, VERSION
+
 MERGE_PATCH = "application/merge-patch+json"
-GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
 
 
 @functools.cache
@@ -182,7 +183,7 @@ def post_event(owner: dict[str, Any], event_type: str, reason: str, message: str
         "message": message[:1024],
         "type": event_type,
         "source": {"component": "assay-operator"},
-        "reportingComponent": "assay.dev/operator",
+        "reportingComponent": f"{GROUP}/operator",
         "reportingInstance": socket.gethostname()[:128],
         "firstTimestamp": when,
         "lastTimestamp": when,

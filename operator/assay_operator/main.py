@@ -18,10 +18,11 @@ from typing import Any
 
 import kopf
 
-from assay_operator import handlers, kube, manifests, metrics, status
+from assay import protocol
+from assay.protocol import GROUP, PLURAL, VERSION
+from assay_operator import handlers, kube, metrics, status
 from assay_operator import settings as operator_settings
 
-GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
 #: Read once when kopf loads this module; a bad variable stops the operator here, naming it.
 SETTINGS = operator_settings.load()
 #: (namespace, name) of the jobs the resync loop visits: unfinished ones, and finished ones whose child
@@ -33,8 +34,8 @@ LOG = logging.getLogger("assay_operator")
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf's own settings: no bookkeeping on our objects, Events only from our phase transitions."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="assay.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="assay.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.enabled = False  # kube.post_event records one Event per phase transition
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16  # sync handlers run in threads; reconciles of jobs overlap
@@ -129,11 +130,11 @@ def evaluationjob_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -
     _reconcile_logged(namespace, name, logger)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={manifests.JOB_LABEL: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={protocol.JOB_LABEL: kopf.PRESENT})
 def child_job_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
     """A child Job's status moved (a shard group finished, the Job failed or completed)."""
     obj = event.get("object") or {}
     meta = obj.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == manifests.KIND and ref.get("apiVersion") == manifests.API_VERSION:
+        if ref.get("controller") and ref.get("kind") == protocol.KIND and ref.get("apiVersion") == protocol.API_VERSION:
             _reconcile_logged(meta.get("namespace") or "default", ref["name"], logger)

@@ -19,26 +19,29 @@ import re
 from typing import Any
 
 from assay.errors import EXIT_PERMANENT
+
+# The contract's names, used by the builders below (SUSPEND_ANNOTATION records the spec.suspend last applied
+# to the children: suspend is written on a change of the spec only, never as a level over what Kueue set).
+from assay.protocol import (
+    API_VERSION,
+    CMP,
+    JOB_LABEL,
+    KIND,
+    PPL,
+    RESOLVE,
+    RETRY_TOKEN_ANNOTATION,
+    ROLE_LABEL,
+    SUSPEND_ANNOTATION,
+    TERMINATION_LOG,
+)
 from assay.spec import EvaluationJob, RunContext
 from assay_operator.settings import Settings
 
-RESOLVE, PPL, CMP = "resolve", "ppl", "cmp"
-ROLES = (RESOLVE, PPL, CMP)
 CONTAINER = "runner"
-API_VERSION, KIND = "assay.dev/v1alpha1", "EvaluationJob"
-#: Label selecting every pod and Job of one EvaluationJob (its name).
-JOB_LABEL = "assay.dev/job"
-ROLE_LABEL = "assay.dev/role"
-#: Annotation on child Jobs: the spec.retryToken of the attempt that created them.
-RETRY_TOKEN_ANNOTATION = "assay.dev/retry-token"
-#: Annotation on child Jobs: the spec.suspend the operator last applied to them (suspend is written on a
-#: change of the spec only, never as a level over whatever Kueue set).
-SUSPEND_ANNOTATION = "assay.dev/suspend"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TMP_DIR = "/tmp"
 CACHE_DIR = "/var/cache/assay"
 SHM_DIR = "/dev/shm"
-TERMINATION_LOG = "/dev/termination-log"
 
 
 def child_name(name: str, role: str) -> str:

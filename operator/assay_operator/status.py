@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from assay import layout
+from assay.protocol import EVALUATING, FAILED, PENDING, ROLE_LABEL, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL
 from assay.spec import JobSpec
 
-PENDING, RUNNING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED = (
-    "Pending", "Running", "Evaluating", "Succeeded", "Failed", "Suspended")
-TERMINAL = {SUCCEEDED, FAILED}
 #: Reconciling and Stalled are kstatus' abnormal-true conditions: Flux and kstatus-based tools see a
 #: job in progress while Reconciling is True and give up at once when Stalled is True (a failed job).
 CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Reconciling", "Stalled",
@@ -401,7 +399,7 @@ def decide(o: Observed) -> tuple[str, str, str]:
 
 
 def _role(pod: dict[str, Any]) -> str | None:
-    return ((pod.get("metadata") or {}).get("labels") or {}).get("assay.dev/role")
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(ROLE_LABEL)
 
 
 def _is_oom(pod: dict[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from assay import packages, shards
+from assay import packages, protocol, shards
 from assay.errors import AssayError, SpecError
 from assay.labelcheck import Finding, lint
 from assay.oracle import ID_FIELD, classification_prediction, coco_prediction
@@ -149,7 +149,7 @@ def _run(dataset, model, evaluator: str, output: Path, workers: int):
     from assay.spec import EvaluationJob
 
     job = EvaluationJob.from_manifest({
-        "apiVersion": "assay.dev/v1alpha1", "kind": "EvaluationJob", "metadata": {"name": "pipeline-check"},
+        "apiVersion": protocol.API_VERSION, "kind": protocol.KIND, "metadata": {"name": "pipeline-check"},
         "spec": {"model": {"uri": model.uri}, "dataset": {"uri": dataset.uri}, "output": {"uri": str(output)},
                  "evaluator": evaluator, "ppl": {"workers": max(1, workers), "batchSize": 8, "device": "cpu"}}})
     return run_job(job, progress=False, overwrite=True).report

@@ -13,12 +13,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from assay.errors import AssayError
-from assay.spec import API_VERSION, EvaluationJob
+from assay.protocol import GROUP, JOB_LABEL, PLURAL, ROLE_LABEL, TERMINAL, VERSION
+from assay.spec import EvaluationJob
 
-GROUP, VERSION = API_VERSION.split("/")
-PLURAL = "evaluationjobs"
-TERMINAL = {"Succeeded", "Failed"}
-JOB_LABEL = "assay.dev/job"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
@@ -109,7 +106,7 @@ class Cluster:
     def logs(self, name: str, shard: int | None = None, role: str = "ppl") -> list[tuple[str, str]]:
         """(pod name, log text) of the job's pods; ``shard`` picks the ppl pods of the index (shard group)
         that holds it."""
-        selector = f"{JOB_LABEL}={name},assay.dev/role={role}"
+        selector = f"{JOB_LABEL}={name},{ROLE_LABEL}={role}"
         if shard is not None:
             per_index = int(((self.get(name).get("status") or {}).get("inputs") or {}).get("shardsPerIndex") or 0)
             if per_index < 1:

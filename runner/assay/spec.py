@@ -19,9 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assay.errors import SpecError
-
-API_VERSION = "assay.dev/v1alpha1"
-KIND = "EvaluationJob"
+from assay.protocol import API_VERSION, KIND
 
 
 def crd_path() -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from assay.protocol import GROUP, PLURAL, VERSION
 from tests.deploy.helm import by_kind, render
 from tests.deploy.test_chart import VARIANTS
 
@@ -45,7 +46,7 @@ def rule_of(api: type, method: str) -> tuple[str, str, str]:
     src = inspect.getsource(getattr(api, f"_{method}_serialize"))
     http = re.search(r"method='(\w+)'", src).group(1)
     path = re.search(r"resource_path='([^']+)'", src).group(1)
-    path = path.replace("{group}", "assay.dev").replace("{version}", "v1alpha1").replace("{plural}", "evaluationjobs")
+    path = path.replace("{group}", GROUP).replace("{version}", VERSION).replace("{plural}", PLURAL)
     m = re.fullmatch(r"/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)(?:/namespaces/\{namespace\})?"
                      r"/(?P<resource>[a-z]+)(?P<named>/\{name\})?(?:/(?P<sub>[a-z]+))?", path)
     assert m, f"unexpected path {path}"
@@ -64,7 +65,7 @@ def kube_module_rules() -> set[tuple[str, str, str]]:
     apis = _api_classes(tree)
     assert set(apis) == {"_batch", "_core", "_custom"}, apis
     src = (OPERATOR / "kube.py").read_text()
-    assert 'GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"' in src
+    assert "from assay.protocol import GROUP, PLURAL, VERSION" in src  # the paths below are of these
     out = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

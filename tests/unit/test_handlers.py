@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from assay import protocol
 from assay_operator import handlers, kube
 from assay_operator.settings import Settings
 
@@ -151,7 +152,7 @@ def reconcile(now: dt.datetime = NOW) -> str | None:
 
 def resolve_ok(api: FakeAPI) -> None:
     api.job_status("resolve", "Complete")
-    api.terminated("resolve", 0, json.dumps(INPUTS))
+    api.terminated("resolve", 0, json.dumps({"result": INPUTS}))
 
 
 def test_first_stage_pins_the_inputs_before_any_gpu_is_held(api):
@@ -190,7 +191,7 @@ def test_full_run_reports_through_termination_messages_and_never_moves_back(api)
     cmp = api.jobs["eval-cmp"]
     assert cmp["spec"]["activeDeadlineSeconds"] == 3600 - 300, "the ppl Job's own clock, not the operator's"
     api.job_status("cmp", "Complete")
-    api.terminated("cmp", 0, json.dumps(REPORT))
+    api.terminated("cmp", 0, json.dumps({"result": REPORT}))
     assert reconcile() == "Succeeded"
     st = api.status()
     assert st["results"]["headline"] == "0.812" and st["stages"] == {"resolve": "Complete", "ppl": "Complete",
@@ -239,8 +240,9 @@ def test_missing_inputs_fail_at_the_resolve_stage_with_the_pods_message(api):
     api.apply()
     reconcile()
     api.job_status("resolve", "Failed", reason="PodFailurePolicy")
-    api.terminated("resolve", 3, "error: no dataset at s3://b/datasets/d (no manifest.json or LATEST there)\n"
-                                 "  hint: build one with `assay dataset build`")
+    api.terminated("resolve", 3, protocol.failure_message(protocol.Failure(
+        error="no dataset at s3://b/datasets/d (no manifest.json or LATEST there)",
+        hint="build one with `assay dataset build`", kind="ObjectNotFound")))
     assert reconcile() == "Failed"
     st = api.status()
     assert st["reason"] == "InputsUnavailable" and "no dataset at s3://b/datasets/d" in st["message"]
@@ -464,7 +466,7 @@ def test_a_cmp_report_lost_with_its_pod_reruns_cmp_and_is_bounded(api):
     reconcile()
     assert "eval-cmp" in api.jobs and "stageReruns" not in api.status()
     api.job_status("cmp", "Complete")
-    api.terminated("cmp", 0, json.dumps(REPORT))
+    api.terminated("cmp", 0, json.dumps({"result": REPORT}))
     assert reconcile() == "Succeeded" and api.status()["stages"]["cmp"] == "Complete"
 
 

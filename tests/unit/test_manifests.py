@@ -7,6 +7,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from assay import protocol
 from assay.errors import EXIT_PERMANENT
 from assay.spec import EvaluationJob, JobSpec
 from assay_operator import manifests
@@ -58,7 +59,7 @@ class TestNamesAndLabels:
 
     def test_retry_token_is_recorded_on_the_child(self) -> None:
         ppl = ppl_job(job(retryToken="2"))
-        assert ppl["metadata"]["annotations"][manifests.RETRY_TOKEN_ANNOTATION] == "2"
+        assert ppl["metadata"]["annotations"][protocol.RETRY_TOKEN_ANNOTATION] == "2"
 
 
 class TestPplJob:

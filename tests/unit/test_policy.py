@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from assay import protocol
 from assay.spec import EvaluationJob, JobSpec
 from assay_operator import manifests, policy
 from assay_operator.settings import Settings
@@ -153,7 +154,7 @@ class TestSecretsAndEnv:
                    evaluator="coco")
         inputs = {"model": {"uri": "s3://m/v1", "version": "v1"}, "dataset": {"uri": "s3://d/v1", "version": "v1"},
                   "shardsPerIndex": 1}
-        for role in manifests.ROLES:
+        for role in protocol.ROLES:
             names = {e["name"] for e in manifests.env(full, role, inputs)}
             assert names <= policy.RESERVED_ENV, names - policy.RESERVED_ENV
         assert "JOB_COMPLETION_INDEX" in policy.RESERVED_ENV  # set by Kubernetes, read as the work item

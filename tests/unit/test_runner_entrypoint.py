@@ -28,6 +28,15 @@ def run_role(role: str, ctx: RunContext, tmp_path: Path, index: int | None = Non
     return proc.returncode, message.read_text() if message.exists() else "", proc.stderr
 
 
+def result(message: str) -> dict:
+    """The result a step reported (its termination message is one JSON document: result or failure)."""
+    return json.loads(message)["result"]
+
+
+def failure(message: str) -> dict:
+    return json.loads(message)["failure"]
+
+
 def test_resolve_then_ppl_groups_then_cmp_like_a_cluster_run(test_split, tmp_path):
     """Name-folder URIs are pinned once by resolve; each ppl index predicts its own group of shards."""
     from assay import packages
@@ -41,7 +50,7 @@ def test_resolve_then_ppl_groups_then_cmp_like_a_cluster_run(test_split, tmp_pat
                      worker_count=2, device="cpu")
     code, message, err = run_role("resolve", ctx, tmp_path)
     assert code == 0, err
-    inputs = json.loads(message)
+    inputs = result(message)
     assert inputs["model"] == {"uri": oracle_model.uri, "name": oracle_model.name, "version": oracle_model.version}
     assert inputs["dataset"]["version"] == test_split.version and inputs["shards"] == 3
     assert inputs["samples"] == 17 and inputs["shardsPerIndex"] == 1 and inputs["indexes"] == 3
@@ -52,11 +61,11 @@ def test_resolve_then_ppl_groups_then_cmp_like_a_cluster_run(test_split, tmp_pat
     for index in (2, 0, 1):  # the Job controller hands indexes out in any order
         code, message, err = run_role("ppl", pinned, tmp_path, index)
         assert code == 0, err
-        assert json.loads(message)["shards"] == 1
+        assert result(message)["shards"] == 1
         assert Path(layout.results_uri(pinned.output_uri, index)).is_file()
     code, message, err = run_role("cmp", pinned, tmp_path)
     assert code == 0, err
-    report = json.loads(message)
+    report = result(message)
     assert report["headline"] == {"name": "bbox/AP", "value": 1.0} and report["summary"]["segm/AP"] == 1.0
     assert len(message) < 4096
 
@@ -66,17 +75,19 @@ def test_resolve_fails_with_a_message_the_operator_can_show(test_split, tmp_path
                      output_uri=str(tmp_path / "out"), device="cpu")
     code, message, _ = run_role("resolve", ctx, tmp_path)
     assert code == EXIT_PERMANENT
-    assert message.startswith("error: no model package at") and "hint:" in message
+    assert failure(message)["error"].startswith("no model package at") and failure(message)["hint"]
+    assert failure(message)["kind"] == "ObjectNotFound" and failure(message)["retryable"] is False
 
 
 def test_cmp_summary_is_bounded_for_the_termination_message():
     from assay.metrics import MetricsReport
-    from assay.runner.__main__ import bounded_summary
+    from assay.protocol import MAX_REPORT_BYTES, MetricsSummary, result_message
 
     report = MetricsReport("classification", {f"class-{i:04d}/f1": i / 1000 for i in range(2000)},
                            ("accuracy", 0.5))
-    doc = bounded_summary(report)
-    assert len(json.dumps(doc)) <= 3000 and doc["truncated"] == 2000 - len(doc["summary"])
+    doc = result(result_message(MetricsSummary.bounded(report)))
+    assert len(result_message(MetricsSummary.bounded(report))) <= MAX_REPORT_BYTES
+    assert doc["truncated"] == 2000 - len(doc["summary"]) and len(doc["summary"]) > 50
     assert doc["headline"] == {"name": "accuracy", "value": 0.5}
 
 
@@ -103,7 +114,7 @@ def test_a_bad_setting_is_named_without_its_value(variable, test_split, tmp_path
                           timeout=300, cwd=REPO)
     text = message.read_text() if message.exists() else ""
     assert proc.returncode == EXIT_PERMANENT, proc.stderr
-    assert text.startswith("error:") and variable in text, text
+    assert variable in failure(text)["error"], text
     assert PLANTED not in text and PLANTED not in proc.stderr
 
 
@@ -130,7 +141,7 @@ def _resolved(model, test_split, tmp_path: Path) -> RunContext:
                      output_uri=str(tmp_path / "out"), worker_count=1, device="cpu")
     code, message, err = run_role("resolve", ctx, tmp_path)
     assert code == 0, err
-    inputs = json.loads(message)
+    inputs = result(message)
     return ctx.model_copy(update={"model_version": inputs["model"]["version"],
                                   "dataset_version": inputs["dataset"]["version"],
                                   "shards_per_index": inputs["shardsPerIndex"]})
@@ -144,8 +155,8 @@ def test_a_ppl_pod_whose_handler_calls_os_exit_0_fails_instead_of_passing(test_s
                            "Quitter")
     code, message, err = run_role("ppl", _resolved(model, test_split, tmp_path), tmp_path, 0)
     assert code == EXIT_PERMANENT, err
-    assert message.startswith("error: ppl ended with exit code 0 before it finished its work"), message
-    assert "\nhint: remove that call from the model's handler" in message
+    assert failure(message)["error"].startswith("ppl ended with exit code 0 before it finished its work"), message
+    assert failure(message)["hint"].startswith("remove that call from the model's handler")
     assert not Path(layout.results_uri(str(tmp_path / "out"), 0)).exists()
 
 
@@ -159,7 +170,7 @@ def test_a_ppl_pod_ends_what_its_handler_started(test_split, tmp_path, monkeypat
     monkeypatch.setenv("ASSAY_TEST_PIDS", str(pids_file))
     code, message, err = run_role("ppl", _resolved(model, test_split, tmp_path), tmp_path, 0)
     assert code == 0, err
-    assert json.loads(message)["shards"] == 1
+    assert result(message)["shards"] == 1
     pids = [int(line) for line in pids_file.read_text().split()]
     try:
         assert len(pids) == 1 and not _running(pids[0]), "the handler's helper outlived the step"

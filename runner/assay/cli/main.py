@@ -5,7 +5,6 @@ Set ASSAY_DEBUG=1 to see tracebacks.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
@@ -13,7 +12,7 @@ import click
 
 from assay import __version__
 from assay.cli._output import safe_text
-from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError
+from assay.protocol import failure_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,17 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
-    except AssayError as exc:
-        if os.environ.get("ASSAY_DEBUG") == "1":
-            _print_traceback()
-        click.secho(_scrub(f"error: {exc}"), fg="red", err=True)
-        return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
     except Exception as exc:  # noqa: BLE001 - the one place where anything becomes a message
         if os.environ.get("ASSAY_DEBUG") == "1":
             _print_traceback()
-        message, hint, code = describe_unexpected(exc)
-        click.secho(_scrub(f"error: {message}\n  hint: {hint}"), fg="red", err=True)
-        return code
+        failure = failure_of(exc)
+        click.secho(_scrub(failure.text()), fg="red", err=True)
+        return failure.exit_code
     return 0
 
 
@@ -84,26 +78,6 @@ def _scrub(text: str) -> str:
         if len(value) >= 4:
             text = text.replace(value, "***")
     return safe_text(text, keep_newlines=True)
-
-
-#: OS errors that only a person can fix (retrying cannot help).
-_PERMANENT_ERRNOS = {errno.ENOSPC: "free disk space, then rerun", errno.EROFS: "choose a writable location",
-                     errno.EACCES: "fix the permissions, or choose another location",
-                     errno.EPERM: "fix the permissions, or choose another location",
-                     errno.ENAMETOOLONG: "use a shorter path", errno.ENOTDIR: "a path component is a file, not a folder",
-                     errno.EISDIR: "the path is a folder; give a file", errno.ENOENT: "check the path",
-                     errno.EDQUOT: "free space under your quota, then rerun"}
-
-
-def describe_unexpected(exc: Exception) -> tuple[str, str, int]:
-    """(message, hint, exit code) for an error that is not an AssayError."""
-    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}", _PERMANENT_ERRNOS[exc.errno], EXIT_PERMANENT
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return f"{type(exc).__name__}: {exc}", "check the network and the service, then rerun", EXIT_RETRYABLE
-    return (f"unexpected {type(exc).__name__}: {exc}",
-            "rerun with ASSAY_DEBUG=1 to see the traceback, and report it if it is assay's fault", EXIT_RETRYABLE)
 
 
 if __name__ == "__main__":

@@ -16,110 +16,91 @@ started ends with the step.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
-from typing import Any
 
-from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError
+from pydantic import BaseModel
+
+from assay import protocol
+from assay.errors import EXIT_RETRYABLE, AssayError
 from assay.logs import setup_logging
 from assay.runner import groups
 from assay.spec import RunContext
-
-ROLES = ("resolve", "ppl", "cmp")
-#: Where Kubernetes reads the termination message (the container's terminationMessagePath).
-TERMINATION_LOG = "/dev/termination-log"
-MAX_MESSAGE = 4000
 
 
 def write_termination_message(text: str) -> None:
     """Into ASSAY_TERMINATION_LOG when set (the operator sets it), else into the kubelet's file if this
     runs in a pod; a run by hand never creates /dev/termination-log."""
     path = os.environ.get("ASSAY_TERMINATION_LOG")
-    if path is None and not os.path.isfile(TERMINATION_LOG):
+    if path is None and not os.path.isfile(protocol.TERMINATION_LOG):
         return
     try:
-        with open(path or TERMINATION_LOG, "w") as f:
-            f.write(text[:MAX_MESSAGE])
+        with open(path or protocol.TERMINATION_LOG, "w") as f:
+            f.write(text)
     except OSError:  # read-only or gone: nothing would read it
         pass
 
 
-def bounded_summary(report, limit: int = 3000) -> dict[str, Any]:
-    """The metrics summary for the termination message: headline first, then as many keys as fit."""
-    doc: dict[str, Any] = {"evaluator": report.evaluator,
-                           "headline": {"name": report.headline[0], "value": report.headline[1]}, "summary": {}}
-    for key, value in report.summary.items():
-        doc["summary"][key] = value
-        if len(json.dumps(doc)) > limit:
-            del doc["summary"][key]
-            doc["truncated"] = len(report.summary) - len(doc["summary"])
-            break
-    return doc
-
-
-def _run(role: str, ctx: RunContext) -> str:
-    if role == "resolve":
-        from assay import runrecord
+def _run(role: str, ctx: RunContext) -> BaseModel:
+    if role == protocol.RESOLVE:
+        from assay import layout, runrecord
         from assay.runner.inputs import resolve
 
         pinned, dataset, model = resolve(ctx)
         runrecord.claim(pinned.output_uri, runrecord.identity(pinned, model, dataset))
-        from assay import layout
-
-        return json.dumps({"model": {"uri": model.uri, "name": model.name, "version": model.version},
-                           "dataset": {"uri": dataset.uri, "name": dataset.name, "version": dataset.version},
-                           "shards": len(dataset.shards), "samples": dataset.samples,
-                           "shardsPerIndex": pinned.shards_per_index,
-                           "indexes": layout.index_count(len(dataset.shards), pinned.shards_per_index)})
-    if role == "ppl":
+        return protocol.PinnedInputs(
+            model=protocol.Ref(uri=model.uri, name=model.name, version=model.version),
+            dataset=protocol.Ref(uri=dataset.uri, name=dataset.name, version=dataset.version),
+            shards=len(dataset.shards), samples=dataset.samples, shards_per_index=pinned.shards_per_index,
+            indexes=layout.index_count(len(dataset.shards), pinned.shards_per_index))
+    if role == protocol.PPL:
         from assay.runner import ppl
 
         summary = ppl.run(ctx)
-        return json.dumps({"shards": summary.shards_total, "skipped": summary.shards_skipped,
-                           "samples": summary.samples_done})
+        return protocol.PplSummary(shards=summary.shards_total, skipped=summary.shards_skipped,
+                                   samples=summary.samples_done)
     from assay.runner import cmp
 
-    return json.dumps(bounded_summary(cmp.run(ctx)))
+    return protocol.MetricsSummary.bounded(cmp.run(ctx))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in ROLES:
-        print(f"usage: python -m assay.runner {'|'.join(ROLES)}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in protocol.ROLES:
+        print(f"usage: python -m assay.runner {'|'.join(protocol.ROLES)}", file=sys.stderr)
         return 2
     role = argv[0]
     try:
         ctx = RunContext.from_env()
     except AssayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        write_termination_message(f"error: {exc}")
-        return EXIT_PERMANENT
-    if role == "ppl":
+        return _failed(protocol.failure_of(exc))
+    if role == protocol.PPL:
         return _supervised(role, ctx)
     return _step(role, ctx)
 
 
+def _failed(failure: protocol.Failure) -> int:
+    print(failure.text(), file=sys.stderr)
+    write_termination_message(protocol.failure_message(failure))
+    return failure.exit_code
+
+
 def _step(role: str, ctx: RunContext) -> int:
-    worker = ctx.worker_index if role == "ppl" else None
+    worker = ctx.worker_index if role == protocol.PPL else None
     with setup_logging(ctx, role, worker, json_format=True):
         log = logging.getLogger(f"assay.{role}")
         try:
-            write_termination_message(_run(role, ctx))
-        except AssayError as exc:
-            log.error("%s: %s", type(exc).__name__, exc)
-            write_termination_message(f"error: {exc}")
-            return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
-        except OSError as exc:
-            log.exception("OS error")
-            write_termination_message(f"error: {exc}")
-            return EXIT_RETRYABLE
+            write_termination_message(protocol.result_message(_run(role, ctx)))
         except Exception as exc:
-            log.exception("unexpected error")
-            write_termination_message(f"error: unexpected {type(exc).__name__}: {exc}")
-            return EXIT_RETRYABLE
+            failure = protocol.failure_of(exc)
+            if isinstance(exc, AssayError):
+                log.error("%s: %s", type(exc).__name__, exc)
+            else:
+                log.exception("%s", failure.error)
+            write_termination_message(protocol.failure_message(failure))
+            return failure.exit_code
     return 0
 
 
@@ -161,10 +142,8 @@ def _supervised(role: str, ctx: RunContext) -> int:
         return 128 + os.WTERMSIG(status)  # as a shell reports it; the kubelet tells OOMKilled apart itself
     code = os.WEXITSTATUS(status)
     if code == 0 and not returned:
-        message = f"error: {role} {groups.EARLY_EXIT}\nhint: {groups.EARLY_EXIT_HINT}"
-        print(message, file=sys.stderr)
-        write_termination_message(message)
-        return EXIT_PERMANENT
+        return _failed(protocol.Failure(error=f"{role} {groups.EARLY_EXIT}", hint=groups.EARLY_EXIT_HINT,
+                                        kind="HandlerError"))
     return code
 
 

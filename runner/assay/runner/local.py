@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assay import layout, packages, runrecord, shards, storage
+from assay import layout, packages, protocol, runrecord, shards, storage
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError, EvaluationError, SpecError
 from assay.metrics import MetricsReport
 from assay.runner import groups
@@ -113,7 +113,7 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
     from assay.logs import setup_logging
 
     ctx = RunContext.model_validate_json(ctx_json)
-    code, doc = 0, {}
+    failure = None
     with setup_logging(ctx, role, ctx.worker_index if role == "ppl" else None, stream=sys.stderr,
                        upload=upload_log):
         log = logging.getLogger(f"assay.{role}")
@@ -131,23 +131,17 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
                 from assay.runner import cmp
 
                 cmp.run(ctx)
-        except AssayError as exc:
-            log.error("%s: %s", type(exc).__name__, exc)
-            code = EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
-            doc = {"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}
-        except OSError as exc:  # disk full, read-only or missing folders: fixing them takes a person
-            log.exception("OS error")
-            code, doc = EXIT_PERMANENT, {"error": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                                         "hint": "free disk space or fix the folder's permissions, then rerun"}
         except BaseException as exc:
-            log.exception("unexpected error")
-            code, doc = EXIT_RETRYABLE, {"error": f"unexpected {type(exc).__name__}: {exc}",
-                                         "hint": f"see {log_path}; rerun to resume"}
+            failure = protocol.failure_of(exc)
+            if isinstance(exc, AssayError):
+                log.error("%s: %s", type(exc).__name__, exc)
+            else:
+                log.exception("%s", failure.error)
     # always written: a process that ends with code 0 and no file was ended by code inside it (os._exit)
-    Path(exit_path).write_text(json.dumps(doc or {"done": True}))
+    Path(exit_path).write_text(protocol.failure_message(failure) if failure else protocol.result_message(None))
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(failure.exit_code if failure else 0)
 
 
 class _Children:
@@ -203,12 +197,11 @@ class _Children:
                     continue
                 return RunFailed(f"{name} {groups.EARLY_EXIT}", f"{groups.EARLY_EXIT_HINT}; see {log_path}",
                                  retryable=False)
-            try:
-                doc = json.loads(exit_path.read_text())
-            except (OSError, ValueError):
-                doc = {"error": f"exit code {p.exitcode}", "hint": None}
-            hint = f"{doc['hint']}; log: {log_path}" if doc.get("hint") else f"see {log_path}"
-            return RunFailed(f"{name} failed: {doc['error']}", hint, retryable=p.exitcode != EXIT_PERMANENT)
+            report = exit_path.read_text() if exit_path.is_file() else None
+            failure = protocol.parse_failure(report) or protocol.Failure(
+                error=f"exit code {p.exitcode}", retryable=p.exitcode != EXIT_PERMANENT)  # killed, no report
+            hint = f"{failure.hint}; log: {log_path}" if failure.hint else f"see {log_path}"
+            return RunFailed(f"{name} failed: {failure.error}", hint, retryable=failure.retryable)
         return None
 
 
@@ -244,7 +237,7 @@ def _unfinished_previous(path: Path) -> dict[str, Any] | None:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(old, dict) or old.get("phase") in ("Succeeded", "Failed", None):
+    if not isinstance(old, dict) or old.get("phase") in (*protocol.TERMINAL, None):
         return None
     return {"phase": "Failed", "reason": "Interrupted", "startTime": old.get("startTime"),
             "message": f"the run started at {old.get('startTime')} (pid {old.get('pid')}) ended in phase "
