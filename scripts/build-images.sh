@@ -15,14 +15,13 @@
 #   storage/  podman's image store, the one copy of the images; its layers are the build cache, so a
 #             rebuild after a change to assay's code costs seconds
 #   tmp/      podman's temporary files and the Dockerfile's pip cache mount
-#   build.log every step with its time
+#   build.log the last run: every step with its time, and podman's output
 # Idempotent: a stamp names a hash of the inputs (the Dockerfile, the files it copies, the base); with it
 # and the images present this does nothing. Needs root, apt-get and a path to Debian's mirror and PyPI.
 # The runner image is about 6 GB; a cold build needs about 20 GB of free disk on the way.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
-ROOT="$PWD"
 DIR="${ASSAY_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/assay/images}"
 SUITE="${ASSAY_BASE_SUITE:-bookworm}"
 MIRROR="${ASSAY_BASE_MIRROR:-http://deb.debian.org/debian}"
@@ -185,6 +184,7 @@ all_built() {
 
 main() {
   [[ "$(id -u)" == 0 ]] || { echo "build-images: run as root (podman's rootful store, debootstrap)" >&2; exit 1; }
+  : >"$LOG"  # the last run's log only
   log "start $(date -u +%FT%TZ): targets ${TARGETS[*]}, appVersion $APP_VERSION, in $DIR"
   step "apt-get install" install_tools
   write_podman_config
