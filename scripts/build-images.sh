@@ -14,7 +14,8 @@
 #   base/     the debootstrap tarball, keyed by the suite's point release and the package list
 #   storage/  podman's image store, the one copy of the images; its layers are the build cache, so a
 #             rebuild after a change to assay's code costs seconds
-#   tmp/      podman's temporary files and the Dockerfile's pip cache mount
+#   tmp/      podman's temporary files and the Dockerfile's pip cache mount (empty behind a proxy that strips
+#             PyPI's caching headers, as pip then caches nothing)
 #   build.log the last run: every step with its time, and podman's output
 # Idempotent: a stamp names a hash of the inputs (the Dockerfile, the files it copies, the base); with it
 # and the images present this does nothing. Needs root, apt-get and a path to Debian's mirror and PyPI.
