@@ -14,15 +14,15 @@
 #   base/     the debootstrap tarball, keyed by the suite's point release and the package list
 #   storage/  podman's image store, the one copy of the images; its layers are the build cache, so a
 #             rebuild after a change to assay's code costs seconds
-#   tmp/      podman's temporary files and the Dockerfile's pip cache mount
-#   build.log every step with its time
+#   tmp/      podman's temporary files and the Dockerfile's pip cache mount (empty behind a proxy that strips
+#             PyPI's caching headers, as pip then caches nothing)
+#   build.log the last run: every step with its time, and podman's output
 # Idempotent: a stamp names a hash of the inputs (the Dockerfile, the files it copies, the base); with it
 # and the images present this does nothing. Needs root, apt-get and a path to Debian's mirror and PyPI.
 # The runner image is about 6 GB; a cold build needs about 20 GB of free disk on the way.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
-ROOT="$PWD"
 DIR="${ASSAY_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/assay/images}"
 SUITE="${ASSAY_BASE_SUITE:-bookworm}"
 MIRROR="${ASSAY_BASE_MIRROR:-http://deb.debian.org/debian}"
@@ -37,6 +37,7 @@ NICE=(nice -n "${ASSAY_BUILD_NICE:-10}")
 mkdir -p "$DIR"/{base,storage,tmp}
 LOG="$DIR/build.log"
 log() { echo "build-images: $*" | tee -a "$LOG" >&2; }
+trap 'echo "build-images: failed; the end of $LOG:" >&2; tail -n 40 "$LOG" >&2' ERR
 # step NAME CMD...: run CMD, log its wall time and the disk left.
 step() {
   local name="$1" t0=$SECONDS
@@ -168,11 +169,12 @@ build_all() {
   podman image prune -f >>"$LOG"
 }
 
-# The inputs of a build: the Dockerfile, what its COPY lines read, the base image and the targets.
+# The inputs of a build: the Dockerfile, what its COPY lines read, the base image, the targets and
+# this script (its podman flags).
 inputs_key() {
   {
     echo "$BASE_IMAGE ${TARGETS[*]} $APP_VERSION"
-    find Dockerfile .dockerignore pyproject.toml README.md crds runner operator -type f \
+    find scripts/build-images.sh Dockerfile .dockerignore pyproject.toml README.md crds runner operator -type f \
       ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
   } | sha256sum | cut -c1-16
 }
@@ -183,6 +185,7 @@ all_built() {
 
 main() {
   [[ "$(id -u)" == 0 ]] || { echo "build-images: run as root (podman's rootful store, debootstrap)" >&2; exit 1; }
+  : >"$LOG"  # the last run's log only
   log "start $(date -u +%FT%TZ): targets ${TARGETS[*]}, appVersion $APP_VERSION, in $DIR"
   step "apt-get install" install_tools
   write_podman_config

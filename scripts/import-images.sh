@@ -97,6 +97,7 @@ import_ref() {
   reused="$(wc -l <"$work/reused")"
   nice -n "${ASSAY_BUILD_NICE:-10}" skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
     "containers-storage:$ref" "oci:$work/oci:$ref"
+  local exported=$((SECONDS - t0))
   if ! send "$work" "$work/reused"; then
     # A layer listed a moment ago may have been garbage-collected since (an image removed meanwhile):
     # send everything.
@@ -116,7 +117,8 @@ import_ref() {
   if [[ -n "$old_id" && "$old_id" != "$(config_digest "$want")" && -n "$(containerd_digest "$old_id")" ]]; then
     "${CTR[@]}" images rm "$old_id" >/dev/null
   fi
-  echo "import-images: $ref imported ($want; $reused layers already there) in $((SECONDS - t0)) s"
+  echo "import-images: $ref imported ($want; $reused layers already there) in $((SECONDS - t0)) s" \
+    "(export $exported s, containerd $((SECONDS - t0 - exported)) s)"
 }
 
 for target in "${TARGETS[@]}"; do
