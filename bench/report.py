@@ -8,7 +8,6 @@ import datetime as dt
 #: data-centre GPU (A100/H100 class). Replace with the GPU rows' model-only figure once one is measured.
 GPU_MODEL_ONLY_IPS = 25.0
 IMAGES, GPUS, SHARD_MB = 100_000, 16, 64
-PROGRESS_PUTS_PER_S = 0.5  # one progress object every 2 s (ASSAY_PROGRESS_INTERVAL)
 
 
 def scaling(facts: dict) -> str:
@@ -24,7 +23,7 @@ def scaling(facts: dict) -> str:
     shard_s = per_shard / ips
     wall = IMAGES / (GPUS * ips)
     per_shard_requests = 3  # HEAD of its results (resume check), one streamed GET of the tar, PUT of results
-    rate = GPUS * (per_shard_requests / shard_s + PROGRESS_PUTS_PER_S)
+    rate = GPUS * per_shard_requests / shard_s
     cpu_line = (f"Measured here (CPU, {facts['spec'].min_size}px): {ppl['e2e_ips']:.2f} img/s end to end, "
                 f"{efficiency:.2f} of model-only; shards of {ppl['images'] / len(manifest.shards):.1f} images "
                 f"({bytes_per_image / 1e3:.0f} kB per image incl. mask and label); model load "
@@ -50,8 +49,8 @@ GPU decoding stays off the critical path up to ~400 img/s); images are PennFudan
   {facts.get('cmp', {}).get('ours_s', float('nan')):.1f} s here: ~{facts.get('cmp', {}).get('ours_s', 0) * IMAGES / 5000 / 60:.1f} min for {IMAGES:,}, linear).
 - A shard takes {shard_s:.0f} s on one GPU; the {SHARD_MB} MiB download takes < 1 s at 100 MB/s and
   is prefetched while the previous shard computes.
-- S3 request rate: per shard 1 HEAD + 1 streamed GET of the tar + 1 PUT of results, plus a progress PUT
-  every 2 s per worker: about {rate:.1f} requests/s for the whole job, far below S3's per-prefix limits
+- S3 request rate: per shard 1 HEAD + 1 streamed GET of the tar + 1 PUT of results (pods write no
+  progress objects: the operator counts finished indexes): about {rate:.1f} requests/s for the whole job, far below S3's per-prefix limits
   (3,500 PUT / 5,500 GET per second); cmp adds {2 * shards} GETs (labels + results per shard).
 {op_line}"""
 

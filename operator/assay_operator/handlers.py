@@ -46,6 +46,14 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
+def forget(namespace: str, name: str, uid: str | None) -> None:
+    """Drop what the operator keeps per job once the job is deleted (its lock, its last write time)."""
+    with _locks_guard:
+        _locks.pop(f"{namespace}/{name}", None)
+    if uid:
+        _last_write.pop(uid, None)
+
+
 def reconcile(namespace: str, name: str, logger: logging.Logger, settings: Settings,
               now: dt.datetime | None = None) -> str | None:
     """Bring one EvaluationJob's children in line and write its status; returns the phase (None if gone)."""

@@ -33,9 +33,8 @@ LOG = logging.getLogger("assay_operator")
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf's own settings: no bookkeeping on our objects, Events only from our phase transitions."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    """kopf's own settings: Events only from our phase transitions. (The one handler is an event handler:
+    kopf keeps no progress or diff-base records for it, so there is no storage of them to configure.)"""
     settings.posting.enabled = False  # kube.post_event records one Event per phase transition
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16  # sync handlers run in threads; reconciles of jobs overlap
@@ -125,6 +124,7 @@ def evaluationjob_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -
         WATCHED.discard((namespace, name))
         _REPORTED.pop((namespace, name), None)
         metrics.forget(namespace, name)
+        handlers.forget(namespace, name, meta.get("uid"))
         return
     _track(obj)
     _reconcile_logged(namespace, name, logger)

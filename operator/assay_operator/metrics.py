@@ -7,7 +7,8 @@ Names (all prefixed ``assay_operator_``):
 ``assay_operator_reconcile_duration_seconds``                          histogram
     Time of one reconcile (create, resume, spec update or resync timer); ``_count`` counts reconciles.
 ``assay_operator_reconcile_errors_total{exception}``                   counter
-    Reconciles that raised (kopf retries them), by exception class.
+    Reconciles that raised, by exception class (logged, posted as a Warning Event, retried at the next
+    change or resync).
 ``assay_operator_evaluationjob_shard_retries{namespace, name}``        gauge
     ppl pods of the job's current attempt that failed and were retried (the ppl Job's ``status.failed``).
 ``assay_operator_evaluationjob_samples_per_second{namespace, name}``   gauge
@@ -36,7 +37,7 @@ RECONCILE_SECONDS = Histogram(
     f"{PREFIX}reconcile_duration_seconds", "Time of one reconcile of an EvaluationJob.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 RECONCILE_ERRORS = Counter(
-    f"{PREFIX}reconcile_errors", "Reconciles that raised an exception (kopf retries them).", ["exception"])
+    f"{PREFIX}reconcile_errors", "Reconciles that raised an exception (retried at the next change or resync).", ["exception"])
 
 
 class _JobState:

@@ -13,7 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from assay import layout
-from assay.protocol import EVALUATING, FAILED, PENDING, ROLE_LABEL, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL
+from assay.protocol import (
+    DEADLINE_EXCEEDED,
+    EVALUATING,
+    FAILED,
+    METRICS_FAILED,
+    PENDING,
+    PERMANENT_ERROR,
+    ROLE_LABEL,
+    RUNNING,
+    SHARD_RETRIES_EXHAUSTED,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL,
+)
 from assay.spec import JobSpec
 
 #: Reconciling and Stalled are kstatus' abnormal-true conditions: Flux and kstatus-based tools see a
@@ -346,21 +359,21 @@ def decide(o: Observed) -> tuple[str, str, str]:
                                          "change spec.retryToken")
         if reason == "PodFailurePolicy":
             detail = o.errors.get("ppl") or message
-            return FAILED, "PermanentError", (
+            return FAILED, PERMANENT_ERROR, (
                 f"a ppl worker exited with code 3 (a deterministic error such as a bad handler or a corrupt "
                 f"shard): {detail}; read `assay job logs {o.name}`")
         if reason == "DeadlineExceeded":
-            return FAILED, "DeadlineExceeded", f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
+            return FAILED, DEADLINE_EXCEEDED, f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
         where = ", ".join(_index_text(i, o.inputs) for i in indexes) or "a ppl index"
-        return FAILED, "ShardRetriesExhausted", (
+        return FAILED, SHARD_RETRIES_EXHAUSTED, (
             f"{where} failed {retries + 1} times, past spec.ppl.maxRetriesPerShard={retries}; fix the cause, "
             f"then change spec.retryToken to rerun only the unfinished shards ({reason}: {message})".rstrip())
     if cmp_state == "Failed":
         reason, message = job_failure(o.cmp or {})
         if reason == "DeadlineExceeded":
-            return FAILED, "DeadlineExceeded", f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
+            return FAILED, DEADLINE_EXCEEDED, f"ran past spec.activeDeadlineSeconds={spec.active_deadline_seconds}"
         detail = o.errors.get("cmp") or f"{reason}: {message}"
-        return FAILED, "MetricsFailed", f"the cmp Job failed: {detail}; read `assay job logs {o.name}`"
+        return FAILED, METRICS_FAILED, f"the cmp Job failed: {detail}; read `assay job logs {o.name}`"
     progressing = any_pod_placed(o.pods) or bool(((o.ppl or {}).get("status") or {}).get("completedIndexes"))
     problem = pod_problem(o.pods, o.now, fail_fast_seconds=o.fail_fast_seconds,
                           pending_deadline_seconds=spec.pending_deadline_seconds)

@@ -4,7 +4,6 @@
     <output>/lease.json                     the live run writing into it (see assay.runrecord)
     <output>/results/shard-000003.parquet   predictions of one shard, one row per sample
     <output>/results/shard-000003.json      its sha256, size and versions: written last (the commit point)
-    <output>/progress/ppl-0001.json         progress of ppl worker 1 (rewritten every few seconds)
     <output>/logs/ppl-0001.log              log of ppl worker 1, copied before the process ends
     <output>/metrics.json                   every metric, with the full arrays
     <output>/summary.txt                    the readable metrics table
@@ -68,10 +67,6 @@ def results_uri(output_uri: str, shard_index: int) -> str:
 
 def results_record_uri(output_uri: str, shard_index: int) -> str:
     return storage.join(output_uri, "results", f"{shard_name(shard_index)}.json")
-
-
-def progress_uri(output_uri: str, worker_index: int) -> str:
-    return storage.join(output_uri, "progress", f"ppl-{worker_index:04d}.json")
 
 
 def log_uri(output_uri: str, role: str, worker_index: int | None = None) -> str:

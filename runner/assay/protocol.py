@@ -46,6 +46,12 @@ PENDING, RUNNING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED = (
     "Pending", "Running", "Evaluating", "Succeeded", "Failed", "Suspended")
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 
+#: Why a run failed, in the same words under `assay run` (status.json) and on a cluster (the CR's status):
+#: a step's deterministic failure; a ppl failure worth retrying once no retry is left (a local run has
+#: none: rerun it to resume); cmp's failure; the deadline; the output's lease lost to another run.
+PERMANENT_ERROR, SHARD_RETRIES_EXHAUSTED, METRICS_FAILED = "PermanentError", "ShardRetriesExhausted", "MetricsFailed"
+DEADLINE_EXCEEDED, LEASE_LOST, INTERRUPTED = "DeadlineExceeded", "LeaseLost", "Interrupted"
+
 # ---------------------------------------------------------------------------------------- failures
 
 

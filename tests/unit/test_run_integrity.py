@@ -48,6 +48,11 @@ def write_job(folder: Path, model_uri: str, dataset_uri: str, output: str = "out
     return path
 
 
+def started_items(job_dir: Path) -> int:
+    """Work items the workers have started predicting, as their logs say."""
+    return sum(log.read_text(errors="replace").count("] work item ") for log in (job_dir / "logs").glob("ppl-*.log"))
+
+
 def assay(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "assay.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
@@ -160,7 +165,7 @@ class TestPinnedInputs:
         name_folder = str(Path(v1.uri).parent)
         job = write_job(tmp_path, name_folder, test_split.uri, batch_size=1)  # the README's form: a name
         run = start_assay("run", str(job), "--no-progress", env={"ASSAY_TEST_PREDICT_DELAY": "0.3"})
-        wait_for(lambda: list((tmp_path / "out" / "progress").glob("*.json")), what="the first progress")
+        wait_for(lambda: started_items(tmp_path / "out") >= 1, what="the first work item")
         v2 = build_model(tmp_path, store, empty=True)  # same name, new LATEST
         assert (Path(name_folder) / "LATEST").read_text() == v2.version
         _, err = run.communicate(timeout=300)
@@ -233,7 +238,7 @@ class TestProcessLifecycle:
         model = build_model(tmp_path, store)
         job = write_job(tmp_path, model.uri, test_split.uri, workers=2, batch_size=1)
         run = start_assay("run", str(job), "--no-progress", env={"ASSAY_TEST_PREDICT_DELAY": "2"})
-        wait_for(lambda: len(list((tmp_path / "out" / "progress").glob("*.json"))) == 2, what="two workers")
+        wait_for(lambda: started_items(tmp_path / "out") == 2, what="two workers")
         workers = descendants(run.pid)
         assert len(workers) >= 2
         run.send_signal(sig)
@@ -289,7 +294,7 @@ class TestProcessLifecycle:
         assert proc.returncode == EXIT_PERMANENT
         assert "planted evaluate failure" in proc.stderr and "Traceback" not in proc.stderr
         status = json.loads((tmp_path / "out" / "status.json").read_text())
-        assert (status["phase"], status["reason"]) == ("Failed", "EvaluationFailed")
+        assert (status["phase"], status["reason"]) == ("Failed", "MetricsFailed")
         assert "planted evaluate failure" in status["message"]
         assert "planted evaluate failure" in (tmp_path / "out" / "logs" / "cmp.log").read_text()
         assert not (tmp_path / "out" / "metrics.json").exists()

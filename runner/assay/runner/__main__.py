@@ -113,12 +113,13 @@ def _supervised(role: str, ctx: RunContext) -> int:
     returned_r, returned_w = os.pipe()  # not inherited by what the handler starts (O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: the step itself, then one byte saying that it returned
         code = EXIT_RETRYABLE
         try:
             os.close(returned_r)
-            os.setpgid(0, 0)
+            groups.lead_group_and_die_with(parent)
             code = _step(role, ctx)
             os.write(returned_w, b"1")
         finally:

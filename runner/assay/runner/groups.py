@@ -16,6 +16,19 @@ EARLY_EXIT = ("ended with exit code 0 before it finished its work: code running 
 EARLY_EXIT_HINT = "remove that call from the model's handler (predict() and load() must return)"
 
 
+def lead_group_and_die_with(parent: int) -> None:
+    """In a worker: lead a process group of its own (so that what its handler starts can be ended with it)
+    and get SIGKILL when ``parent`` dies, however it dies (SIGKILL included). Linux only; elsewhere the
+    parent's signal handlers still end the workers."""
+    os.setpgid(0, 0)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def signal_group(pgid: int, signum: int) -> bool:
     """Send ``signum`` to process group ``pgid``; whether the group still had a member. (A group id is
     its leader's pid, which Linux does not reuse while a member lives, so this never hits a stranger.)"""

@@ -19,6 +19,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from assay import layout, packages, protocol, runrecord, shards, storage
-from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError, EvaluationError, SpecError
+from assay.errors import EXIT_PERMANENT, AssayError, EvaluationError, SpecError
 from assay.metrics import MetricsReport
 from assay.runner import groups
 from assay.runner.inputs import check_present, preflight
@@ -85,13 +86,7 @@ def _child_setup(log_path: str, parent: int) -> None:
     # The worker dies with the parent (below) but a subprocess its handler starts would not; in one
     # process group per worker the parent ends them all with killpg. Not a new session: the terminal's
     # job control still covers the run (and SIGINT is ignored below anyway).
-    os.setpgid(0, 0)
-    with contextlib.suppress(Exception):  # Linux only; elsewhere the parent's signal handlers still apply
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(EXIT_RETRYABLE)
+    groups.lead_group_and_die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal's Ctrl-C reaches all
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
@@ -102,7 +97,7 @@ def _child_setup(log_path: str, parent: int) -> None:
 
 
 def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int, upload_log: bool,
-           parent: int, items=None) -> None:
+           parent: int, items=None, reports=None) -> None:
     """One ppl worker or the cmp step in its own process; its final error goes to ``exit_path``.
 
     A ppl worker takes work items (shard groups) from ``items`` until it is empty, loading the model once.
@@ -126,7 +121,7 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
 
                 loaded: dict = {}
                 while (item := items.get()) is not None:
-                    ppl.run(ctx.model_copy(update={"worker_index": item}), loaded)
+                    ppl.run(ctx.model_copy(update={"worker_index": item}), loaded, report=reports.put)
             else:
                 from assay.runner import cmp
 
@@ -151,6 +146,20 @@ class _Children:
         self.job_dir, self.upload = job_dir, upload
         self.procs: dict[str, tuple[Any, Path, Path]] = {}
         self._spawn = mp.get_context("spawn")
+        #: ppl workers' progress reports, one document per work item (the channel the work queue uses too)
+        self.reports = self._spawn.Queue()
+        self._latest: dict[int, dict[str, Any]] = {}
+
+    def progress(self) -> tuple[int, float]:
+        """Samples done and the current rate, summed over the work items' latest reports."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                doc = self.reports.get_nowait()
+                self._latest[int(doc["worker"])] = doc
+        done = sum(int(d["samplesDone"]) for d in self._latest.values())
+        rate = sum(float(d["samplesPerSecond"]) for d in self._latest.values()
+                   if int(d["samplesDone"]) < int(d["samplesTotal"]))  # items still running
+        return done, rate
 
     def queue(self, items: list[int], workers: int):
         """A work queue holding ``items`` and one end marker per worker."""
@@ -166,7 +175,7 @@ class _Children:
             exit_path.unlink()
         p = self._spawn.Process(target=_child, name=f"assay-{name}",
                                 args=(role, ctx.model_dump_json(), str(log_path), str(exit_path), threads,
-                                      self.upload, os.getpid(), items))
+                                      self.upload, os.getpid(), items, self.reports))
         p.start()
         self.procs[name] = (p, log_path, exit_path)
 
@@ -239,23 +248,9 @@ def _unfinished_previous(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(old, dict) or old.get("phase") in (*protocol.TERMINAL, None):
         return None
-    return {"phase": "Failed", "reason": "Interrupted", "startTime": old.get("startTime"),
+    return {"phase": "Failed", "reason": protocol.INTERRUPTED, "startTime": old.get("startTime"),
             "message": f"the run started at {old.get('startTime')} (pid {old.get('pid')}) ended in phase "
                        f"{old.get('phase')} without a final status (killed); this run resumes it"}
-
-
-def _read_progress(output_uri: str, items: int) -> tuple[int, float]:
-    """Samples done and the current rate, summed over the work items' progress objects."""
-    done, rate = 0, 0.0
-    for i in range(items):
-        try:
-            doc = json.loads(storage.read_bytes(layout.progress_uri(output_uri, i)))
-        except (AssayError, ValueError):
-            continue
-        done += int(doc.get("samplesDone", 0))
-        if int(doc.get("samplesDone", 0)) < int(doc.get("samplesTotal", 0)):  # items still running
-            rate += float(doc.get("samplesPerSecond", 0.0))
-    return done, rate
 
 
 def _bar(done: int, total: int, rate: float, width: int = 30, elapsed: float | None = None) -> str:
@@ -342,7 +337,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             raise SpecError(f"cannot create the job folder {job_dir}: {exc.strerror}",
                             "choose a spec.output.uri in a writable folder") from exc
         with runrecord.Lease(output) as lease:
-            storage.clean_stale(output, ("", "results", "progress", "logs"))  # where a run's atomic writes go
+            storage.clean_stale(output, ("", "results", "logs"))  # where a run's atomic writes go
             storage.clean_stale_scratch()
             if overwrite:
                 ours, kept = runrecord.old_run_files(output)
@@ -360,12 +355,12 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
                     report = _run(job, dataset, model, children, status, lease, progress, err)
             except Interrupted as exc:
                 children.stop()
-                status.update(phase="Failed", reason="Interrupted", completionTime=_now(),
+                status.update(phase="Failed", reason=protocol.INTERRUPTED, completionTime=_now(),
                               message=f"interrupted by {exc}; run the same command again to resume")
                 raise
             except KeyboardInterrupt:
                 children.stop()
-                status.update(phase="Failed", reason="Interrupted", completionTime=_now(),
+                status.update(phase="Failed", reason=protocol.INTERRUPTED, completionTime=_now(),
                               message="interrupted by Ctrl-C; run the same command again to resume")
                 raise
             except AssayError as exc:
@@ -397,18 +392,18 @@ def _run(job: EvaluationJob, dataset, model, children: _Children, status: _Statu
     for i in range(workers):
         children.start("ppl", f"ppl-{i:04d}", ctx.model_copy(update={"worker_count": workers}), threads, queue)
     status.update(shards={"total": len(dataset.shards), "perIndex": ctx.shards_per_index, "indexes": items})
-    _wait(children, job, total, status, progress, err, started, deadline, lease, items)
+    _wait(children, job, total, status, progress, err, started, deadline, lease)
     failed = children.failure()
     if failed:
-        failed.reason = "ShardFailed"
+        failed.reason = protocol.SHARD_RETRIES_EXHAUSTED if failed.retryable else protocol.PERMANENT_ERROR
         raise failed
     status.update(phase="Evaluating", progress=_progress_doc(total, total, 0.0))
     children.procs.clear()
     children.start("cmp", "cmp", _context(job, 0, dataset, model), max(1, os.cpu_count() or 1))
-    _wait(children, job, total, status, False, err, started, deadline, lease, items)
+    _wait(children, job, total, status, False, err, started, deadline, lease)
     failed = children.failure()
     if failed:
-        failed.reason = "EvaluationFailed"
+        failed.reason = protocol.METRICS_FAILED
         raise failed
     return read_report(job.spec.output.uri)
 
@@ -420,31 +415,31 @@ def read_report(output_uri: str) -> MetricsReport:
 
 
 def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, progress: bool, err,
-          started: float, deadline: int | None, lease, items: int) -> None:
+          started: float, deadline: int | None, lease) -> None:
     last = 0.0
     tty = progress and err.isatty()
     while children.alive():
         time.sleep(0.25)
         if deadline is not None and time.monotonic() - started > deadline:
             children.stop()
-            done, _ = _read_progress(job.spec.output.uri, items)
+            done, _ = children.progress()
             exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={deadline} "
                                   f"({done}/{total} samples predicted); its processes were stopped",
                                   "raise spec.activeDeadlineSeconds, or see the logs for a handler that hangs; "
                                   "rerun to resume")
-            exc.reason = "DeadlineExceeded"
+            exc.reason = protocol.DEADLINE_EXCEEDED
             raise exc
         if lease.lost:
             children.stop()
             exc = EvaluationError(f"lost the lease on {job.spec.output.uri} to another run",
                                   "two runs were writing into one output; rerun one of them alone")
-            exc.reason = "LeaseLost"
+            exc.reason = protocol.LEASE_LOST
             raise exc
         now = time.monotonic()
         if not progress or now - last < (1 if tty else 10):
             continue
         last = now
-        done, rate = _read_progress(job.spec.output.uri, items)
+        done, rate = children.progress()
         status.update(progress=_progress_doc(done, total, rate))
         print(("\r" if tty else "") + _bar(done, total, rate), end="" if tty else "\n", file=err, flush=True)
     for p, _, _ in children.procs.values():
@@ -452,6 +447,6 @@ def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, 
     children.end_groups()  # the workers are done: what their handlers started goes with them
     if progress:
         # the last line: finished items no longer report a rate, so say how long ppl took instead
-        done, _ = _read_progress(job.spec.output.uri, items)
+        done, _ = children.progress()
         line = _bar(done, total, 0.0, elapsed=time.monotonic() - started)
         print(("\r\x1b[K" if tty else "") + line, file=err, flush=True)  # \x1b[K: clear the longer line before

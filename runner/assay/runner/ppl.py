@@ -8,12 +8,12 @@ so a killed worker that is started again recomputes only unfinished shards.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from assay.spec import RunContext, env_seconds
 
 log = logging.getLogger("assay.ppl")
 
-#: Seconds between progress-object writes (the operator reads them on a timer).
+#: Seconds between progress reports to `assay run` (a pod reports none: the operator counts finished indexes).
 PROGRESS_INTERVAL = env_seconds("ASSAY_PROGRESS_INTERVAL", 2.0)
 
 
@@ -37,7 +37,6 @@ class PplSummary:
     shards_skipped: int
     shards_done: int
     samples_done: int
-    samples_per_second: float
 
 
 def pick_device(name: str):
@@ -77,8 +76,9 @@ def results_match(ctx: RunContext, dataset: shards.DatasetManifest, model: packa
 
 
 class _Progress:
-    def __init__(self, ctx: RunContext, samples_total: int, shards_total: int):
-        self.ctx, self.samples_total, self.shards_total = ctx, samples_total, shards_total
+    def __init__(self, ctx: RunContext, samples_total: int, shards_total: int,
+                 report: Callable[[dict[str, Any]], None] | None):
+        self.ctx, self.samples_total, self.shards_total, self.report = ctx, samples_total, shards_total, report
         self.samples_done = self.shards_done = self.computed = 0
         self.started = time.monotonic()
         self.last_write = 0.0
@@ -89,14 +89,14 @@ class _Progress:
 
     def write(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last_write < PROGRESS_INTERVAL:
+        if self.report is None or (not force and now - self.last_write < PROGRESS_INTERVAL):
             return
         self.last_write = now
         doc = {"worker": self.ctx.worker_index, "samplesDone": self.samples_done,
                "samplesTotal": self.samples_total, "samplesPerSecond": round(self.rate(), 3),
                "shardsDone": self.shards_done, "shardsTotal": self.shards_total,
                "updatedAt": datetime.now(UTC).isoformat(timespec="seconds")}
-        storage.write_text(layout.progress_uri(self.ctx.output_uri, self.ctx.worker_index), json.dumps(doc))
+        self.report(doc)
 
 
 _END = object()
@@ -186,14 +186,16 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
         out.put(("error", None, None, exc))
 
 
-def run(ctx: RunContext, loaded: dict | None = None) -> PplSummary:
+def run(ctx: RunContext, loaded: dict | None = None,
+        report: Callable[[dict[str, Any]], None] | None = None) -> PplSummary:
     """Predict the shards of work item ``ctx.worker_index``. ``loaded`` keeps the handler between calls
-    of one process (a local worker takes item after item and loads the model once)."""
+    of one process (a local worker takes item after item and loads the model once); ``report`` gets the
+    item's progress every ASSAY_PROGRESS_INTERVAL seconds (`assay run` passes its process channel)."""
     dataset, model = load_pinned(ctx)
     ident = runrecord.identity(ctx, model, dataset)
     runrecord.claim(ctx.output_uri, ident)
     mine = layout.shards_of_index(len(dataset.shards), ctx.worker_index, ctx.shards_per_index)
-    progress = _Progress(ctx, sum(dataset.shards[i].samples for i in mine), len(mine))
+    progress = _Progress(ctx, sum(dataset.shards[i].samples for i in mine), len(mine), report)
     todo = []
     for i in mine:
         if results_match(ctx, dataset, model, ident.settings_hash, i):
@@ -208,7 +210,7 @@ def run(ctx: RunContext, loaded: dict | None = None) -> PplSummary:
     if todo:
         _predict_shards(ctx, dataset, model, ident, todo, progress, {} if loaded is None else loaded)
     progress.write(force=True)
-    return PplSummary(len(mine), len(mine) - len(todo), len(todo), progress.computed, progress.rate())
+    return PplSummary(len(mine), len(mine) - len(todo), len(todo), progress.computed)
 
 
 def _span(shards: list[int]) -> str:
