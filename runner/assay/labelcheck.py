@@ -79,9 +79,9 @@ def _object_faults(obj: dict[str, Any], cat_ids: set[int], with_masks: bool, hei
 def _area(segm: Any, height: int, width: int) -> float:
     from pycocotools import mask as mask_util
 
-    from assay.oracle import to_rle
+    from assay.masks import counts_of
 
-    return float(mask_util.area({"size": [height, width], "counts": to_rle(segm, height, width)}))
+    return float(mask_util.area({"size": [height, width], "counts": counts_of(segm, height, width)}))
 
 
 def _duplicates(sample_id: str, objects: list[dict[str, Any]], height: int, width: int,
@@ -91,7 +91,7 @@ def _duplicates(sample_id: str, objects: list[dict[str, Any]], height: int, widt
     import numpy as np
     from pycocotools import mask as mask_util
 
-    from assay.oracle import to_rle
+    from assay.masks import counts_of
 
     out = []
     for cat in sorted({o.get("category_id") for o in objects}, key=str):
@@ -100,7 +100,7 @@ def _duplicates(sample_id: str, objects: list[dict[str, Any]], height: int, widt
             continue
         try:
             if with_masks:
-                items = [{"size": [height, width], "counts": to_rle(objects[k]["segmentation"], height, width)}
+                items = [{"size": [height, width], "counts": counts_of(objects[k]["segmentation"], height, width)}
                          for k in idx]
             else:
                 items = [[float(v) for v in objects[k]["bbox"]] for k in idx]

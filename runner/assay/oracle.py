@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from assay.handler import Handler, RLEMasks
+from assay.masks import counts_of
 
 #: Prediction field that carries the id the worker saw, to check that ids round-trip to cmp.
 ID_FIELD = "oracle_id"
@@ -58,7 +59,7 @@ def coco_prediction(label: dict[str, Any], masks: bool) -> dict[str, Any]:
         x, y, w, h = (float(v) for v in obj["bbox"])
         box = (min(max(x, 0.0), width), min(max(y, 0.0), height),
                min(max(x + w, 0.0), width), min(max(y + h, 0.0), height))
-        rle = to_rle(obj.get("segmentation"), height, width) if masks else None
+        rle = counts_of(obj.get("segmentation"), height, width) if masks else None
         key = (int(obj["category_id"]), box, rle)
         if key in seen:  # a model outputs one detection per object
             continue
@@ -72,24 +73,6 @@ def coco_prediction(label: dict[str, Any], masks: bool) -> dict[str, Any]:
         # a missing segmentation becomes an empty mask of the image's size: the lint names the object
         pred["masks"] = RLEMasks((height, width), tuple(r or _empty_rle(height, width) for r in rles))
     return pred
-
-
-def to_rle(segm: Any, height: int, width: int) -> bytes | None:
-    """Compressed RLE counts of a COCO segmentation (RLE dict, uncompressed RLE, or polygons)."""
-    if segm is None:
-        return None
-    from pycocotools import mask as mask_util
-
-    if isinstance(segm, dict):
-        counts = segm.get("counts")
-        if isinstance(counts, str):
-            return counts.encode("ascii")
-        if isinstance(counts, bytes):
-            return counts
-        h, w = (int(v) for v in segm["size"])
-        return mask_util.frPyObjects(segm, h, w)["counts"]
-    rles = mask_util.frPyObjects(segm, height, width)  # polygons
-    return mask_util.merge(rles)["counts"]
 
 
 def _empty_rle(height: int, width: int) -> bytes:

@@ -107,7 +107,7 @@ def _decode(rle: dict[str, Any]) -> np.ndarray:
 
 def _gt_mask(segm: Any, height: int, width: int) -> np.ndarray | None:
     """A ground-truth segmentation (RLE or polygons) as a mask of the image's size, or None."""
-    from assay.oracle import to_rle
+    from assay.masks import counts_of
 
-    counts = to_rle(segm, height, width)
+    counts = counts_of(segm, height, width)
     return None if counts is None else _decode({"size": [height, width], "counts": counts})

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from assay import masks
 from assay.errors import SpecError
 from assay.shards import Sample
-from assay.sources import masks
 from assay.sources.images import read_image
 
 _HINT = "fix the instances JSON (see docs/formats.md, process: coco)"

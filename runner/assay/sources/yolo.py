@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from assay import masks
 from assay.config_files import parse_yaml
 from assay.errors import SpecError
 from assay.shards import Sample
-from assay.sources import masks
 from assay.sources.images import read_image
 
 _LINE_HINT = "a line is 'class cx cy w h' or 'class x1 y1 x2 y2 x3 y3 ...', coordinates normalised to 0..1"

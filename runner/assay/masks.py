@@ -28,6 +28,11 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
+def counts_of(segmentation: Any, height: int, width: int) -> bytes | None:
+    """The compressed RLE counts (bytes, as pycocotools takes them) of a segmentation; None for none."""
+    return None if segmentation is None else to_rle(segmentation, height, width)["counts"].encode("ascii")
+
+
 def rle_area_and_box(rle: dict[str, Any]) -> tuple[float, list[float]]:
     """Pixel count and ``[x, y, w, h]`` of a compressed RLE."""
     from pycocotools import mask as mask_util
