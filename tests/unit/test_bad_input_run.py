@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -193,7 +194,11 @@ MODEL_CASES: list[tuple[str, Callable, str]] = [
 
 
 @pytest.mark.parametrize("case,make,message", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
-def test_model_build_refuses(case, make, message, tmp_path, capsys):
+def test_model_build_refuses(case, make, message, tmp_path, capsys, monkeypatch):
+    # as in a fresh `assay model build`: no model package that an earlier test ran in this process is
+    # importable (a worker puts its unpacked package first on sys.path, and "handler" is a common name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "/models/" not in p])
+    monkeypatch.delitem(sys.modules, "handler", raising=False)
     config = make(tmp_path)
     store = tmp_path / "store"
     assert cli(["model", "build", str(config), "--store", str(store)]) == EXIT_PERMANENT
