@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 
 def find_data(given: Path | None, workdir: Path) -> tuple[Path, str]:
-    from assay.sources import pennfudan
+    import pennfudan_data as pennfudan
 
     if given:
         if not pennfudan.is_pennfudan(given):

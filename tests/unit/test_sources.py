@@ -1,8 +1,10 @@
-"""PennFudanPed source: the download path (tested with a local zip), safe unzip, the synthetic stand-in."""
+"""PennFudanPed: the source, and the demo's download path (tested with a local zip), safe unzip and
+synthetic stand-in."""
 
 from __future__ import annotations
 
 import io
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,7 +13,10 @@ import pytest
 from assay import datasets
 from assay.errors import IntegrityError, UnsafeArchiveError
 from assay.sources import pennfudan
-from tests.conftest import write_dataset_yaml
+from tests.conftest import REPO, write_dataset_yaml
+
+sys.path.insert(0, str(REPO / "examples" / "pennfudan"))
+import pennfudan_data
 
 
 def _zip_of(root: Path, path: Path, drop: str | None = None, extra: dict | None = None) -> str:
@@ -27,15 +32,15 @@ def _zip_of(root: Path, path: Path, drop: str | None = None, extra: dict | None 
 
 def test_download_checks_every_file(pennfudan_dir, tmp_path):
     url = _zip_of(pennfudan_dir, tmp_path / "PennFudanPed.zip")
-    got = pennfudan.download(tmp_path / "cache", url=url)
-    assert pennfudan.tree_digest(got) == pennfudan.TREE_SHA256
+    got = pennfudan_data.download(tmp_path / "cache", url=url)
+    assert pennfudan_data.tree_digest(got) == pennfudan_data.TREE_SHA256
     assert len(list((got / "PNGImages").glob("*.png"))) == 170
 
 
 def test_download_with_a_changed_file_is_refused(pennfudan_dir, tmp_path):
     url = _zip_of(pennfudan_dir, tmp_path / "bad.zip", drop="PedMasks/FudanPed00001_mask.png")
     with pytest.raises(IntegrityError, match="does not match the known PennFudanPed files"):
-        pennfudan.download(tmp_path / "cache", url=url)
+        pennfudan_data.download(tmp_path / "cache", url=url)
     assert not (tmp_path / "cache" / "PennFudanPed").exists()
 
 
@@ -44,7 +49,7 @@ def test_zip_members_escaping_are_refused(tmp_path):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("../../evil.txt", b"x")
     with pytest.raises(UnsafeArchiveError, match="escape"):
-        pennfudan._safe_unzip(buf.getvalue(), tmp_path / "out")
+        pennfudan_data._safe_unzip(buf.getvalue(), tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists()
 
 
@@ -55,15 +60,15 @@ def test_zip_symlink_is_refused(tmp_path):
         info.external_attr = (0o120777 << 16)
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(UnsafeArchiveError, match="symbolic link"):
-        pennfudan._safe_unzip(buf.getvalue(), tmp_path / "out")
+        pennfudan_data._safe_unzip(buf.getvalue(), tmp_path / "out")
 
 
 def test_synthetic_set_builds_with_the_seed_filters(tmp_path):
-    root = pennfudan.synthesize(tmp_path, count=20)
+    root = pennfudan_data.synthesize(tmp_path, count=20)
     cfg = datasets.load_config(write_dataset_yaml(tmp_path, root, name="synthetic"))
     m = datasets.build(cfg, str(tmp_path / "store"), log=lambda s: None)
     assert m.samples == 2  # SynthPed00006 and SynthPed00016
-    assert pennfudan.is_pennfudan(root)
+    assert pennfudan_data.is_pennfudan(root)
 
 
 def test_labels_match_the_annotation_boxes(pennfudan_dir):
