@@ -77,8 +77,8 @@ class TestS3:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-        monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 3)
-        monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
+        monkeypatch.setenv("ASSAY_STORAGE_RETRIES", "3")
+        monkeypatch.setenv("ASSAY_STORAGE_RETRY_DELAY", "0.01")
         storage.reset_clients()
         t0 = time.monotonic()
         with pytest.raises(TransientStorageError, match="cannot reach the store for s3://b/k"):
@@ -92,7 +92,7 @@ class TestS3:
         storage.reset_clients()
         access = storage.S3Access(endpoint_url=moto_endpoint, access_key_id="a", secret_access_key="b",
                                   region="us-east-1")
-        with storage.s3_access(access):
+        with storage.using(access):
             storage.write_text("s3://explicit/k", "v")
             assert storage.read_text("s3://explicit/k") == "v"
         assert "b" not in repr(access).split("secret")[0][-3:], "secrets are kept out of repr"
