@@ -88,6 +88,7 @@ RUN --mount=type=cache,id=assay-pip,target=/root/.cache/pip \
       numpy==2.4.6 \
       pyarrow==26.0.1 \
       pydantic==2.14.3 \
+      pydantic-settings==2.16.3 \
       jsonschema==4.26.0 \
       click==8.5.1 \
       safetensors==0.8.0

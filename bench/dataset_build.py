@@ -9,7 +9,6 @@ Throughput is source bytes per second on both sides.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bench.common import Row, Timer, dataset, require_data
@@ -56,20 +55,13 @@ def _s3(work: Path) -> Row:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
     try:
         host, port = server.get_host_and_port()
-        os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-        storage.reset_clients()
-        boto3.client("s3").create_bucket(Bucket="bench")
-        return _measure("s3://bench/store", "S3 via moto")
+        moto = storage.S3Access(endpoint_url=f"http://{host}:{port}", region="us-east-1",
+                                access_key_id="bench", secret_access_key="bench")
+        boto3.client("s3", endpoint_url=moto.endpoint_url, region_name=moto.region, aws_access_key_id="bench",
+                     aws_secret_access_key="bench").create_bucket(Bucket="bench")
+        with storage.using(moto):
+            return _measure("s3://bench/store", "S3 via moto")
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        storage.reset_clients()

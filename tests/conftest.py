@@ -114,7 +114,6 @@ def point_s3_at(endpoint: str, monkeypatch):
                  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                  "ASSAY_STORAGE_RETRY_DELAY": "0.01"}.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
     storage.reset_clients()
     return boto3.client("s3", endpoint_url=endpoint)
 

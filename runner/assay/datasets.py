@@ -24,8 +24,9 @@ from typing import Any
 from assay import storage
 from assay.config_files import read_mapping
 from assay.errors import AssayError, SpecError
-from assay.layout import LATEST, MANIFEST, load_versions
+from assay.layout import LATEST, MANIFEST
 from assay.shards import DatasetManifest, Sample, ShardWriter, load_manifest
+from assay.versions import load_versions
 
 BUILTIN_SOURCES = {
     "pennfudan": "assay.sources.pennfudan:PennFudanSource",
@@ -320,5 +321,5 @@ def store_name_folder(version_uri: str) -> str:
 
 
 def list_datasets(store: str, damaged: list[AssayError] | None = None) -> list[DatasetManifest]:
-    """Every complete dataset version under ``<store>/datasets``; with ``damaged``, see ``layout.load_versions``."""
+    """Every complete dataset version under ``<store>/datasets``; with ``damaged``, see ``versions.load_versions``."""
     return load_versions(store, "datasets", load_manifest, damaged)

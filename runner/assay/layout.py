@@ -12,12 +12,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TypeVar
 
-from assay import storage
-
-T = TypeVar("T")
+from assay.storage.uri import join
 
 #: Every dataset and model version folder holds this file, written last (its presence means complete).
 MANIFEST = "manifest.json"
@@ -54,7 +50,7 @@ def resolve_ref(ref: str, store: str, kind: str) -> str:
     if os.path.isfile(os.path.join(ref, MANIFEST)) or os.path.isfile(os.path.join(ref, LATEST)):
         return ref
     name, _, version = ref.partition("@")
-    return storage.join(store, kind, name, version) if version else storage.join(store, kind, name)
+    return join(store, kind, name, version) if version else join(store, kind, name)
 
 
 def shard_name(index: int) -> str:
@@ -62,28 +58,28 @@ def shard_name(index: int) -> str:
 
 
 def results_uri(output_uri: str, shard_index: int) -> str:
-    return storage.join(output_uri, "results", f"{shard_name(shard_index)}.parquet")
+    return join(output_uri, "results", f"{shard_name(shard_index)}.parquet")
 
 
 def results_record_uri(output_uri: str, shard_index: int) -> str:
-    return storage.join(output_uri, "results", f"{shard_name(shard_index)}.json")
+    return join(output_uri, "results", f"{shard_name(shard_index)}.json")
 
 
 def log_uri(output_uri: str, role: str, worker_index: int | None = None) -> str:
     name = role if worker_index is None else f"{role}-{worker_index:04d}"
-    return storage.join(output_uri, "logs", f"{name}.log")
+    return join(output_uri, "logs", f"{name}.log")
 
 
 def metrics_uri(output_uri: str) -> str:
-    return storage.join(output_uri, METRICS)
+    return join(output_uri, METRICS)
 
 
 def metrics_digest_uri(output_uri: str) -> str:
-    return storage.join(output_uri, METRICS_DIGEST)
+    return join(output_uri, METRICS_DIGEST)
 
 
 def summary_uri(output_uri: str) -> str:
-    return storage.join(output_uri, SUMMARY)
+    return join(output_uri, SUMMARY)
 
 
 def shards_of_index(shard_count: int, index: int, per_index: int) -> list[int]:
@@ -103,43 +99,3 @@ def auto_shards_per_index(shard_count: int, workers: int) -> int:
     preempted worker holds back at most a quarter of its share; each item pays a pod start and a model
     load on a cluster, so many more items would waste that time (spec.ppl.shardsPerIndex overrides)."""
     return max(1, -(-shard_count // (max(1, workers) * 4)))
-
-
-def resolve_version(uri: str, what: str, hint: str) -> str:
-    """The version folder for ``uri``: itself if it holds a manifest, else the one its LATEST names."""
-    from assay.errors import ObjectNotFound
-
-    if storage.exists(storage.join(uri, MANIFEST)):
-        return uri
-    latest = storage.join(uri, LATEST)
-    if storage.exists(latest):
-        return storage.join(uri, storage.read_text(latest).strip())
-    raise ObjectNotFound(f"no {what} at {uri} (no {MANIFEST} or {LATEST} there)", hint)
-
-
-def load_versions(store: str, kind: str, load: Callable[[str], T], damaged: list | None = None) -> list[T]:
-    """``load`` of every complete version folder under ``<store>/<kind>``. With ``damaged``, a version that
-    does not load for good (an AssayError that is not retryable) is left out and its error appended there,
-    so one damaged manifest hides no other version."""
-    from assay.errors import AssayError
-
-    found = []
-    for uri in version_folders(store, kind):
-        try:
-            found.append(load(uri))
-        except AssayError as exc:
-            if damaged is None or exc.retryable:
-                raise
-            damaged.append(exc)
-    return found
-
-
-def version_folders(store: str, kind: str) -> list[str]:
-    """URIs of every complete version folder under ``<store>/<kind>`` (``datasets`` or ``models``)."""
-    root = storage.join(store, kind)
-    out = []
-    for name in storage.list_names(root):
-        parts = name.split("/")
-        if len(parts) == 3 and parts[2] == MANIFEST:
-            out.append(storage.join(root, parts[0], parts[1]))
-    return out

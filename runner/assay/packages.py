@@ -30,7 +30,8 @@ from typing import Any
 from assay import archive, storage
 from assay.config_files import read_mapping
 from assay.errors import IntegrityError, SpecError
-from assay.layout import LATEST, MANIFEST, load_versions, resolve_version
+from assay.layout import LATEST, MANIFEST
+from assay.versions import load_versions, resolve_version
 
 FORMAT = "assay.model/v1"
 PACKAGE = "package.tar"
@@ -324,5 +325,5 @@ def load_handler_class(manifest: ModelManifest, package_dir: Path):
 
 
 def list_models(store: str, damaged: list | None = None) -> list[ModelManifest]:
-    """Every model version in the store; with ``damaged``, see ``layout.load_versions``."""
+    """Every model version in the store; with ``damaged``, see ``versions.load_versions``."""
     return load_versions(store, "models", load_manifest, damaged)

@@ -14,6 +14,7 @@ live runs into one output cannot both proceed: the second finds the lease held a
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -242,7 +243,9 @@ class Lease:
             storage.write_bytes(self.uri, self._doc())
             return self
         self._tag = self._take()
-        self._thread = threading.Thread(target=self._heartbeat, name="assay-lease", daemon=True)
+        # in a copy of this context: the renewals go to the store the caller's storage.using names
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat,),
+                                        name="assay-lease", daemon=True)
         self._thread.start()
         return self
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from assay import archive, storage
 from assay.errors import IntegrityError
-from assay.layout import MANIFEST, resolve_version
+from assay.layout import MANIFEST
+from assay.versions import resolve_version
 
 FORMAT = "assay.dataset/v1"
 #: File extensions that hold a sample's image, in the order ``Sample.image`` looks for them.

@@ -154,8 +154,9 @@ def test_clean_stale_removes_only_assay_named_entries_of_dead_writers(tmp_path):
     """Before: clean_stale walked the whole tree and removed every old ``.tmp-*`` and everything in any
     ``.staging`` folder (another tool's deploy bundle, a draft)."""
     from assay import storage
+    from assay.storage import hygiene
 
-    host = storage._owner().partition("@")[2]
+    host = hygiene.owner().partition("@")[2]
     theirs = [_old(tmp_path / "src" / ".staging" / "deploy-bundle.tar"), _old(tmp_path / "docs" / ".tmp-draft.md"),
               _old(tmp_path / ".tmp-notes"), _old(tmp_path / ".staging" / "their-upload.bin"),
               _old(tmp_path / "results" / "x" / f".tmp-{_dead_pid()}@{host}-abcd1234")]  # not a folder assay writes into

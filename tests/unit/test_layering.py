@@ -33,14 +33,27 @@ def test_assay_never_imports_the_operator():
         assert not any(n.startswith("assay_operator") for n in _imports(path)), path
 
 
-def test_only_storage_imports_boto3_and_only_cluster_or_kube_import_kubernetes():
+def test_only_storage_s3_imports_boto3_and_only_cluster_or_kube_import_kubernetes():
+    storage = REPO / "runner" / "assay" / "storage"
     for root in ("runner", "operator"):
         for path in (REPO / root).rglob("*.py"):
             names = _imports(path)
             if any(n.split(".")[0] in ("boto3", "botocore") for n in names):
-                assert path.name == "storage.py", path
+                assert path.parent == storage and path.name.startswith("s3"), path
             if any(n.split(".")[0] == "kubernetes" for n in names):
                 assert path.name in ("cluster.py", "kube.py"), path
+
+
+def test_layout_names_objects_and_reads_no_store():
+    """The operator imports assay.layout: it may join URIs (assay.storage.uri, no S3 client, no I/O), never
+    reach the storage operations (finding versions in a store is assay.versions)."""
+    tree = ast.parse((REPO / "runner" / "assay" / "layout.py").read_text())
+    imported = {f"{n.module}.{a.name}" if isinstance(n, ast.ImportFrom) else a.name
+                for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
+    assert {m for m in imported if m.startswith("assay")} == {"assay.storage.uri.join"}
+    code = ("import sys, assay.layout; bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_no_top_level_operator_package_shadows_the_stdlib():

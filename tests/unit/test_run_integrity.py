@@ -338,3 +338,39 @@ def test_spec_storage_endpoint_is_honoured_by_assay_run(s3, pennfudan_dir, tmp_p
     doc = json.loads(proc.stdout)
     assert doc["phase"] == "Succeeded" and doc["results"]["bbox/AP"] == 1.0
     assert doc["spec"]["storage"]["endpoint"] == endpoint
+
+
+def test_spec_storage_applies_without_changing_the_environment(s3, pennfudan_dir, tmp_path, monkeypatch, capsys):
+    """assay run applied spec.storage by rewriting os.environ (AWS_ENDPOINT_URL, AWS_REGION) for the whole
+    process. Now the job's endpoint holds for the run's storage calls and its workers, over the environment's
+    (which points nowhere here), and os.environ stays as the user set it, during the run and after."""
+    from assay import datasets, runrecord, storage
+    from assay.cli.main import main
+    from tests.conftest import free_port, write_dataset_yaml
+
+    s3.create_bucket(Bucket="run-no-env")
+    store = "s3://run-no-env/store"
+    dataset = datasets.build(datasets.load_config(write_dataset_yaml(tmp_path, pennfudan_dir, volume="64M")),
+                             store, log=lambda s: None)
+    model = build_model(tmp_path, store)
+    job = write_job(tmp_path, model.uri, dataset.uri, output="s3://run-no-env/out", workers=2,
+                    storage={"endpoint": os.environ["AWS_ENDPOINT_URL"], "region": "us-east-1"})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ASSAY_STORAGE_DEADLINE", "10")
+    monkeypatch.chdir(tmp_path)
+    storage.reset_clients()
+    before = dict(os.environ)
+    during = []
+    claim = runrecord.claim
+
+    def watched_claim(*args, **kwargs):
+        during.append(dict(os.environ))
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(runrecord, "claim", watched_claim)
+    capsys.readouterr()
+    assert main(["run", str(job), "--no-progress", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["phase"] == "Succeeded" and doc["results"]["bbox/AP"] == 1.0, "the workers used the job's endpoint"
+    assert during == [before] and dict(os.environ) == before
+    assert storage.current_access() is None

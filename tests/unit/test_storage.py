@@ -77,8 +77,8 @@ class TestS3:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-        monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 3)
-        monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.01)
+        monkeypatch.setenv("ASSAY_STORAGE_RETRIES", "3")
+        monkeypatch.setenv("ASSAY_STORAGE_RETRY_DELAY", "0.01")
         storage.reset_clients()
         t0 = time.monotonic()
         with pytest.raises(TransientStorageError, match="cannot reach the store for s3://b/k"):
@@ -92,10 +92,60 @@ class TestS3:
         storage.reset_clients()
         access = storage.S3Access(endpoint_url=moto_endpoint, access_key_id="a", secret_access_key="b",
                                   region="us-east-1")
-        with storage.s3_access(access):
+        with storage.using(access):
             storage.write_text("s3://explicit/k", "v")
             assert storage.read_text("s3://explicit/k") == "v"
         assert "b" not in repr(access).split("secret")[0][-3:], "secrets are kept out of repr"
+
+    def test_using_applies_to_storage_calls_never_to_the_environment(self, s3, moto_endpoint, monkeypatch):
+        """A job's spec.storage was applied by rewriting os.environ for the whole process. ``using`` holds
+        for the calls of its block, its nested blocks and the threads started in a copy of its context."""
+        import contextvars
+        import threading
+
+        s3.create_bucket(Bucket="using")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing there: only the explicit one works
+        monkeypatch.setenv("ASSAY_STORAGE_DEADLINE", "5")
+        storage.reset_clients()
+        before = dict(os.environ)
+        with storage.using(endpoint_url=moto_endpoint, region="us-east-1") as outer:
+            assert dict(os.environ) == before and storage.current_access() == outer
+            storage.write_text("s3://using/k", "v")
+            with storage.using(region="eu-west-1") as inner:  # what it leaves None stays as it was
+                assert inner.endpoint_url == moto_endpoint and inner.region == "eu-west-1"
+            with storage.using(None):
+                assert storage.current_access() == outer
+            read: list[str] = []
+            worker = threading.Thread(target=contextvars.copy_context().run,
+                                      args=(lambda: read.append(storage.read_text("s3://using/k")),))
+            worker.start()
+            worker.join()
+            assert read == ["v"]
+        assert storage.current_access() is None and dict(os.environ) == before
+
+    def test_a_runs_spec_storage_reaches_its_lease_renewals(self, s3, moto_endpoint, monkeypatch):
+        """The lease is renewed from a thread of its own: it must talk to the job's store too."""
+        from assay import runrecord
+        from assay.runner.local import storage_settings
+        from assay.spec import EvaluationJob
+        from tests.conftest import job_manifest
+
+        s3.create_bucket(Bucket="lease-using")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        monkeypatch.setenv("ASSAY_STORAGE_DEADLINE", "5")
+        storage.reset_clients()
+        doc = job_manifest("j", "m", "d", "s3://lease-using/out")
+        doc["spec"]["storage"] = {"endpoint": moto_endpoint, "region": "us-east-1"}
+        job = EvaluationJob.from_manifest(doc)
+        before = dict(os.environ)
+        with storage_settings(job), runrecord.Lease(job.spec.output.uri, ttl=0.6) as lease:
+            first = lease._tag
+            deadline = time.monotonic() + 10
+            while lease._tag == first and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lease._tag != first and not lease.lost, "renewed at the job's endpoint"
+            assert dict(os.environ) == before
+        assert not s3.list_objects_v2(Bucket="lease-using").get("Contents"), "released at the job's endpoint"
 
     def test_dataset_and_job_on_s3(self, s3, test_split, oracle_model, tmp_path):
         """The same flow with every object in S3: shards stream down, results go up."""

@@ -17,6 +17,7 @@ import pytest
 
 from assay import storage
 from assay.errors import ObjectNotFound, SpecError, TransientStorageError
+from assay.storage import s3, s3client
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -165,7 +166,7 @@ class TestUnresponsiveEndpoint:
 
     def test_a_slow_transfer_that_keeps_moving_is_not_cut_off(self):
         """The deadline counts time without progress, not the length of a big transfer."""
-        clock = storage._Clock()
+        clock = s3client.Clock()
         clock.start -= 3600
         clock.progress()
         assert clock.idle() < 1
@@ -354,8 +355,8 @@ class TestStaleMultipart:
         uploads = [{"Key": "p/old", "UploadId": "1", "Initiated": now - datetime.timedelta(days=2)},
                    {"Key": "p/new", "UploadId": "2", "Initiated": now - datetime.timedelta(minutes=5)}]
         aborted = []
-        monkeypatch.setattr(storage, "_incomplete_uploads", lambda loc, uri, exact: uploads)
-        monkeypatch.setattr(storage, "_abort", lambda loc, upload: aborted.append(upload["Key"]))
+        monkeypatch.setattr(s3, "_incomplete_uploads", lambda loc, uri, exact: uploads)
+        monkeypatch.setattr(s3, "_abort", lambda loc, upload: aborted.append(upload["Key"]))
         assert storage.clean_stale("s3://b/p") == ["s3://b/p/old (upload 1)"] and aborted == ["p/old"]
         assert len(storage.clean_stale("s3://b/p", older_than=60)) == 2
 
@@ -364,7 +365,7 @@ class TestStaleMultipart:
 
         exc = ClientError({"Error": {"Code": "NoSuchUpload"}, "ResponseMetadata": {"HTTPStatusCode": 404}},
                           "CompleteMultipartUpload")
-        assert isinstance(storage._classify(exc, "s3://b/k"), TransientStorageError)
+        assert isinstance(s3client.classify(exc, "s3://b/k"), TransientStorageError)
 
 
 def test_redact_hides_credentials_in_urls():

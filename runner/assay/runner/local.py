@@ -97,10 +97,11 @@ def _child_setup(log_path: str, parent: int) -> None:
 
 
 def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int, upload_log: bool,
-           parent: int, items=None, reports=None) -> None:
+           parent: int, items=None, reports=None, access: storage.S3Access | None = None) -> None:
     """One ppl worker or the cmp step in its own process; its final error goes to ``exit_path``.
 
     A ppl worker takes work items (shard groups) from ``items`` until it is empty, loading the model once.
+    ``access``: the S3 settings the run's storage calls use (the job's spec.storage), for this process's.
     """
     _child_setup(log_path, parent)
     import logging
@@ -109,8 +110,8 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
 
     ctx = RunContext.model_validate_json(ctx_json)
     failure = None
-    with setup_logging(ctx, role, ctx.worker_index if role == "ppl" else None, stream=sys.stderr,
-                       upload=upload_log):
+    with storage.using(access), setup_logging(ctx, role, ctx.worker_index if role == "ppl" else None,
+                                              stream=sys.stderr, upload=upload_log):
         log = logging.getLogger(f"assay.{role}")
         try:
             import torch
@@ -175,7 +176,7 @@ class _Children:
             exit_path.unlink()
         p = self._spawn.Process(target=_child, name=f"assay-{name}",
                                 args=(role, ctx.model_dump_json(), str(log_path), str(exit_path), threads,
-                                      self.upload, os.getpid(), items, self.reports))
+                                      self.upload, os.getpid(), items, self.reports, storage.current_access()))
         p.start()
         self.procs[name] = (p, log_path, exit_path)
 
@@ -289,23 +290,10 @@ def _signals_raise() -> Any:
             signal.signal(s, h)
 
 
-@contextlib.contextmanager
-def storage_settings(job: EvaluationJob) -> Any:
-    """spec.storage.endpoint and region for this process and its workers, as pods get them."""
-    env = {"AWS_ENDPOINT_URL": job.spec.storage.endpoint, "AWS_REGION": job.spec.storage.region}
-    env = {k: v for k, v in env.items() if v}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    storage.reset_clients()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        storage.reset_clients()
+def storage_settings(job: EvaluationJob) -> contextlib.AbstractContextManager:
+    """spec.storage.endpoint and region for the storage calls of this run, over AWS_ENDPOINT_URL and
+    AWS_REGION, as pods get them. Its workers are handed the same (``_Children.start``)."""
+    return storage.using(endpoint_url=job.spec.storage.endpoint, region=job.spec.storage.region)
 
 
 def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, packages.ModelManifest]:

@@ -8,6 +8,7 @@ so a killed worker that is started again recomputes only unfinished shards.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import queue
@@ -248,8 +249,9 @@ def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: lis
     q: queue.Queue = queue.Queue(maxsize=max(1, ctx.prefetch))
     stop = threading.Event()
     threads = ctx.decode_threads or max(1, min(4, (os.cpu_count() or 2) // max(1, ctx.worker_count)))
-    producer = threading.Thread(target=_produce, name="assay-prefetch", daemon=True,
-                                args=(dataset, todo, handler, ctx.batch_size, q, stop, threads, stager))
+    # in a copy of this context: it fetches shards from the store the caller's storage.using names
+    producer = threading.Thread(target=contextvars.copy_context().run, name="assay-prefetch", daemon=True,
+                                args=(_produce, dataset, todo, handler, ctx.batch_size, q, stop, threads, stager))
     producer.start()
     ids: list[str] = []
     preds: list[dict[str, Any]] = []
