@@ -240,3 +240,48 @@ def test_dataset_check_explains_an_all_crowd_ground_truth(tmp_path, capsys):
     assert "bbox AP -1.000" in out and "no label explains" not in out, out
     assert "only crowd objects (iscrowd: 1), which COCO never scores: AP is -1, nothing to score in s0, s1, s2, s3" \
         in out
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs (as root; CI runs as root): a disk that fills up for real."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_a_full_disk_is_named(store, full_disk, pennfudan_dir, tmp_path, capsys, request, monkeypatch):
+    """Before: `error: No space left on device`, naming no folder (the write of a shard fills the disk and
+    a write() has no file name), so a user could not tell the store's disk from the temp folder's."""
+    from tests.conftest import write_dataset_yaml
+
+    data = tmp_path / "data"
+    for sub in ("PNGImages", "PedMasks"):
+        (data / sub).mkdir(parents=True)
+    for name in ("FudanPed00016", "PennPed00016", "FudanPed00026", "PennPed00026", "FudanPed00036"):
+        (data / "PNGImages" / f"{name}.png").symlink_to(pennfudan_dir / "PNGImages" / f"{name}.png")
+        (data / "PedMasks" / f"{name}_mask.png").symlink_to(pennfudan_dir / "PedMasks" / f"{name}_mask.png")
+    config = write_dataset_yaml(tmp_path, data, volume="1M")
+    if store == "local":
+        target, folder = str(full_disk / "store"), full_disk / "store" / ".staging"
+    else:
+        request.getfixturevalue("s3").create_bucket(Bucket="full")
+        (full_disk / "tmp").mkdir()
+        monkeypatch.setenv("TMPDIR", str(full_disk / "tmp"))
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+        target, folder = "s3://full/store", full_disk / "tmp"
+    code, err = _run(["dataset", "build", str(config), "--store", target], capsys)
+    assert code == EXIT_PERMANENT
+    assert f"error: No space left on device: the {'store' if store == 'local' else 'temp'}" in err, err
+    assert str(folder) in err, err
+    assert ("`df -h" in err and "TMPDIR" in err) if store == "s3" else "the store's disk" in err

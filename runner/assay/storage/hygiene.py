@@ -7,6 +7,7 @@ and remove that, and only that: another tool's ``.tmp-draft.md`` is never touche
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from assay.errors import StorageError
 from assay.storage.uri import parse
 
 UMASK = os.umask(0)
@@ -64,7 +66,18 @@ def scratch_dir(kind: str, store: str | None = None) -> Iterator[Path]:
     remove later."""
     folder = staging_dir(store) if store else None
     with tempfile.TemporaryDirectory(prefix=f"assay-{kind}-{owner()}-", dir=folder) as tmp:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:
+            # a write() that fills the disk names no file: name the folder that filled up, and its disk
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or exc.filename is not None:
+                raise
+            parent = os.path.dirname(tmp)
+            where = (f"the store's staging folder {parent}" if folder else
+                     f"the temp folder {parent} (TMPDIR; the {kind} files go there before the store)")
+            hint = ("free space on the store's disk" if folder else
+                    f"free space there (`df -h {parent}`), or point TMPDIR at a disk with room") + ", then rerun"
+            raise StorageError(f"{exc.strerror}: {where}", hint) from exc
 
 
 def _alive(pid: int) -> bool:
