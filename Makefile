@@ -13,12 +13,12 @@ TORCH_INDEX ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test
+.PHONY: demo test lint install install-test
 
 demo: install
 	$(PY) examples/pennfudan/demo.py $(DEMO_ARGS)
 
-test: install-test
+test: install-test lint
 	bash scripts/install-helm.sh
 	bash scripts/install-chromium.sh
 	if [ -f scripts/install-kube.sh ]; then bash scripts/install-kube.sh; fi
@@ -26,6 +26,11 @@ test: install-test
 	bash scripts/install-gofakes3.sh
 	if [ -f scripts/install-node.sh ] && [ "$$(id -u)" = 0 ]; then bash scripts/install-node.sh; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml) and import-linter (the layers, and what the operator may import)
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 install: $(VENV)/.assay-installed
 install-test: $(VENV)/.assay-test-installed

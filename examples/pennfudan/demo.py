@@ -89,7 +89,7 @@ def main() -> None:
 def run(args) -> None:
     from assay import datasets, packages
     from assay.check import check
-    from assay.runner.local import run_job
+    from assay.runner.local import evaluate, run_job
     from assay.spec import EvaluationJob
 
     t0 = time.monotonic()
@@ -110,7 +110,7 @@ def run(args) -> None:
     print(f"  dataset {dataset.name}@{dataset.version}: {dataset.samples} samples, {len(dataset.shards)} shards")
     print(f"  model {model.name}@{model.version}")
     print("[4/5] pipeline check: the ground truth as predictions, through ppl and cmp")
-    checked = check(dataset.uri, "coco", workers=1)
+    checked = check(dataset.uri, evaluate, "coco", workers=1)
     print(f"  {checked.line()}")
     print(f"[5/5] assay run: {args.workers} ppl workers, then cmp")
     output = work / "jobs" / "pennfudan-demo"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ import numpy as np
 from assay import packages, protocol, shards
 from assay.errors import AssayError, SpecError
 from assay.labelcheck import Finding, lint
+from assay.metrics import MetricsReport
 from assay.oracle import ID_FIELD, classification_prediction, coco_prediction
+from assay.spec import EvaluationJob
 
 #: The metrics that must be exactly 1 with the ground truth as predictions.
 HEADLINES = {"coco": ("bbox/AP", "segm/AP"), "classification": ("accuracy",)}
@@ -72,8 +75,11 @@ def default_evaluator(label_schema: dict[str, Any]) -> str:
                     "pass --evaluator coco or --evaluator classification")
 
 
-def check(dataset_uri: str, evaluator: str | None = None, workers: int = 1, output: Path | None = None) -> CheckResult:
-    """Run the oracle over the dataset into ``output`` (a temporary folder unless given)."""
+def check(dataset_uri: str, evaluate: Callable[[EvaluationJob], MetricsReport], evaluator: str | None = None,
+          workers: int = 1, output: Path | None = None) -> CheckResult:
+    """Run the oracle over the dataset into ``output`` (a temporary folder unless given). ``evaluate`` runs an
+    EvaluationJob and gives its metrics: `assay.runner.local.evaluate` runs it on this machine, as `assay run`
+    does (the check reads what a run wrote; it does not run one itself)."""
     dataset = shards.load_manifest(dataset_uri)
     evaluator = evaluator or default_evaluator(dataset.label_schema)
     if evaluator not in HEADLINES:
@@ -86,7 +92,7 @@ def check(dataset_uri: str, evaluator: str | None = None, workers: int = 1, outp
         masks = any("segmentation" in o for r in records for o in r["label"].get("objects", []))
         model = _oracle_package(Path(tmp), evaluator, masks)
         try:
-            report = _run(dataset, model, evaluator, out, min(workers, len(dataset.shards)))
+            report = evaluate(_job(dataset, model, evaluator, out, min(workers, len(dataset.shards))))
             result.scores = {k: float(report.summary[k]) for k in HEADLINES[evaluator] if k in report.summary}
             findings += _round_trip(dataset, model, str(out), evaluator, masks)
         except AssayError as exc:
@@ -144,20 +150,16 @@ def _oracle_package(tmp: Path, evaluator: str, masks: bool) -> packages.ModelMan
     return packages.build(packages.load_config(src / "model.yaml"), str(tmp / "store"), log=lambda _: None)
 
 
-def _run(dataset, model, evaluator: str, output: Path, workers: int):
-    from assay.runner.local import run_job
-    from assay.spec import EvaluationJob
-
-    job = EvaluationJob.from_manifest({
+def _job(dataset, model, evaluator: str, output: Path, workers: int) -> EvaluationJob:
+    return EvaluationJob.from_manifest({
         "apiVersion": protocol.API_VERSION, "kind": protocol.KIND, "metadata": {"name": "pipeline-check"},
         "spec": {"model": {"uri": model.uri}, "dataset": {"uri": dataset.uri}, "output": {"uri": str(output)},
                  "evaluator": evaluator, "ppl": {"workers": max(1, workers), "batchSize": 8, "device": "cpu"}}})
-    return run_job(job, progress=False, overwrite=True).report
 
 
 def _round_trip(dataset, model, output_uri: str, evaluator: str, masks: bool) -> list[Finding]:
     """Each stored prediction must equal the oracle's prediction from the labels file, under its own id."""
-    from assay.runner.cmp import iter_records
+    from assay.verified import iter_records
 
     out = []
     for sample_id, label, stored in iter_records(dataset, model, output_uri):

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
-from assay.storage.uri import join
+from assay.storage.uri import join, parse
 
 #: Every dataset and model version folder holds this file, written last (its presence means complete).
 MANIFEST = "manifest.json"
@@ -51,6 +53,17 @@ def resolve_ref(ref: str, store: str, kind: str) -> str:
         return ref
     name, _, version = ref.partition("@")
     return join(store, kind, name, version) if version else join(store, kind, name)
+
+
+def local_job_dir(job_name: str, output_uri: str) -> Path:
+    """Where `assay run` keeps a job's status and logs: the output folder itself when it is local, else
+    ./.assay/jobs/<name>-<8 hex digits of the output URI's SHA-256> (two jobs of one name writing different
+    outputs must not share logs and status)."""
+    loc = parse(output_uri)
+    if loc.scheme == "file":
+        return Path(loc.path)
+    digest = hashlib.sha256(f"s3://{loc.bucket}/{loc.path}".encode()).hexdigest()[:8]
+    return Path(".assay") / "jobs" / f"{job_name}-{digest}"
 
 
 def shard_name(index: int) -> str:

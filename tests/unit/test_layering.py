@@ -50,7 +50,7 @@ def test_layout_names_objects_and_reads_no_store():
     tree = ast.parse((REPO / "runner" / "assay" / "layout.py").read_text())
     imported = {f"{n.module}.{a.name}" if isinstance(n, ast.ImportFrom) else a.name
                 for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
-    assert {m for m in imported if m.startswith("assay")} == {"assay.storage.uri.join"}
+    assert {m for m in imported if m.startswith("assay")} == {"assay.storage.uri.join", "assay.storage.uri.parse"}
     code = ("import sys, assay.layout; bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

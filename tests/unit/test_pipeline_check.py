@@ -15,6 +15,7 @@ from pathlib import Path
 from assay import datasets
 from assay.check import check
 from assay.cli.main import main
+from assay.runner.local import evaluate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -54,7 +55,7 @@ def test_mislabelled_dataset_names_faults_and_samples(tmp_path, capsys):
     (tmp_path / "data" / "x.txt").write_text("the source makes its own images")
     ds = _build(tmp_path, str(tmp_path / "store"), "boxes", "boxes_source:BoxesSource", "*.txt",
                 source=FIXTURES / "mislabelled" / "boxes_source.py")
-    result = check(ds.uri)
+    result = check(ds.uri, evaluate)
     assert not result.ok and result.scores["bbox/AP"] < 1.0 and result.scores["segm/AP"] < 1.0
     assert {k: sorted({s for s, _ in v}) for k, v in result.faults.items()} == {
         "duplicate instance": ["ped-2"], "empty mask": ["ped-3"], "box outside the image": ["ped-4"]}

@@ -89,7 +89,8 @@ def test_two_jobs_of_one_name_writing_two_s3_outputs_keep_apart(s3, test_split, 
     status.json, so the first output's local record was lost."""
     import json
 
-    from assay.runner.local import job_dir_for, run_job
+    from assay.layout import local_job_dir
+    from assay.runner.local import run_job
     from assay.spec import EvaluationJob
     from tests.conftest import job_manifest
 
@@ -99,10 +100,10 @@ def test_two_jobs_of_one_name_writing_two_s3_outputs_keep_apart(s3, test_split, 
     for output in ("s3://twins/a", "s3://twins/b"):
         job = EvaluationJob.from_manifest(job_manifest("twin", oracle_model.uri, test_split.uri, output))
         assert run_job(job, progress=False).status["phase"] == "Succeeded"
-        folders.append(tmp_path / job_dir_for(job))
+        folders.append(tmp_path / local_job_dir(job.name, output))
     assert folders[0] != folders[1] and all(f.parent == tmp_path / ".assay" / "jobs" for f in folders)
     for folder, output in zip(folders, ("s3://twins/a", "s3://twins/b"), strict=True):
         assert json.loads((folder / "status.json").read_text())["spec"]["output"]["uri"] == output
         written = [line for line in (folder / "logs" / "cmp.log").read_text().splitlines() if "metrics written" in line]
         assert len(written) == 1 and written[0].endswith(f"{output}/metrics.json"), written
-    assert job_dir_for(job).name == "twin-" + __import__("hashlib").sha256(b"s3://twins/b").hexdigest()[:8]
+    assert local_job_dir("twin", "s3://twins/b").name == "twin-" + __import__("hashlib").sha256(b"s3://twins/b").hexdigest()[:8]

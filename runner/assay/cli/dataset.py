@@ -104,8 +104,9 @@ def check(ctx: click.Context, ref: str, store: str, evaluator: str | None, worke
     from assay.check import check as run_check
     from assay.errors import EXIT_PERMANENT
     from assay.layout import resolve_ref
+    from assay.runner.local import evaluate
 
-    result = run_check(resolve_ref(ref, store, "datasets"), evaluator, workers, output)
+    result = run_check(resolve_ref(ref, store, "datasets"), evaluate, evaluator, workers, output)
     doc = {"ok": result.ok, "dataset": result.dataset, "evaluator": result.evaluator, "samples": result.samples,
            "scores": result.scores, "error": result.error,
            "faults": {k: [{"sample": s, "detail": d} for s, d in v] for k, v in result.faults.items()}}

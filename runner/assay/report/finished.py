@@ -2,7 +2,7 @@
 
 A run is finished when its output holds metrics.json and, where the run left a status.json (local runs),
 that status says Succeeded: a run being resumed or overwritten still has the old metrics.json, and its
-results are changing under it. Records are read through ``cmp.iter_records``, so every results file is
+results are changing under it. Records are read through ``verified.iter_records``, so every results file is
 checked against its sha256 record and the pinned model and dataset versions, and its ids against the
 dataset's labels, exactly as when the metrics were computed.
 """
@@ -44,7 +44,7 @@ class FinishedRun:
 
     def records(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(sample id, label, prediction) of every sample, verified (see the module docstring)."""
-        from assay.runner.cmp import iter_records
+        from assay.verified import iter_records
 
         return iter_records(self.dataset, self.model, self.output_uri, self.metrics.get("settings", {}).get("hash"))
 
@@ -84,12 +84,12 @@ def open_run(ref: str) -> Iterator[FinishedRun]:
     apply while the run is read, as for ``assay run``.
     """
     if os.path.isfile(ref):
-        from assay.runner.local import job_dir_for, storage_settings
         from assay.spec import load_job, with_local_uris_relative_to
 
         job = with_local_uris_relative_to(load_job(ref), Path(ref).resolve().parent)
-        with storage_settings(job):
-            yield _load(ref, job.name, job.spec.output.uri, job_dir_for(job) / "status.json")
+        with storage.using(endpoint_url=job.spec.storage.endpoint, region=job.spec.storage.region):
+            yield _load(ref, job.name, job.spec.output.uri,
+                        layout.local_job_dir(job.name, job.spec.output.uri) / "status.json")
         return
     if storage.is_local(ref) and not os.path.isdir(storage.parse(ref).path):
         raise SpecError(f"{ref}: no such job manifest or output folder",

@@ -15,7 +15,6 @@ Run it again after a crash or Ctrl-C and finished shards are skipped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -61,16 +60,6 @@ class LocalRun:
     job_dir: Path
     status: dict[str, Any]
     report: Any = None
-
-
-def job_dir_for(job: EvaluationJob) -> Path:
-    """The output folder itself when it is local, else ./.assay/jobs/<name>-<8 hex digits of the output URI's
-    SHA-256>: two jobs of one name writing different outputs must not share logs and status."""
-    if storage.is_local(job.spec.output.uri):
-        return Path(storage.parse(job.spec.output.uri).path)
-    loc = storage.parse(job.spec.output.uri)
-    digest = hashlib.sha256(f"s3://{loc.bucket}/{loc.path}".encode()).hexdigest()[:8]
-    return Path(".assay") / "jobs" / f"{job.name}-{digest}"
 
 
 def _now() -> str:
@@ -290,6 +279,12 @@ def _signals_raise() -> Any:
             signal.signal(s, h)
 
 
+def evaluate(job: EvaluationJob) -> MetricsReport:
+    """Run ``job`` on this machine, quietly, into an output it may overwrite; its metrics (the pipeline
+    check's way of running its oracle, `assay.check.check`)."""
+    return run_job(job, progress=False, overwrite=True).report
+
+
 def storage_settings(job: EvaluationJob) -> contextlib.AbstractContextManager:
     """spec.storage.endpoint and region for the storage calls of this run, over AWS_ENDPOINT_URL and
     AWS_REGION, as pods get them. Its workers are handed the same (``_Children.start``)."""
@@ -318,7 +313,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
         check_present(dataset, model)
         preflight(ctx, dataset, model)
         runrecord.check_output(output, manifest)  # before anything is written into it
-        job_dir = job_dir_for(job)
+        job_dir = layout.local_job_dir(job.name, job.spec.output.uri)
         try:
             (job_dir / "logs").mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assay import layout, logs, packages, results, runrecord, shards, storage
+from assay import layout, logs, packages, results, runrecord, shards, storage, verified
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.runner.inputs import load_pinned, run_conditions
 from assay.spec import RunContext, env_seconds
@@ -60,12 +60,7 @@ def results_match(ctx: RunContext, dataset: shards.DatasetManifest, model: packa
     except IntegrityError as exc:
         log.warning("shard %d: %s; recomputing", index, exc.message)
         return False
-    info = dataset.shards[index]
-    if record is None or not (record.get("dataset_version") == dataset.version
-                              and record.get("model_version") == model.version
-                              and record.get("shard_sha256") == info.sha256
-                              and record.get("samples") == info.samples
-                              and record.get("settings_hash") == settings_hash):
+    if record is None or verified.mismatch(record, dataset, model, index, settings_hash):
         return False
     with storage.scratch_dir("check") as tmp:
         try:

@@ -1,0 +1,87 @@
+"""Results verified against their run: the one place that says whether a shard's results belong to this run
+(its model, dataset version, shard and settings) and that joins them with the shard's labels.
+
+Used by ppl (is a shard done, or must it be computed again?), cmp (score only this run's results), the
+report and the pipeline check (read a finished run): all of them apply the same rule.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from assay import layout, packages, results, shards, storage
+from assay.errors import EvaluationError, IntegrityError
+
+#: What a record must say for its shard's results to be this run's (settings only where the run knows them).
+_ORIGIN = ("model_version", "dataset_version", "shard_sha256", "samples", "settings_hash")
+
+
+def mismatch(record: dict[str, Any], dataset: shards.DatasetManifest, model: packages.ModelManifest, index: int,
+             settings_hash: str | None) -> dict[str, tuple[Any, Any]]:
+    """The fields of a results record that differ from this run's, as (recorded, this run's); {} when the
+    results are this run's."""
+    info = dataset.shards[index]
+    expected = {"model_version": model.version, "dataset_version": dataset.version, "shard_sha256": info.sha256,
+                "samples": info.samples, "settings_hash": settings_hash}
+    return {k: (record.get(k), expected[k]) for k in _ORIGIN
+            if expected[k] is not None and record.get(k) != expected[k]}
+
+
+def iter_records(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,
+                 settings_hash: str | None = None, conditions: list | None = None):
+    """Yield (sample_id, label, prediction) for every sample of ``dataset``.
+
+    Only results made by this model on this dataset version and shard (and, given ``settings_hash``,
+    these settings) are read; each file is checked against the sha256 recorded when it was written, and
+    its ids against the shard's labels. ``conditions`` collects each shard's run conditions.
+    """
+    records = [results.read_record(output_uri, i) for i in range(len(dataset.shards))]
+    missing = [i for i, r in enumerate(records)
+               if r is None or not storage.exists(layout.results_uri(output_uri, i))]
+    if missing:
+        raise EvaluationError(f"{len(missing)} of {len(dataset.shards)} shards have no results "
+                              f"(first: {dataset.shards[missing[0]].name})",
+                              "run the ppl workers again; finished shards are skipped")
+    for index, record in enumerate(records):
+        _check_origin(index, record, dataset, model, output_uri, settings_hash)
+    with storage.scratch_dir("cmp") as tmp:
+        for index, record in enumerate(records):
+            labels = shards.read_labels(dataset, index)
+            path = Path(tmp) / "r.parquet"
+            results.fetch_verified(output_uri, index, record, path)
+            ids, preds, meta = results.read_local(path)
+            if (meta.get("model_version"), meta.get("dataset_version")) != (model.version, dataset.version):
+                raise IntegrityError(f"{layout.results_uri(output_uri, index)} disagrees with its record",
+                                     "rerun the job: the shard is recomputed")
+            if conditions is not None and record.get("conditions") not in conditions:
+                conditions.append(record.get("conditions"))
+            _check_ids(index, [r["id"] for r in labels], ids)
+            by_id = dict(zip(ids, preds, strict=True))
+            for label_record in labels:
+                yield label_record["id"], label_record["label"], by_id[label_record["id"]]
+
+
+def _check_origin(index: int, record: dict[str, Any], dataset, model, output_uri: str,
+                  settings_hash: str | None) -> None:
+    """Refuse results that another model, dataset version, shard or settings produced."""
+    uri = layout.results_uri(output_uri, index)
+    wrong = mismatch(record, dataset, model, index, settings_hash)
+    if wrong:
+        what = ", ".join(f"{k.replace('_', ' ')} {got} (this run: {want})" for k, (got, want) in wrong.items())
+        raise EvaluationError(f"{uri} was made by another run: {what}",
+                              "score only results of this model and dataset: evaluate into another output (on a "
+                              "cluster: a new EvaluationJob with its own spec.output.uri; with `assay run`: "
+                              "--overwrite)")
+
+
+def _check_ids(index: int, expected: list[str], got: list[str]) -> None:
+    dupes = [i for i, n in Counter(got).items() if n > 1]
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if dupes or missing or extra:
+        raise EvaluationError(
+            f"shard {index}: results do not match the dataset: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(dupes)} duplicated (e.g. {dupes[:3]}), {len(extra)} unknown (e.g. {extra[:3]})",
+            "delete that shard's results file and rerun its ppl worker")
