@@ -64,14 +64,8 @@ class RunIdentity:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
-def prediction_settings(ctx) -> dict[str, Any]:
-    """The RunContext fields that can change what the model predicts (not the worker count)."""
-    return {"evaluator": ctx.evaluator, "batchSize": ctx.batch_size, "device": ctx.device,
-            "precision": ctx.precision, "channelsLast": ctx.channels_last, "compile": ctx.compile}
-
-
 def identity(ctx, model, dataset) -> RunIdentity:
-    settings = prediction_settings(ctx)
+    settings = ctx.prediction_settings()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return RunIdentity(job=ctx.job_name, model_name=model.name, model_version=model.version,
                        dataset_name=dataset.name, dataset_version=dataset.version, settings_hash=digest,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -253,6 +254,40 @@ def load_job(path: str | os.PathLike) -> EvaluationJob:
     return EvaluationJob.from_manifest(docs[0], source)
 
 
+@dataclass(frozen=True)
+class RunSetting:
+    """One field of a RunContext: the variable that carries it into a pod, where a job's spec holds it (an
+    attribute path), and its name in run.json's settings when it can change what the model predicts."""
+
+    env: str
+    spec: str | None = None
+    predicts: str | None = None
+
+
+#: The run's settings, listed once: RunContext's fields, the pods' environment, `for_worker` and the settings
+#: that make a run's identity (run.json, each results record's settings hash) all come from this table.
+RUN_SETTINGS: dict[str, RunSetting] = {
+    "job_name": RunSetting("ASSAY_JOB_NAME"),
+    "model_uri": RunSetting("ASSAY_MODEL_URI", "model.uri"),
+    "dataset_uri": RunSetting("ASSAY_DATASET_URI", "dataset.uri"),
+    "output_uri": RunSetting("ASSAY_OUTPUT_URI", "output.uri"),
+    "model_version": RunSetting("ASSAY_MODEL_VERSION"),
+    "dataset_version": RunSetting("ASSAY_DATASET_VERSION"),
+    "evaluator": RunSetting("ASSAY_EVALUATOR", "evaluator", predicts="evaluator"),
+    "worker_index": RunSetting("JOB_COMPLETION_INDEX"),
+    "worker_count": RunSetting("ASSAY_WORKERS", "ppl.workers"),
+    "shards_per_index": RunSetting("ASSAY_SHARDS_PER_INDEX", "ppl.shards_per_index"),
+    "batch_size": RunSetting("ASSAY_BATCH_SIZE", "ppl.batch_size", predicts="batchSize"),
+    "device": RunSetting("ASSAY_DEVICE", "ppl.device", predicts="device"),
+    "precision": RunSetting("ASSAY_PRECISION", "ppl.precision", predicts="precision"),
+    "prefetch": RunSetting("ASSAY_PREFETCH", "ppl.prefetch"),
+    "decode_threads": RunSetting("ASSAY_DECODE_THREADS", "ppl.decode_threads"),
+    "channels_last": RunSetting("ASSAY_CHANNELS_LAST", "ppl.channels_last", predicts="channelsLast"),
+    "compile": RunSetting("ASSAY_COMPILE", "ppl.compile", predicts="compile"),
+    "pin_memory": RunSetting("ASSAY_PIN_MEMORY", "ppl.pin_memory"),
+}
+
+
 class RunContext(_Model):
     """What one ppl or cmp process needs to know, built from a job spec (locally) or the environment (pods)."""
 
@@ -280,23 +315,21 @@ class RunContext(_Model):
 
     @classmethod
     def for_worker(cls, job: EvaluationJob, index: int) -> RunContext:
-        s = job.spec
-        return cls(job_name=job.name, model_uri=s.model.uri, dataset_uri=s.dataset.uri, output_uri=s.output.uri,
-                   evaluator=s.evaluator, worker_index=index, worker_count=s.ppl.workers,
-                   shards_per_index=s.ppl.shards_per_index,
-                   batch_size=s.ppl.batch_size, device=s.ppl.device, precision=s.ppl.precision,
-                   prefetch=s.ppl.prefetch, decode_threads=s.ppl.decode_threads,
-                   channels_last=s.ppl.channels_last, compile=s.ppl.compile, pin_memory=s.ppl.pin_memory)
+        def at(path: str) -> Any:
+            value: Any = job.spec
+            for part in path.split("."):
+                value = getattr(value, part)
+            return value
+
+        return cls(job_name=job.name, worker_index=index,
+                   **{f: at(s.spec) for f, s in RUN_SETTINGS.items() if s.spec is not None})
 
     #: Environment variables carrying a RunContext into a pod (the operator sets them; __main__ reads them).
-    ENV: ClassVar[dict[str, str]] = {
-        "job_name": "ASSAY_JOB_NAME", "model_uri": "ASSAY_MODEL_URI", "dataset_uri": "ASSAY_DATASET_URI",
-        "output_uri": "ASSAY_OUTPUT_URI", "model_version": "ASSAY_MODEL_VERSION",
-        "dataset_version": "ASSAY_DATASET_VERSION", "evaluator": "ASSAY_EVALUATOR", "worker_index": "JOB_COMPLETION_INDEX",
-        "worker_count": "ASSAY_WORKERS", "shards_per_index": "ASSAY_SHARDS_PER_INDEX", "batch_size": "ASSAY_BATCH_SIZE", "device": "ASSAY_DEVICE",
-        "precision": "ASSAY_PRECISION", "prefetch": "ASSAY_PREFETCH", "decode_threads": "ASSAY_DECODE_THREADS",
-        "channels_last": "ASSAY_CHANNELS_LAST", "compile": "ASSAY_COMPILE", "pin_memory": "ASSAY_PIN_MEMORY",
-    }
+    ENV: ClassVar[dict[str, str]] = {f: s.env for f, s in RUN_SETTINGS.items()}
+
+    def prediction_settings(self) -> dict[str, Any]:
+        """The settings that can change what the model predicts (not the worker count), by run.json's names."""
+        return {s.predicts: getattr(self, f) for f, s in RUN_SETTINGS.items() if s.predicts}
 
     def to_env(self) -> dict[str, str]:
         """Environment for a pod; worker_index is left to Kubernetes (JOB_COMPLETION_INDEX)."""

@@ -32,7 +32,7 @@ from assay import layout, packages, protocol, runrecord, shards, storage
 from assay.errors import EXIT_PERMANENT, AssayError, EvaluationError, SpecError
 from assay.metrics import MetricsReport
 from assay.runner import groups
-from assay.runner.inputs import check_present, preflight
+from assay.runner.inputs import resolve
 from assay.spec import EvaluationJob, RunContext, UriRef
 
 #: status.json above this size drops its copy of the spec (the spec itself is bounded, this is a backstop).
@@ -291,12 +291,10 @@ def storage_settings(job: EvaluationJob) -> contextlib.AbstractContextManager:
     return storage.using(endpoint_url=job.spec.storage.endpoint, region=job.spec.storage.region)
 
 
-def pin(job: EvaluationJob) -> tuple[EvaluationJob, shards.DatasetManifest, packages.ModelManifest]:
-    """Resolve the job's model and dataset to exact version folders, once, at the start."""
-    dataset = shards.load_manifest(job.spec.dataset.uri)
-    model = packages.load_manifest(job.spec.model.uri)
+def _pinned(job: EvaluationJob, dataset: shards.DatasetManifest, model: packages.ModelManifest) -> EvaluationJob:
+    """The job with its model and dataset at the exact version folders the run was pinned to."""
     spec = job.spec.model_copy(update={"dataset": UriRef(uri=dataset.uri), "model": UriRef(uri=model.uri)})
-    return job.model_copy(update={"spec": spec}), dataset, model
+    return job.model_copy(update={"spec": spec})
 
 
 def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=None,
@@ -308,10 +306,9 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             update={"ppl": job.spec.ppl.model_copy(update={"workers": workers})})})
     output = job.spec.output.uri
     with storage_settings(job):
-        job, dataset, model = pin(job)
-        ctx = _context(job, 0, dataset, model)
-        check_present(dataset, model)
-        preflight(ctx, dataset, model)
+        # pinned as a cluster's resolve step pins it: exact versions, objects present, fit checked, groups chosen
+        ctx, dataset, model = resolve(RunContext.for_worker(job, 0))
+        job = _pinned(job, dataset, model)
         runrecord.check_output(output, manifest)  # before anything is written into it
         job_dir = layout.local_job_dir(job.name, job.spec.output.uri)
         try:
@@ -335,7 +332,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             children = _Children(job_dir, upload=not storage.is_local(output))
             try:
                 with _signals_raise():
-                    report = _run(job, dataset, model, children, status, lease, progress, err)
+                    report = _run(job, ctx, dataset, model, children, status, lease, progress, err)
             except Interrupted as exc:
                 children.stop()
                 status.update(phase="Failed", reason=protocol.INTERRUPTED, completionTime=_now(),
@@ -356,18 +353,10 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
     return LocalRun(job_dir=job_dir, status=status.doc, report=report)
 
 
-def _context(job: EvaluationJob, index: int, dataset, model) -> RunContext:
-    per_index = job.spec.ppl.shards_per_index or layout.auto_shards_per_index(len(dataset.shards),
-                                                                             job.spec.ppl.workers)
-    return RunContext.for_worker(job, index).model_copy(
-        update={"model_version": model.version, "dataset_version": dataset.version, "shards_per_index": per_index})
-
-
-def _run(job: EvaluationJob, dataset, model, children: _Children, status: _Status, lease, progress: bool,
-         err) -> MetricsReport:
+def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: _Children, status: _Status, lease,
+         progress: bool, err) -> MetricsReport:
     total, deadline = dataset.samples, job.spec.active_deadline_seconds
     started = time.monotonic()
-    ctx = _context(job, 0, dataset, model)
     items = layout.index_count(len(dataset.shards), ctx.shards_per_index)
     workers = min(job.spec.ppl.workers, items)  # a worker without an item would only load the model
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -382,7 +371,7 @@ def _run(job: EvaluationJob, dataset, model, children: _Children, status: _Statu
         raise failed
     status.update(phase="Evaluating", progress=_progress_doc(total, total, 0.0))
     children.procs.clear()
-    children.start("cmp", "cmp", _context(job, 0, dataset, model), max(1, os.cpu_count() or 1))
+    children.start("cmp", "cmp", ctx, max(1, os.cpu_count() or 1))
     _wait(children, job, total, status, False, err, started, deadline, lease)
     failed = children.failure()
     if failed:
