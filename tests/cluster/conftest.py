@@ -227,16 +227,27 @@ def operator(control_plane, node, kubectl, admin):
     """``helm install`` of charts/assay: the operator runs from its image, in a pod with the chart's RBAC
     only, and reaches the API server through the ``kubernetes`` Service (in-cluster config)."""
     create_namespace(admin, OPERATOR_NS)
-    kubectl.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--wait", "--timeout", "180s",
-                 "--set", "watch.clusterWide=true", "--set", "operator.resyncSeconds=1",
-                 "--set", "operator.logFormat=text", "--set", "jobDefaults.failFastSeconds=5")
-    return Operator(kubectl, admin)
+    return Operator(kubectl, admin).install()
 
 
 class Operator:
+    #: The test install: every namespace, a fast resync, plain log lines, pull failures fail jobs at once.
+    VALUES = ("watch.clusterWide=true", "operator.resyncSeconds=1", "operator.logFormat=text",
+              "jobDefaults.failFastSeconds=5")
+
     def __init__(self, kubectl: Kubectl, admin: client.ApiClient) -> None:
         self.kubectl, self.core = kubectl, client.CoreV1Api(admin)
         self.past: list[str] = []  # the logs of operator pods deleted since the install
+
+    def install(self) -> Operator:
+        self.kubectl.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--wait", "--timeout", "180s",
+                          *[arg for value in self.VALUES for arg in ("--set", value)])
+        return self
+
+    def uninstall(self) -> None:
+        """``helm uninstall`` (the CRD stays, and with it every EvaluationJob)."""
+        self.past.append(self._current_logs())
+        self.kubectl.helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
 
     def pods(self) -> list[dict[str, Any]]:
         raw = self.core.list_namespaced_pod(OPERATOR_NS, label_selector="app.kubernetes.io/name=assay",
