@@ -277,9 +277,9 @@ def test_oom_killed_worker_counts_against_the_retry_budget_and_fails_the_job_nam
 # ------------------------------------------------------------------------------ disruptions
 
 
-def slow(**spec):
-    """Workers that take a few seconds per batch, so a test can act mid-run."""
-    env = [{"name": "ASSAY_TEST_JITTER", "value": "1"}, {"name": "ASSAY_TEST_PREDICT_DELAY", "value": "1.5"},
+def slow(delay: float = 1.5, **spec):
+    """Workers that take ``delay`` seconds per batch, so a test can act mid-run."""
+    env = [{"name": "ASSAY_TEST_JITTER", "value": "1"}, {"name": "ASSAY_TEST_PREDICT_DELAY", "value": str(delay)},
            {"name": "ASSAY_PROGRESS_INTERVAL", "value": "0.2"}]
     return {"runtime": {"env": env}} | spec
 
@@ -291,7 +291,9 @@ def running_ppl_pods(api: Api, name: str) -> list[dict]:
 
 def test_deleted_ppl_pod_is_replaced_and_every_sample_is_scored_once(operator, kubectl, api: Api, ns, inputs,
                                                                        s3_env):
-    manifest = evaljob("replaced", inputs, s3_env, **slow())
+    # A real pod shows Running for a moment after its container ended (the kubelet reports status
+    # periodically): 4 s batches, so that the victim is mid-shard, not done, when it is deleted.
+    manifest = evaljob("replaced", inputs, s3_env, **slow(delay=4))
     apply(kubectl, ns, manifest)
     victim = wait_for(lambda: running_ppl_pods(api, "replaced"), "a running ppl pod", timeout=120)[0]
     index = victim["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"]
