@@ -291,11 +291,14 @@ def running_ppl_pods(api: Api, name: str) -> list[dict]:
 
 def test_deleted_ppl_pod_is_replaced_and_every_sample_is_scored_once(operator, kubectl, api: Api, ns, inputs,
                                                                        s3_env):
-    # A real pod shows Running for a moment after its container ended (the kubelet reports status
-    # periodically): 4 s batches, so that the victim is mid-shard, not done, when it is deleted.
     manifest = evaljob("replaced", inputs, s3_env, **slow(delay=4))
     apply(kubectl, ns, manifest)
     victim = wait_for(lambda: running_ppl_pods(api, "replaced"), "a running ppl pod", timeout=120)[0]
+    # Deleted while its Python starts, a container's PID 1 has no SIGTERM handler yet, and the kernel drops
+    # the kubelet's SIGTERM: the pod then finishes its shard (Succeeded) within its grace period, and
+    # nothing is replaced. Delete it once its step runs (4 s batches: mid-shard, not done).
+    wait_for(lambda: "loaded on" in kubectl("logs", "-n", ns, victim["metadata"]["name"], check=False).stdout,
+             "the victim's model to be loaded", timeout=120)
     index = victim["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"]
     kubectl("delete", "pod", "-n", ns, victim["metadata"]["name"], "--wait=true")
     st = api.wait_phase("replaced", ("Succeeded", "Failed"), timeout=300)
