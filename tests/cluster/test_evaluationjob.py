@@ -49,7 +49,8 @@ def assay_run_metrics(manifest: dict, folder) -> dict:
     local["spec"]["storage"].pop("secretRef")
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(local))
-    env = os.environ | {"ASSAY_TEST_JITTER": "1"}
+    # the variables the pods get from spec.runtime.env (e.g. the test handler's ASSAY_TEST_JITTER)
+    env = os.environ | {e["name"]: e["value"] for e in manifest["spec"].get("runtime", {}).get("env", []) if "value" in e}
     proc = subprocess.run([sys.executable, "-m", "assay.cli.main", "run", str(path), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

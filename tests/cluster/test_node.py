@@ -91,11 +91,11 @@ def terminated(admin: client.ApiClient, ns: str, name: str) -> dict | None:
 
 
 def test_node_is_ready_and_schedulable(node, admin):
-    node = json.loads(client.CoreV1Api(admin).read_node(node.name, _preload_content=False).data)
-    assert {"type": "InternalIP", "address": node.ip} in node["status"]["addresses"]
-    info = node["status"]["nodeInfo"]
+    got = json.loads(client.CoreV1Api(admin).read_node(node.name, _preload_content=False).data)
+    assert {"type": "InternalIP", "address": node.ip} in got["status"]["addresses"]
+    info = got["status"]["nodeInfo"]
     assert info["containerRuntimeVersion"].startswith("containerd://") and info["kubeletVersion"] == "v1.37.2"
-    assert not node["spec"].get("taints") and not node["spec"].get("unschedulable")
+    assert not got["spec"].get("taints") and not got["spec"].get("unschedulable")
 
 
 def test_restricted_pod_runs_as_its_user_on_the_pod_network_and_calls_the_api(node, probe_image, admin,
