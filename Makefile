@@ -1,8 +1,8 @@
 # The README's two commands, with everything they need set up on a fresh machine.
 #   make demo    venv + package (torch, torchvision, ...) + the PennFudanPed demo
 #   make test    + test extras, helm and kubectl, the Kubernetes binaries, Kueue and (as root) the real node of
-#                tests/cluster, headless Chromium
-#                (for the report tests) + the whole suite
+#                tests/cluster and the project's images it runs (scripts/build-images.sh: seconds when only
+#                assay's code changed, 10-20 minutes cold), headless Chromium (for the report tests) + the whole suite
 # CPU-only torch (about 4.5 GB less than PyPI's CUDA build), for users with internet:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -25,6 +25,7 @@ test: install-test lint
 	if [ -f scripts/install-kueue.sh ]; then bash scripts/install-kueue.sh; fi
 	bash scripts/install-gofakes3.sh
 	if [ -f scripts/install-node.sh ] && [ "$$(id -u)" = 0 ]; then bash scripts/install-node.sh; fi
+	if [ -f scripts/build-images.sh ] && [ "$$(id -u)" = 0 ]; then bash scripts/build-images.sh; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (rules in pyproject.toml) and import-linter (the layers, and what the operator may import)

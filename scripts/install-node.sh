@@ -46,9 +46,11 @@ mapfile -t missing < <(missing_packages)
 if ((${#missing[@]})); then
   step "apt-get install ${missing[*]}"
   [[ $EUID -eq 0 ]] || { echo "install-node: run as root to install ${missing[*]}" >&2; exit 1; }
-  apt-get update -qq
+  # .ci/run builds the images (scripts/build-images.sh, apt too) at the same time: wait for dpkg's lock.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
   # No init system runs here; the packages' services are never started (node.py starts its own).
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
   done_step
 fi
 

@@ -1,23 +1,29 @@
-"""The real control plane, the process kubelet, moto S3 and the Helm chart, started once.
+"""The real control plane, a real node running the project's images, moto S3 and the Helm chart, started once.
 
 The cluster fixtures are package-scoped: started by the first test here, stopped after the last, so
 the rest of the suite does not share the 2 cores with an idle control plane.
 
+The node is real (tests/cluster/node.py): containerd + runc, the kubelet and kube-proxy; the operator
+and the job pods run in containers from the images ``scripts/build-images.sh`` built from this tree
+(imported into the node's containerd by ``scripts/import-images.sh``). The API server and the S3 server
+listen on the node's address, where pods reach them.
+
 Every test module here sets ``pytestmark = pytest.mark.cluster`` (``-m 'not cluster'`` leaves them out);
-the tests skip, naming what is missing, only when .tools/bin lacks the binaries (``bash scripts/install-kube.sh``).
+the tests skip, naming what is missing, only when .tools/bin lacks the binaries (``bash scripts/install-kube.sh``,
+``sudo bash scripts/install-node.sh``) or when not root; missing images fail them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.controlplane import BINARIES, ControlPlane, free_port
-from tests.cluster.kubelet import Kubelet, Node
+from tests.cluster.containerd import SOCKET
+from tests.cluster.controlplane import BINARIES, CONTROLLERS, NODE_CONTROLLERS, ControlPlane, free_port
+from tests.cluster.node import RealNode, host_ip
 from tests.conftest import FIXTURES, REPO, write_dataset_yaml
 
 BIN = REPO / ".tools" / "bin"
@@ -40,18 +47,33 @@ RUNNER_IMAGE = f"ghcr.io/assay-dev/assay-runner:{APP_VERSION}"
 RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
 BUCKET = "assay"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+#: The one extended resource the node advertises (an admin's PATCH of its status, as without a device plugin).
+GPU = "nvidia.com/gpu"
+NODE = "assay-node"
 
 
 # ------------------------------------------------------------------------------------ the cluster
 
 
 @pytest.fixture(scope="package")
-def control_plane(tmp_path_factory):
-    missing = [b for b in (*BINARIES, "kubectl", "helm") if not (BIN / b).is_file()]
+def node_ip() -> str:
+    missing = [b for b in (*BINARIES, "kubectl", "helm", "kubelet", "kube-proxy", "crictl") if not (BIN / b).is_file()]
+    missing += [t for t in ("containerd", "runc", "ctr", "podman", "skopeo") if not shutil.which(t)]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not in {BIN}: run `bash scripts/install-kube.sh` "
-                    "(and `bash scripts/install-helm.sh`)")
-    plane = ControlPlane(BIN, tmp_path_factory.mktemp("kube"))
+        pytest.skip(f"{', '.join(missing)} missing: run `bash scripts/install-kube.sh`, `bash scripts/install-helm.sh`, "
+                    "`sudo bash scripts/install-node.sh` and `sudo bash scripts/build-images.sh`")
+    if os.geteuid() != 0:
+        pytest.skip("the real node runs containers: needs root")
+    ip = host_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address for the node (pods cannot reach a loopback API server)")
+    return ip
+
+
+@pytest.fixture(scope="package")
+def control_plane(node_ip, tmp_path_factory):
+    plane = ControlPlane(BIN, tmp_path_factory.mktemp("kube"), node_ip=node_ip,
+                         controllers=CONTROLLERS + NODE_CONTROLLERS)
     try:
         yield plane.start()
     finally:
@@ -66,34 +88,37 @@ def admin(control_plane) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-@pytest.fixture(scope="session")
-def image_env() -> dict[str, str]:
-    """What the test "images" bring: this venv's python first on PATH, this checkout's code."""
-    return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-            "PYTHONPATH": f"{REPO / 'runner'}:{REPO / 'operator'}", "LANG": "C.UTF-8"}
-
-
 @pytest.fixture(scope="package")
-def kubelet(control_plane, admin, image_env, moto_endpoint):
-    # Outside /tmp: the pods' own /tmp is bind-mounted over it, and their volumes live here.
-    folder = Path(tempfile.mkdtemp(prefix="assay-kubelet-", dir="/var/tmp"))
-    # the operator's process carries a guard that refuses (and logs) any S3 client or store connection
-    operator_env = image_env | {"PYTHONPATH": f"{Path(__file__).parent / 'operator_site'}:{image_env['PYTHONPATH']}",
-                                "ASSAY_TEST_STORE_PORTS": moto_endpoint.rsplit(":", 1)[1]}
-    nodes = [Node("node-cpu", {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}),
-             Node("node-gpu", {"cpu": "8", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi",
-                               "nvidia.com/gpu": "1"}, {"nvidia.com/gpu.present": "true"})]
-    k = Kubelet(control_plane, nodes, {OPERATOR_IMAGE: operator_env, RUNNER_IMAGE: image_env}, folder, admin).start()
+def node(control_plane, admin, tmp_path_factory):
+    """The real node with the project's images in its containerd and one (advertised) GPU."""
+    n = RealNode(control_plane, admin, tmp_path_factory.mktemp("node"), BIN, NODE)
+    n.start()
     try:
-        yield k
+        import_images()
+        advertise(admin, n.name, {GPU: "1"})
+        yield n
     finally:
-        k.stop()
-        # Keep the containers' logs beside the control plane's (pytest keeps its last 3 base temps).
-        for log in folder.glob("*/containers/*/*.log"):
-            dest = control_plane.logs / "pods" / f"{log.parent.name}-{log.parents[2].name[:8]}-{log.name}"
-            dest.parent.mkdir(exist_ok=True)
-            shutil.copyfile(log, dest)
-        shutil.rmtree(folder, ignore_errors=True)
+        n.stop()
+
+
+def import_images() -> None:
+    """``scripts/import-images.sh``: what containerd lacks of the images podman built (nothing, mostly)."""
+    began = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "import-images.sh"), str(SOCKET)], capture_output=True,
+                          text=True, timeout=1800, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"the project's images could not be imported into the node's containerd; build them first "
+                    f"with `sudo bash scripts/build-images.sh` (`make test` does):\n{proc.stdout}{proc.stderr}",
+                    pytrace=False)
+    print(f"images imported in {time.monotonic() - began:.0f}s:\n{proc.stdout}")
+
+
+def advertise(admin: client.ApiClient, node: str, resources: dict[str, str]) -> None:
+    """Extended resources in the Node's capacity, as an admin advertises them (the kubelet keeps them)."""
+    core = client.CoreV1Api(admin)
+    core.patch_node_status(node, {"status": {"capacity": resources}})
+    wait_for(lambda: all(core.read_node(node).status.allocatable.get(k) == v for k, v in resources.items()),
+             f"{resources} in {node}'s allocatable", timeout=60)
 
 
 class Kubectl:
@@ -154,18 +179,30 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60, inter
 
 
 @pytest.fixture(scope="package")
-def s3_env(moto_endpoint):
+def cluster_s3(node_ip):
+    """A moto S3 server on the node's address, where pods reach it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address=node_ip, port=port, verbose=False)
+    server.start()
+    yield f"http://{node_ip}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def s3_env(cluster_s3):
     """The test process's own S3 settings (for building inputs and reading outputs)."""
     from assay import storage
 
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_DEFAULT_REGION": "us-east-1", **S3_KEYS}.items():
+        for key, value in {"AWS_ENDPOINT_URL": cluster_s3, "AWS_DEFAULT_REGION": "us-east-1", **S3_KEYS}.items():
             mp.setenv(key, value)
         storage.reset_clients()
         import boto3
 
-        boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=BUCKET)
-        yield moto_endpoint
+        boto3.client("s3", endpoint_url=cluster_s3).create_bucket(Bucket=BUCKET)
+        yield cluster_s3
     storage.reset_clients()
 
 
@@ -186,19 +223,31 @@ def inputs(s3_env, pennfudan_dir, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="package")
-def operator(control_plane, kubelet, kubectl, admin):
-    """``helm install`` of charts/assay: the operator runs in a pod with the chart's RBAC only."""
+def operator(control_plane, node, kubectl, admin):
+    """``helm install`` of charts/assay: the operator runs from its image, in a pod with the chart's RBAC
+    only, and reaches the API server through the ``kubernetes`` Service (in-cluster config)."""
     create_namespace(admin, OPERATOR_NS)
-    kubectl.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--wait", "--timeout", "180s",
-                 "--set", "watch.clusterWide=true", "--set", "operator.resyncSeconds=1",
-                 "--set", "operator.logFormat=text", "--set", f"health.port={free_port()}",
-                 "--set", f"metrics.port={free_port()}", "--set", "jobDefaults.failFastSeconds=5")
-    return Operator(kubectl, kubelet, admin)
+    return Operator(kubectl, admin).install()
 
 
 class Operator:
-    def __init__(self, kubectl: Kubectl, kubelet: Kubelet, admin: client.ApiClient) -> None:
-        self.kubectl, self.kubelet, self.core = kubectl, kubelet, client.CoreV1Api(admin)
+    #: The test install: every namespace, a fast resync, plain log lines, pull failures fail jobs at once.
+    VALUES = ("watch.clusterWide=true", "operator.resyncSeconds=1", "operator.logFormat=text",
+              "jobDefaults.failFastSeconds=5")
+
+    def __init__(self, kubectl: Kubectl, admin: client.ApiClient) -> None:
+        self.kubectl, self.core = kubectl, client.CoreV1Api(admin)
+        self.past: list[str] = []  # the logs of operator pods deleted since the install
+
+    def install(self) -> Operator:
+        self.kubectl.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--wait", "--timeout", "180s",
+                          *[arg for value in self.VALUES for arg in ("--set", value)])
+        return self
+
+    def uninstall(self) -> None:
+        """``helm uninstall`` (the CRD stays, and with it every EvaluationJob)."""
+        self.past.append(self._current_logs())
+        self.kubectl.helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
 
     def pods(self) -> list[dict[str, Any]]:
         raw = self.core.list_namespaced_pod(OPERATOR_NS, label_selector="app.kubernetes.io/name=assay",
@@ -206,18 +255,38 @@ class Operator:
         return json.loads(raw.data)["items"]
 
     def log(self) -> str:
-        """Every operator pod's log so far (the kubelet keeps them in files)."""
+        """Every operator pod's log so far: the running ones' through the kubelet (``kubectl logs``),
+        the deleted ones' as kept when they were deleted."""
+        return "\n".join([*self.past, self._current_logs()])
+
+    def _current_logs(self) -> str:
         out = []
-        for folder in self.kubelet.folder.glob("*/containers/operator"):
-            out += [p.read_text(errors="replace") for p in sorted(folder.glob("*.log"))]
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            for previous in ("--previous=true", "--previous=false"):  # a restarted container's log first
+                out.append(self.kubectl("logs", "-n", OPERATOR_NS, name, "-c", "operator", previous,
+                                        check=False).stdout)
         return "\n".join(out)
 
     def restart(self) -> None:
         """Delete the operator's pod; its ReplicaSet starts a new one."""
         old = {p["metadata"]["uid"] for p in self.pods()}
+        self.past.append(self._current_logs())
         self.kubectl("delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=assay", "--wait=true")
         wait_for(lambda: [p for p in self.pods() if p["metadata"]["uid"] not in old and _ready(p)],
                  "a new operator pod to pass its readiness probe", timeout=90)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The operator scaled to zero (an upgrade, a crash loop) for the duration of the block."""
+        self.past.append(self._current_logs())
+        self.kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, "--replicas=0")
+        try:
+            wait_for(lambda: not self.pods(), "the operator pod to go", timeout=90)
+            yield
+        finally:
+            self.kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, "--replicas=1")
+            self.kubectl("rollout", "status", "deployment/assay", "-n", OPERATOR_NS, "--timeout=120s")
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -103,7 +103,7 @@ class ControlPlane:
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction,PodSecurity",
             f"--service-account-issuer={ISSUER}", f"--service-account-key-file={self.pki.sa_pub}",
             f"--service-account-signing-key-file={self.pki.sa_key}",
-            # Logs come from the process kubelet's HTTPS endpoint; its certificate is checked.
+            # Logs and exec go to the kubelet's HTTPS endpoint; its certificate is checked.
             f"--kubelet-certificate-authority={self.pki.ca}", f"--kubelet-client-certificate={kubelet_crt}",
             f"--kubelet-client-key={kubelet_key}", "--kubelet-preferred-address-types=InternalIP",
             "--service-cluster-ip-range=10.0.0.0/24", "--profiling=false", "--v=1", *self.apiserver_args])

@@ -13,31 +13,17 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
-from tests.cluster.conftest import OPERATOR_NS, Api, evaljob, wait_for
+from tests.cluster.conftest import NODE, Api, evaljob, wait_for
 from tests.cluster.test_evaluationjob import apply, result_ids, slow
 
 pytestmark = pytest.mark.cluster
 
-NODES = ("node-cpu", "node-gpu")
-
-
-@contextlib.contextmanager
-def operator_down(kubectl, operator) -> Iterator[None]:
-    """The operator scaled to zero (an upgrade, a crash loop) for the duration of the block."""
-    kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, "--replicas=0")
-    try:
-        wait_for(lambda: not operator.pods(), "the operator pod to go", timeout=90)
-        yield
-    finally:
-        kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, "--replicas=1")
-        kubectl("rollout", "status", "deployment/assay", "-n", OPERATOR_NS, "--timeout=120s")
 
 
 @contextlib.contextmanager
 def cordoned(kubectl) -> Iterator[None]:
     """No new pod is scheduled while the block runs (those already placed run on)."""
-    for node in NODES:
-        kubectl("cordon", node)
+    kubectl("cordon", NODE)
     try:
         yield
     finally:
@@ -45,8 +31,7 @@ def cordoned(kubectl) -> Iterator[None]:
 
 
 def uncordon(kubectl) -> None:
-    for node in NODES:
-        kubectl("uncordon", node)
+    kubectl("uncordon", NODE)
 
 
 def complete(api: Api, job: str) -> bool:
@@ -69,7 +54,7 @@ def lose_the_report(kubectl, operator, api: Api, ns: str, name: str, role: str,
         if start is not None:
             start()
         wait_for(lambda: api.pods(selector), f"the {role} pod", timeout=240)
-        with operator_down(kubectl, operator):
+        with operator.down():
             uncordon(kubectl)
             wait_for(lambda: complete(api, f"{name}-{role}"), f"the {role} Job to complete", timeout=180)
             delete_pods(kubectl, api, ns, selector)

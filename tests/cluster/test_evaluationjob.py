@@ -17,7 +17,7 @@ import sys
 import pytest
 import yaml
 
-from tests.cluster.conftest import Api, evaljob, wait_for
+from tests.cluster.conftest import NODE, Api, evaljob, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -49,7 +49,8 @@ def assay_run_metrics(manifest: dict, folder) -> dict:
     local["spec"]["storage"].pop("secretRef")
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(local))
-    env = os.environ | {"ASSAY_TEST_JITTER": "1"}
+    # the variables the pods get from spec.runtime.env (e.g. the test handler's ASSAY_TEST_JITTER)
+    env = os.environ | {e["name"]: e["value"] for e in manifest["spec"].get("runtime", {}).get("env", []) if "value" in e}
     proc = subprocess.run([sys.executable, "-m", "assay.cli.main", "run", str(path), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -254,26 +255,32 @@ def test_gpu_request_schedules_on_the_gpu_node_and_a_second_worker_waits(operato
     st = api.wait_phase("gpus", ("Succeeded", "Failed"), timeout=300)
     assert st["phase"] == "Succeeded", st
     nodes = {p["spec"].get("nodeName") for p in api.pods("assay.dev/job=gpus,assay.dev/role=ppl")}
-    assert nodes == {"node-gpu"}
+    assert nodes == {NODE}
 
 
-def test_oom_killed_worker_fails_the_job_naming_it(operator, kubelet, kubectl, api: Api, ns, inputs, s3_env):
-    """OOMKilled counts against the group's retry budget; with none left the job fails naming the pod."""
-    apply(kubectl, ns, evaljob("oom", inputs, s3_env, **slow(ppl={"workers": 2, "maxRetriesPerShard": 0,
-                                                                  "batchSize": 4, "device": "cpu"})))
-    victim = wait_for(lambda: running_ppl_pods(api, "oom"), "a running ppl pod", timeout=120)[0]
-    kubelet.oom_kill(ns, victim["metadata"]["name"])
-    st = api.wait_phase("oom", ("Failed", "Succeeded"), timeout=60)
+def test_oom_killed_worker_counts_against_the_retry_budget_and_fails_the_job_naming_it(operator, kubectl,
+                                                                                      api: Api, ns, inputs, s3_env):
+    """A ppl worker past its memory limit is killed by the kernel (the container's memory cgroup): each
+    OOMKilled pod spends one retry of its group; with none left the job fails naming the pods."""
+    hog = [{"name": "ASSAY_TEST_HOG_ON", "value": "PennPed00016"}]  # in shard 1: the worker allocates until killed
+    apply(kubectl, ns, evaljob("oom", inputs, s3_env, runtime={"env": hog}, ppl={
+        "workers": 2, "maxRetriesPerShard": 1, "resources": {"limits": {"memory": "1Gi"}}}))
+    st = api.wait_phase("oom", ("Failed", "Succeeded"), timeout=300)
     assert st["phase"] == "Failed" and st["reason"] == "OOMKilled", st
-    assert victim["metadata"]["name"] in st["message"]
+    killed = [p for p in api.pods("assay.dev/job=oom,assay.dev/role=ppl")
+              if p["status"]["containerStatuses"][0]["state"].get("terminated", {}).get("reason") == "OOMKilled"]
+    assert {p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in killed} == {"1"}
+    assert len(killed) == 2, [p["metadata"]["name"] for p in killed]  # tried, retried once, then no budget left
+    assert all(p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137 for p in killed)
+    assert all(p["metadata"]["name"] in st["message"] for p in killed), st
 
 
 # ------------------------------------------------------------------------------ disruptions
 
 
-def slow(**spec):
-    """Workers that take a few seconds per batch, so a test can act mid-run."""
-    env = [{"name": "ASSAY_TEST_JITTER", "value": "1"}, {"name": "ASSAY_TEST_PREDICT_DELAY", "value": "1.5"},
+def slow(delay: float = 1.5, **spec):
+    """Workers that take ``delay`` seconds per batch, so a test can act mid-run."""
+    env = [{"name": "ASSAY_TEST_JITTER", "value": "1"}, {"name": "ASSAY_TEST_PREDICT_DELAY", "value": str(delay)},
            {"name": "ASSAY_PROGRESS_INTERVAL", "value": "0.2"}]
     return {"runtime": {"env": env}} | spec
 
@@ -285,9 +292,14 @@ def running_ppl_pods(api: Api, name: str) -> list[dict]:
 
 def test_deleted_ppl_pod_is_replaced_and_every_sample_is_scored_once(operator, kubectl, api: Api, ns, inputs,
                                                                        s3_env):
-    manifest = evaljob("replaced", inputs, s3_env, **slow())
+    manifest = evaljob("replaced", inputs, s3_env, **slow(delay=4))
     apply(kubectl, ns, manifest)
     victim = wait_for(lambda: running_ppl_pods(api, "replaced"), "a running ppl pod", timeout=120)[0]
+    # Deleted while its Python starts, a container's PID 1 has no SIGTERM handler yet, and the kernel drops
+    # the kubelet's SIGTERM: the pod then finishes its shard (Succeeded) within its grace period, and
+    # nothing is replaced. Delete it once its step runs (4 s batches: mid-shard, not done).
+    wait_for(lambda: "loaded on" in kubectl("logs", "-n", ns, victim["metadata"]["name"], check=False).stdout,
+             "the victim's model to be loaded", timeout=120)
     index = victim["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"]
     kubectl("delete", "pod", "-n", ns, victim["metadata"]["name"], "--wait=true")
     st = api.wait_phase("replaced", ("Succeeded", "Failed"), timeout=300)
