@@ -48,18 +48,6 @@ def child_name(name: str, role: str) -> str:
     return f"{name}-{role}"
 
 
-def ppl_job_name(name: str) -> str:
-    return child_name(name, PPL)
-
-
-def cmp_job_name(name: str) -> str:
-    return child_name(name, CMP)
-
-
-def resolve_job_name(name: str) -> str:
-    return child_name(name, RESOLVE)
-
-
 def labels(job: EvaluationJob, role: str) -> dict[str, str]:
     """Labels of a child Job and its pods; the Kueue queue label only from spec.queueName."""
     out = {

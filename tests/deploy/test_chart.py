@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from tests.deploy import crd_sync
+from scripts import crd_sync
 from tests.deploy.helm import CHART, ROOT, by_kind, render, run_helm
 
 K8S_VERSIONS = ("1.31.0", latest_version())
@@ -63,7 +63,7 @@ def test_chart_crd_template_is_the_crd_source_byte_for_byte():
     source = crd_sync.SOURCE.read_text()
     assert crd_sync.unwrap(template) == source, (
         "charts/assay/templates/crd-evaluationjob.yaml drifted from crds/evaluationjob.yaml; "
-        "run `python -m tests.deploy.crd_sync`")
+        "run `python -m scripts.crd_sync`")
     assert template == crd_sync.wrap(source)
 
 

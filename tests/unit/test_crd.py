@@ -124,10 +124,10 @@ def test_inline_credentials_are_rejected() -> None:
 
 def test_core_v1_blocks_are_generated_from_kubernetes_definitions():
     """resources, tolerations, affinity and env are the core/v1 schemas (bounded), not free-form objects."""
-    from tests.deploy import core_schemas
+    from scripts import crd_core_schemas as core_schemas
 
     text = core_schemas.CRD.read_text()
-    assert core_schemas.regenerate(text) == text, "run `python -m tests.deploy.core_schemas`"
+    assert core_schemas.regenerate(text) == text, "run `python -m scripts.crd_core_schemas`"
     ppl = spec_mod.job_schema()["properties"]["spec"]["properties"]["ppl"]["properties"]
     assert ppl["tolerations"]["items"]["properties"]["effect"]["type"] == "string"
     assert "x-kubernetes-preserve-unknown-fields" not in ppl["resources"]

@@ -46,8 +46,6 @@ def env_of(obj: dict) -> dict[str, dict]:
 
 class TestNamesAndLabels:
     def test_child_names_are_deterministic(self) -> None:
-        assert manifests.ppl_job_name("eval") == "eval-ppl"
-        assert manifests.cmp_job_name("eval") == "eval-cmp"
         assert ppl_job(job())["metadata"]["name"] == "eval-ppl"
 
     def test_labels_select_the_job_and_role_and_reach_the_pods(self) -> None:

@@ -183,7 +183,6 @@ class CocoEvaluator(Evaluator):
             summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats, strict=True)})
             full[f"{iou_type}/stats"] = stats
             full[f"{iou_type}/per_category"] = per_category
-            full[f"{iou_type}/precision_iou50"] = curves[CURVE_IOUS[0]]
             # the precision-recall curves `assay report` draws: a few KB, so no run has to be re-scored
             full[f"{iou_type}/precision_curves"] = curves
         return MetricsReport(evaluator=self.name, summary=summary,

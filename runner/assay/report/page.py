@@ -87,9 +87,7 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
                 for name, c in full[f"{iou_type}/per_category"].items()]
         per_category += [tag("h3", iou_type),
                          table(["category", "AP", "AP50", "AP75", "AR100", "ground truth"], rows)]
-        # metrics.json of runs made before the curves were stored has the IoU 0.50 curve only
-        by_iou = full.get(f"{iou_type}/precision_curves") or {"0.50": full[f"{iou_type}/precision_iou50"]}
-        png = plots.pr_curves(by_iou, full["recall_thresholds"], iou_type)
+        png = plots.pr_curves(full[f"{iou_type}/precision_curves"], full["recall_thresholds"], iou_type)
         curves.append(html.image(png, "image/png", f"{iou_type} precision-recall curves", class_="plot"))
     scores = evaluator.per_sample()
     worst = sorted(scores, key=lambda i: (scores[i], i))[:gallery]

@@ -3,7 +3,7 @@ OpenAPI definitions (as shipped by kubernetes-validate) so that server-side vali
 `kubectl explain` see into them. Bounds (maxItems, maxLength, maxProperties) are added so the CRD's CEL
 rules have a bounded cost.
 
-Regenerate the marked blocks of crds/evaluationjob.yaml with ``python -m tests.deploy.core_schemas``;
+Regenerate the marked blocks of crds/evaluationjob.yaml with ``python -m scripts.crd_core_schemas``;
 tests/unit/test_crd.py fails when they drift.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "evaluationjob.yaml"
 VERSION = "v1.37.0-local"
 TYPES = {"ResourceRequirements": "io.k8s.api.core.v1.ResourceRequirements",

@@ -5,21 +5,21 @@ as a template instead, annotated ``helm.sh/resource-policy: keep`` (``helm unins
 the CRD and with it every EvaluationJob). Between the BEGIN and END lines the template is the source
 file byte for byte, except the two annotation lines inserted after ``metadata:``.
 
-Regenerate after editing crds/evaluationjob.yaml:  python -m tests.deploy.crd_sync
+Regenerate after editing crds/evaluationjob.yaml:  python -m scripts.crd_sync
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "crds" / "evaluationjob.yaml"
 TEMPLATE = ROOT / "charts" / "assay" / "templates" / "crd-evaluationjob.yaml"
 
 HEADER = (
     "{{- /* The EvaluationJob CRD as a template, so `helm upgrade` upgrades it (Helm never upgrades crds/).\n"
     "Between BEGIN and END: crds/evaluationjob.yaml byte for byte plus the keep annotation after metadata:.\n"
-    "tests/deploy/test_chart.py checks it; regenerate with: python -m tests.deploy.crd_sync */}}\n"
+    "tests/deploy/test_chart.py checks it; regenerate with: python -m scripts.crd_sync */}}\n"
     "{{- if .Values.crds.install }}\n"
     "# BEGIN crds/evaluationjob.yaml\n"
 )
