@@ -1,11 +1,11 @@
 """The pipeline check: score a dataset's own ground truth through the real ppl and cmp path.
 
-The built-in oracle handler (``assay.oracle``) is packaged as a model into a temporary store and run
+The built-in oracle handler (``assay.check.oracle``) is packaged as a model into a temporary store and run
 as an EvaluationJob by the same local runner as ``assay run`` (shards fetched and verified, decode,
 batching, results Parquet files and their records, cmp with the dataset's evaluator). A sound
 pipeline on sound labels gives AP 1.000 (coco) or accuracy 1.000 (classification). Anything less is
 explained as:
-- a labelling fault: what ``assay.labelcheck`` finds in the labels (duplicate instance, empty mask,
+- a labelling fault: what ``assay.check.labels`` finds in the labels (duplicate instance, empty mask,
   box outside the image, ...), with the samples;
 - a pipeline fault: a prediction that did not come back from the results files as the oracle made
   it, or an id that did not round-trip, or a score below 1 that no label explains.
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from assay import packages, protocol, shards
+from assay.check.labels import Finding, lint
+from assay.check.oracle import ID_FIELD, classification_prediction, coco_prediction
 from assay.errors import AssayError, SpecError
-from assay.labelcheck import Finding, lint
 from assay.metrics import MetricsReport
-from assay.oracle import ID_FIELD, classification_prediction, coco_prediction
 from assay.spec import EvaluationJob
 
 #: The metrics that must be exactly 1 with the ground truth as predictions.
@@ -145,7 +145,7 @@ def _oracle_package(tmp: Path, evaluator: str, masks: bool) -> packages.ModelMan
     src.mkdir()
     (src / "oracle.json").write_text(json.dumps({"evaluator": evaluator, "masks": masks}))
     (src / "model.yaml").write_text("name: assay-oracle\nmodel: [oracle.json]\ncode: []\n"
-                                    "run: {handler: 'assay.oracle:OracleHandler'}\n"
+                                    "run: {handler: 'assay.check.oracle:OracleHandler'}\n"
                                     "desc: the dataset's own ground truth as predictions (assay dataset check)\n")
     return packages.build(packages.load_config(src / "model.yaml"), str(tmp / "store"), log=lambda _: None)
 
