@@ -37,6 +37,7 @@ NOT_HERE = {
     "bash scripts/install-chromium.sh": ".ci/run (make test)",
     "bash scripts/install-kueue.sh": ".ci/run", "bash scripts/install-gofakes3.sh": ".ci/run (make test)",
     "sudo bash scripts/install-node.sh": ".ci/run (make test, as root)",
+    "sudo bash scripts/build-images.sh": ".ci/run (make test, as root)",
     # examples/torchvision: COCO weights need internet; the same commands on weights made offline:
     "assay model build examples/torchvision/model.yaml":
         "test_builtin_handlers.py::TestTorchvisionWeightsNames (a weights name, packed from torch.hub's cache)",
