@@ -197,7 +197,7 @@ MODEL_CASES: list[tuple[str, Callable, str]] = [
 def test_model_build_refuses(case, make, message, tmp_path, capsys, monkeypatch):
     # as in a fresh `assay model build`: no model package that an earlier test ran in this process is
     # importable (a worker puts its unpacked package first on sys.path, and "handler" is a common name)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if "/models/" not in p])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not Path(p or ".", "handler.py").is_file()])
     monkeypatch.delitem(sys.modules, "handler", raising=False)
     config = make(tmp_path)
     store = tmp_path / "store"

@@ -4,7 +4,6 @@ synthetic stand-in."""
 from __future__ import annotations
 
 import io
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,8 +14,19 @@ from assay.errors import IntegrityError, UnsafeArchiveError
 from assay.sources import pennfudan
 from tests.conftest import REPO, write_dataset_yaml
 
-sys.path.insert(0, str(REPO / "examples" / "pennfudan"))
-import pennfudan_data
+
+def _demo_module(name: str):
+    """A module of examples/pennfudan, loaded from its file: that folder on sys.path would make its
+    handler.py importable as `handler` for the rest of the session."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "pennfudan" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pennfudan_data = _demo_module("pennfudan_data")
 
 
 def _zip_of(root: Path, path: Path, drop: str | None = None, extra: dict | None = None) -> str:
