@@ -30,6 +30,20 @@ class JsonFormatter(logging.Formatter):
 _active: tuple[Path, str] | None = None
 
 
+def failure_of(log: logging.Logger, exc: BaseException):
+    """The step's failure (``protocol.failure_of``), logged: assay's own errors as a line, anything else with
+    its traceback."""
+    from assay.errors import AssayError
+    from assay.protocol import failure_of as failure
+
+    found = failure(exc)
+    if isinstance(exc, AssayError):
+        log.error("%s: %s", type(exc).__name__, exc)
+    else:
+        log.exception("%s", found.error)
+    return found
+
+
 def checkpoint() -> None:
     """Copy the log written so far to the store (after each shard), so a killed pod's log survives too."""
     if _active is not None:

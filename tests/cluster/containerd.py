@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.cluster.controlplane import WITH_PARENT
+from tests.cluster.controlplane import WITH_PARENT, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".tools" / "containerd" / "root"
@@ -138,12 +138,7 @@ class Containerd:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
         if self._lock is not None:
             os.close(self._lock)  # releases the flock
             self._lock = None

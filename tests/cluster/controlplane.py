@@ -129,13 +129,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
-            proc = self.procs.pop(name)
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(self.procs.pop(name), grace=10)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.logs / f"{name}.log"
@@ -157,6 +151,16 @@ class ControlPlane:
         host = self.host if port == self.port else "127.0.0.1"
         wait_ready(f"https://{host}:{port}{path}", self.procs[name], name, lambda: self.log_tail(name),
                    timeout, ctx)
+
+
+def terminate(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_ready(url: str, proc: subprocess.Popen, name: str, log_tail: Callable[[], str], timeout: float,

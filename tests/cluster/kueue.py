@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from tests.cluster.controlplane import WITH_PARENT, ControlPlane, free_port, wait_ready
+from tests.cluster.controlplane import WITH_PARENT, ControlPlane, free_port, terminate, wait_ready
 
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 QUEUE_LABEL = f"{GROUP}/queue-name"
@@ -136,12 +136,7 @@ class Kueue:
     def _terminate(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def _wait_ready(self, timeout: float) -> None:

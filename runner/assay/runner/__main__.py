@@ -23,7 +23,7 @@ import sys
 
 from pydantic import BaseModel
 
-from assay import protocol
+from assay import logs, protocol
 from assay.errors import EXIT_RETRYABLE, AssayError
 from assay.logs import setup_logging
 from assay.runner import groups
@@ -93,12 +93,8 @@ def _step(role: str, ctx: RunContext) -> int:
         log = logging.getLogger(f"assay.{role}")
         try:
             write_termination_message(protocol.result_message(_run(role, ctx)))
-        except Exception as exc:
-            failure = protocol.failure_of(exc)
-            if isinstance(exc, AssayError):
-                log.error("%s: %s", type(exc).__name__, exc)
-            else:
-                log.exception("%s", failure.error)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the step's report (logged there)
+            failure = logs.failure_of(log, exc)
             write_termination_message(protocol.failure_message(failure))
             return failure.exit_code
     return 0

@@ -95,6 +95,7 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
     _child_setup(log_path, parent)
     import logging
 
+    from assay import logs
     from assay.logs import setup_logging
 
     ctx = RunContext.model_validate_json(ctx_json)
@@ -116,12 +117,8 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
                 from assay.runner import cmp
 
                 cmp.run(ctx)
-        except BaseException as exc:
-            failure = protocol.failure_of(exc)
-            if isinstance(exc, AssayError):
-                log.error("%s: %s", type(exc).__name__, exc)
-            else:
-                log.exception("%s", failure.error)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the report, SystemExit too
+            failure = logs.failure_of(log, exc)
     # always written: a process that ends with code 0 and no file was ended by code inside it (os._exit)
     Path(exit_path).write_text(protocol.failure_message(failure) if failure else protocol.result_message(None))
     sys.stdout.flush()
