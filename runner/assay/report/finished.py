@@ -87,7 +87,7 @@ def open_run(ref: str) -> Iterator[FinishedRun]:
         from assay.spec import load_job, with_local_uris_relative_to
 
         job = with_local_uris_relative_to(load_job(ref), Path(ref).resolve().parent)
-        with storage.using(endpoint_url=job.spec.storage.endpoint, region=job.spec.storage.region):
+        with storage.using_spec(job.spec.storage):
             yield _load(ref, job.name, job.spec.output.uri,
                         layout.local_job_dir(job.name, job.spec.output.uri) / "status.json")
         return

@@ -10,6 +10,8 @@ import os
 import signal
 import time
 
+from assay.errors import EXIT_RETRYABLE
+
 #: What a worker that ended with code 0 before its step returned is told (os._exit() in user code).
 EARLY_EXIT = ("ended with exit code 0 before it finished its work: code running in it ended the process "
               "(os._exit(), or exit() in a thread it started)")
@@ -26,7 +28,7 @@ def lead_group_and_die_with(parent: int) -> None:
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+        os._exit(EXIT_RETRYABLE)
 
 
 def signal_group(pgid: int, signum: int) -> bool:

@@ -285,7 +285,7 @@ def evaluate(job: EvaluationJob) -> MetricsReport:
 def storage_settings(job: EvaluationJob) -> contextlib.AbstractContextManager:
     """spec.storage.endpoint and region for the storage calls of this run, over AWS_ENDPOINT_URL and
     AWS_REGION, as pods get them. Its workers are handed the same (``_Children.start``)."""
-    return storage.using(endpoint_url=job.spec.storage.endpoint, region=job.spec.storage.region)
+    return storage.using_spec(job.spec.storage)
 
 
 def _pinned(job: EvaluationJob, dataset: shards.DatasetManifest, model: packages.ModelManifest) -> EvaluationJob:

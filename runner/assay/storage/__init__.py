@@ -13,7 +13,7 @@ S3 settings come from the usual AWS sources (environment, ``~/.aws/config``, ins
 - ``hygiene``: temp names that carry their writer, so a killed writer's leftovers can be removed.
 """
 
-from assay.storage.access import S3Access, current_access, using
+from assay.storage.access import S3Access, current_access, using, using_spec
 from assay.storage.config import StorageSettings, settings
 from assay.storage.hygiene import STALE_AFTER, clean_stale_scratch, is_temp_name, scratch_dir, staging_dir
 from assay.storage.local import atomic_local_file, local_lock, writable_target
@@ -45,5 +45,5 @@ __all__ = [
     "clean_stale_scratch", "create_exclusive", "current_access", "delete", "delete_if", "download", "endpoint", "exists",
     "is_local", "is_temp_name", "join", "list_names", "local_lock", "parse", "read_aged", "read_bytes",
     "read_tagged", "read_text", "redact", "replace_if", "reset_clients", "scratch_dir", "settings", "size",
-    "staging_dir", "top_names", "upload", "using", "writable_target", "write_bytes", "write_text",
+    "staging_dir", "top_names", "upload", "using", "using_spec", "writable_target", "write_bytes", "write_text",
 ]

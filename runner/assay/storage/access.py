@@ -44,6 +44,12 @@ def current_access() -> S3Access | None:
     return _access.get()
 
 
+def using_spec(spec_storage) -> contextlib.AbstractContextManager:
+    """A job's spec.storage (endpoint, region) for the storage calls of a block, over AWS_ENDPOINT_URL and
+    AWS_REGION, as pods get them: `assay run` and the report read a job's outputs with it."""
+    return using(endpoint_url=spec_storage.endpoint, region=spec_storage.region)
+
+
 @contextlib.contextmanager
 def using(access: S3Access | None = None, /, **settings: str | None) -> Iterator[S3Access | None]:
     """Talk to the store ``access`` (or ``S3Access(**settings)``) names for the storage calls made in this
