@@ -32,6 +32,11 @@ export CONTAINERS_CONF="$DIR/containers.conf" CONTAINERS_STORAGE_CONF="$DIR/stor
 command -v ctr >/dev/null || { echo "import-images: needs ctr (Debian's containerd package)" >&2; exit 1; }
 "${CTR[@]}" version >/dev/null || { echo "import-images: no containerd answers at $ADDRESS" >&2; exit 1; }
 
+# The temporary layout of the import under way, removed on any exit (a global: a trap runs after the
+# function that made it has returned).
+WORK=""
+trap '[[ -z "$WORK" ]] || rm -rf "$WORK"' EXIT
+
 # The digest containerd's image REF points at (empty when it has no such image).
 containerd_digest() {
   "${CTR[@]}" images ls "name==$1" | awk -v ref="$1" '$1 == ref { print $3 }'
@@ -55,7 +60,9 @@ for layer in json.load(sys.stdin)["layers"]:
   done
 }
 
-# A tar stream of the OCI layout, without the placeholders named in the file $2.
+# A tar stream of the OCI layout, without the placeholders named in the file $2. Each blob is deleted
+# once sent: containerd holds its copy by then, and torch's layer would otherwise be on disk three times
+# at the peak (the layout, containerd's content store, the unpacked snapshot).
 stream_layout() {
   python3 - "$1" "$2" <<'PY'
 import sys, tarfile
@@ -67,7 +74,29 @@ with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMA
     for blob in sorted((layout / "blobs" / "sha256").iterdir()):
         if "sha256:" + blob.name not in skip:
             tar.add(blob, arcname="blobs/sha256/" + blob.name)
+            if blob.stat().st_size > 1 << 20:  # small ones (manifests, configs) may be sent again
+                blob.unlink()
 PY
+}
+
+# Refuse before writing anything when the file system of the folder $1 has less than $2 bytes free.
+need_space() {
+  local avail
+  avail="$(df --output=avail -B1 "$1" | tail -n 1)"
+  if ((avail < $2)); then
+    echo "import-images: $3 needs about $(($2 >> 30)) GiB free in $1, which has $((avail >> 30)) GiB" >&2
+    echo "hint: free some space there (old clones, pytest's temp folders, \`podman image prune\`) and rerun" >&2
+    exit 1
+  fi
+}
+
+# Bytes of the layers of REF that containerd lacks (the digests it holds are in the file $2).
+missing_bytes() {
+  skopeo inspect --raw "containers-storage:$1" | python3 -c '
+import json, sys
+known = set(open(sys.argv[1]).read().split())
+print(sum(layer["size"] for layer in json.load(sys.stdin)["layers"] if layer["digest"] not in known))
+' "$2"
 }
 
 # The config digest (the image id) of the manifest with digest $1 in containerd's content store.
@@ -88,11 +117,15 @@ import_ref() {
     echo "import-images: $ref already in containerd ($want)"
     return
   fi
-  local old_id="" work reused
+  local old_id="" work reused missing
   [[ -z "$have" ]] || old_id="$(config_digest "$have")"
   work="$(mktemp -d "$DIR/tmp/import.XXXXXX")"
-  trap 'rm -rf "$work"' EXIT
+  WORK="$work"
   "${CTR[@]}" content ls -q >"$work/known"
+  # The exported layout and containerd's copy of each blob (one at a time, as the stream deletes what it
+  # sent), then the unpacked snapshot: twice the layers' size at the peak, plus a margin.
+  missing="$(missing_bytes "$ref" "$work/known")"
+  need_space "$DIR/tmp" $((2 * missing + (1 << 30))) "$ref"
   placeholders "$work/oci" "$ref" "$work/known" >"$work/reused"
   reused="$(wc -l <"$work/reused")"
   nice -n "${ASSAY_BUILD_NICE:-10}" skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
@@ -109,7 +142,7 @@ import_ref() {
     send "$work" "$work/reused"
   fi
   rm -rf "$work"
-  trap - EXIT
+  WORK=""
   have="$(containerd_digest "$ref")"
   [[ "$have" == "$want" ]] || { echo "import-images: $ref imported as '$have', expected $want" >&2; exit 1; }
   # CRI names each image it first sees by its id too (sha256:<config digest>); the old image's id name

@@ -1,7 +1,8 @@
 """A private containerd for the real node: its own config, socket and state, and a pod network (CNI bridge).
 
-Images live under ``<repo>/.tools/containerd/root`` so that what is imported once (the pause image, the
-project's images) is there for the next run; state, sockets and the pods' network namespaces live under
+Images live under ``~/.cache/assay/containerd`` (``$XDG_CACHE_HOME/assay/containerd``), next to the
+image store of scripts/build-images.sh, so that what is imported once (the pause image, the project's
+images: 12 GB with torch) is there for the next run and for every clone on the machine; state, sockets and the pods' network namespaces live under
 ``/run/assay-containerd``, which nothing outlives. Only one such containerd runs on a machine at a
 time (``RUN`` is fixed so that other tools can find the socket): ``start`` takes a lock and says who
 holds it. Import images from another process while none runs with::
@@ -22,7 +23,7 @@ from pathlib import Path
 from tests.cluster.controlplane import WITH_PARENT, terminate
 
 REPO = Path(__file__).resolve().parents[2]
-ROOT = REPO / ".tools" / "containerd" / "root"
+ROOT = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "assay" / "containerd"
 RUN = Path("/run/assay-containerd")
 SOCKET = RUN / "containerd.sock"
 IMAGES = REPO / ".tools" / "images"
