@@ -1,4 +1,4 @@
-"""kopf registrations and startup settings only; the work is in ``handlers``.
+"""kopf registrations and startup settings only; the work is in ``reconcile``.
 
 Run: ``kopf run -m assay_operator.main --all-namespaces`` (or ``python -m assay_operator``, which
 watches ASSAY_OPERATOR_NAMESPACES).
@@ -20,7 +20,7 @@ import kopf
 
 from assay import protocol
 from assay.protocol import GROUP, PLURAL, VERSION
-from assay_operator import handlers, kube, metrics, status
+from assay_operator import kube, metrics, reconcile, status
 from assay_operator import settings as operator_settings
 
 #: Read once when kopf loads this module; a bad variable stops the operator here, naming it.
@@ -77,7 +77,7 @@ _REPORTED: dict[tuple[str, str], str] = {}
 def _reconcile_logged(namespace: str, name: str, logger: logging.Logger) -> None:
     try:
         with metrics.timed_reconcile():
-            phase = handlers.reconcile(namespace, name, logger, SETTINGS)
+            phase = reconcile.reconcile(namespace, name, logger, SETTINGS)
     except Exception as exc:
         logger.exception("reconcile of %s/%s failed; retrying at the next change or resync", namespace, name)
         _report_error(namespace, name, exc, logger)
@@ -124,7 +124,7 @@ def evaluationjob_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -
         WATCHED.discard((namespace, name))
         _REPORTED.pop((namespace, name), None)
         metrics.forget(namespace, name)
-        handlers.forget(namespace, name, meta.get("uid"))
+        reconcile.forget(namespace, name, meta.get("uid"))
         return
     _track(obj)
     _reconcile_logged(namespace, name, logger)

@@ -1,4 +1,4 @@
-"""The reconcile flow (assay_operator.handlers) against an in-memory stand-in for ``assay_operator.kube``:
+"""The reconcile flow (assay_operator.reconcile) against an in-memory stand-in for ``assay_operator.kube``:
 fast and deterministic, the test plays the Job controller and the kubelet. What only a real API server,
 Job controller and garbage collector can show is tested in tests/cluster/.
 
@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from assay import protocol
-from assay_operator import handlers, kube
+from assay_operator import kube
+from assay_operator import reconcile as rec
 from assay_operator.settings import Settings
 
 NS, NAME = "evals", "eval"
@@ -142,12 +143,12 @@ class FakeAPI:
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
     fake = FakeAPI()
     fake.install(monkeypatch)
-    monkeypatch.setattr(handlers, "_last_write", {})
+    monkeypatch.setattr(rec, "_last_write", {})
     return fake
 
 
 def reconcile(now: dt.datetime = NOW) -> str | None:
-    return handlers.reconcile(NS, NAME, LOG, SETTINGS, now=now)
+    return rec.reconcile(NS, NAME, LOG, SETTINGS, now=now)
 
 
 def resolve_ok(api: FakeAPI) -> None:
@@ -638,7 +639,7 @@ def test_a_job_borrowing_a_foreign_secret_fails_before_any_child(api):
 
 def test_a_running_job_refused_by_a_tightened_policy_is_stopped(api):
     api.apply(runtime={"runtimeClassName": "nvidia"})
-    assert handlers.reconcile(NS, NAME, LOG, Settings(runner_image="runner:test",
+    assert rec.reconcile(NS, NAME, LOG, Settings(runner_image="runner:test",
                                                       allowed_runtime_class_names=["nvidia"]), NOW) == "Pending"
     assert "eval-resolve" in api.jobs
     assert reconcile() == "Failed"  # SETTINGS allows no RuntimeClass
