@@ -267,7 +267,7 @@ def conditions_for(phase: str, reason: str, message: str, previous: list[dict[st
 
 @dataclass
 class Observed:
-    """Everything ``derive`` looks at, gathered by ``reconcile`` from Kubernetes objects only."""
+    """Everything ``derive`` looks at, gathered by ``plan`` from Kubernetes objects only."""
 
     name: str
     spec: JobSpec
@@ -284,7 +284,7 @@ class Observed:
     report: dict[str, Any] | None = None
     #: error lines from the termination messages of failed pods, by role
     errors: dict[str, str] = field(default_factory=dict)
-    #: a failure the reconcile met: (reason, message), e.g. a name conflict or a Job the API refused
+    #: a failure the reconcile met: (reason, message), e.g. a policy refusal or a Job the API refused
     blocker: tuple[str, str] | None = None
     #: something outside the job holds it, for now: (reason, message), e.g. quota refusing a child Job
     hold: tuple[str, str] | None = None
