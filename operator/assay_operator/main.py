@@ -6,8 +6,8 @@ watches ASSAY_OPERATOR_NAMESPACES).
 No handler here needs a finalizer (no timers, daemons or deletion handlers): deleting an EvaluationJob,
 or its namespace, completes with the operator gone, and the garbage collector removes the child Jobs
 through their ownerReferences. Reconciles are triggered by changes of the EvaluationJob and of its child
-Jobs, and, for unfinished jobs only, by a periodic resync (pods' states, such as an image that cannot be
-pulled, change without touching either).
+Jobs, and, for unfinished jobs and finished ones whose spec.ttlSecondsAfterFinished has yet to act, by a
+periodic resync (pods' states, such as an image that cannot be pulled, change without touching either).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ LOG = logging.getLogger("assay_operator")
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf's own settings: Events only from our phase transitions. (The one handler is an event handler:
-    kopf keeps no progress or diff-base records for it, so there is no storage of them to configure.)"""
+    """kopf's own settings: Events only from our phase transitions. (Both resource handlers are event
+    handlers: kopf keeps no progress or diff-base records for them, so there is no storage of them to
+    configure; tests/unit/test_reconcile.py asks kopf's registry.)"""
     settings.posting.enabled = False  # kube.post_event records one Event per phase transition
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16  # sync handlers run in threads; reconciles of jobs overlap

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     #: assumed to exist and a CRD installed later needs an operator restart (for RBAC that may not list
     #: namespaces or CRDs).
     api_scanning: bool = True
-    #: Seconds between two reconciliations of one EvaluationJob (reads progress, pods, child Jobs).
+    #: Seconds between two periodic reconciles of each unfinished EvaluationJob (and each finished one whose
+    #: TTL has yet to act): pods' states, e.g. an image that cannot be pulled, change without any event.
     resync_seconds: float = Field(10.0, gt=0)
     #: Seconds a pod may sit in ImagePullBackOff, ErrImagePull or CreateContainerConfigError before the
     #: job fails (short: these rarely heal, and the user wants the reason now, not after the pending deadline).

@@ -1,8 +1,9 @@
 """Pure status derivation: what the cluster and the store show -> the EvaluationJob's status.
 
-``derive(Observed)`` maps the child Jobs' conditions and ``failedIndexes``, their pods' states, the
-runners' progress objects and the metrics summary to a phase, metav1.Conditions (lastTransitionTime
-only moves when a condition's status flips), shard counts, progress and results. No API calls here.
+``derive(Observed)`` maps the child Jobs' conditions, ``completedIndexes`` and ``failedIndexes``, their
+pods' states and what the pods reported in their termination messages (the pinned inputs, the metrics
+summary, errors) to a phase, metav1.Conditions (lastTransitionTime only moves when a condition's status
+flips), shard counts, progress and results. No API calls here.
 """
 
 from __future__ import annotations
