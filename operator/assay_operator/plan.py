@@ -73,7 +73,6 @@ def plan(job: EvaluationJob, body: dict[str, Any], previous: dict[str, Any], see
                         previous=previous, inputs=previous.get("inputs"),
                         results_uri=layout.metrics_uri(job.spec.output.uri),
                         fail_fast_seconds=settings.fail_fast_seconds, stall_seconds=settings.stall_seconds,
-                        max_result_keys=settings.max_result_keys,
                         stage_reruns=dict(previous.get("stageReruns") or {}),
                         max_stage_reruns=settings.max_stage_reruns)
     actions: list[Action] = []

@@ -29,8 +29,6 @@ class Settings(BaseSettings):
     #: Seconds a pod may sit in ImagePullBackOff, ErrImagePull or CreateContainerConfigError before the
     #: job fails (short: these rarely heal, and the user wants the reason now, not after the pending deadline).
     fail_fast_seconds: float = Field(60.0, ge=0)
-    #: At most this many summary metrics are copied into status.results (etcd objects must stay small).
-    max_result_keys: int = Field(32, ge=1, le=256)
     #: Pod retries of the cmp Job (the runner's exit code 3 still fails it at once).
     cmp_backoff_limit: int = Field(2, ge=0, le=20)
     #: Pod retries of the resolve Job (a store that is briefly unreachable); exit code 3 fails at once.
