@@ -10,6 +10,9 @@ The same ``ppl.run`` and ``cmp.run`` the pods call, with the same RunContext. Wh
   Failed with a reason (a run killed without one is recorded as interrupted by the next start);
 - user code prints into the worker logs, never into the CLI's output.
 Run it again after a crash or Ctrl-C and finished shards are skipped.
+
+This module is the order of things; the processes are ``supervise``'s, the bar ``progress``'s and
+status.json ``status_file``'s.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from assay import layout, packages, protocol, runrecord, shards, storage
 from assay.errors import AssayError, SpecError
 from assay.metrics import MetricsReport
 from assay.runner.inputs import resolve
-from assay.runner.progress import progress_doc
+from assay.runner.progress import Progress, progress_doc
 from assay.runner.status_file import StatusFile, now
-from assay.runner.supervise import Children, Interrupted, signals_raise, wait
+from assay.runner.supervise import Children, Interrupted, Limits, signals_raise, wait
 from assay.spec import EvaluationJob, RunContext, UriRef
 
 
@@ -58,7 +61,7 @@ def _pinned(job: EvaluationJob, dataset: shards.DatasetManifest, model: packages
     return job.model_copy(update={"spec": spec})
 
 
-def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=None,
+def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err: TextIO | None = None,
             overwrite: bool = False, manifest: str | os.PathLike | None = None) -> LocalRun:
     err = sys.stderr if err is None else err  # looked up per call: a default bound at import goes stale
     workers = workers or job.spec.ppl.workers
@@ -93,31 +96,30 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             children = Children(job_dir, upload=not storage.is_local(output))
             try:
                 with signals_raise():
-                    report = _run(job, ctx, dataset, model, children, status, lease, progress, err)
-            except Interrupted as exc:
+                    report = _run(job, ctx, dataset, children, status, lease, progress, err)
+            except (Interrupted, KeyboardInterrupt, AssayError) as exc:
                 children.stop()
-                status.update(phase="Failed", reason=protocol.INTERRUPTED, completionTime=now(),
-                              message=f"interrupted by {exc}; run the same command again to resume")
-                raise
-            except KeyboardInterrupt:
-                children.stop()
-                status.update(phase="Failed", reason=protocol.INTERRUPTED, completionTime=now(),
-                              message="interrupted by Ctrl-C; run the same command again to resume")
-                raise
-            except AssayError as exc:
-                children.stop()
-                status.update(phase="Failed", reason=getattr(exc, "reason", type(exc).__name__),
-                              message=str(exc), completionTime=now())
+                status.update(phase="Failed", completionTime=now(), **_ended_by(exc))
                 raise
             status.update(phase="Succeeded", completionTime=now(), results=report.summary,
                           resultsUri=layout.metrics_uri(output))
     return LocalRun(job_dir=job_dir, status=status.doc, report=report)
 
 
-def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: Children, status: StatusFile, lease,
-         progress: bool, err) -> MetricsReport:
-    total, deadline = dataset.samples, job.spec.active_deadline_seconds
-    started = time.monotonic()
+def _ended_by(exc: BaseException) -> dict[str, str]:
+    """status.json's reason and message for what ended the run early."""
+    if isinstance(exc, Interrupted | KeyboardInterrupt):
+        by = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else exc
+        return {"reason": protocol.INTERRUPTED, "message": f"interrupted by {by}; run the same command again to resume"}
+    return {"reason": getattr(exc, "reason", type(exc).__name__), "message": str(exc)}
+
+
+def _run(job: EvaluationJob, ctx: RunContext, dataset: shards.DatasetManifest, children: Children,
+         status: StatusFile, lease: runrecord.Lease, show: bool, err: TextIO) -> MetricsReport:
+    """ppl in the run's worker processes (``show``: with the progress bar on ``err``), then cmp; the metrics."""
+    total = dataset.samples
+    limits = Limits(time.monotonic(), job.spec.active_deadline_seconds, lease, job.spec.output.uri)
+    progress = Progress(children.reports, total, status, err)
     items = layout.index_count(len(dataset.shards), ctx.shards_per_index)
     workers = min(job.spec.ppl.workers, items)  # a worker without an item would only load the model
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -125,7 +127,7 @@ def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: Children
     for i in range(workers):
         children.start("ppl", f"ppl-{i:04d}", ctx.model_copy(update={"worker_count": workers}), threads, queue)
     status.update(shards={"total": len(dataset.shards), "perIndex": ctx.shards_per_index, "indexes": items})
-    wait(children, job, total, status, progress, err, started, deadline, lease)
+    wait(children, limits, progress, show)
     failed = children.failure()
     if failed:
         failed.reason = protocol.SHARD_RETRIES_EXHAUSTED if failed.retryable else protocol.PERMANENT_ERROR
@@ -133,7 +135,7 @@ def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: Children
     status.update(phase="Evaluating", progress=progress_doc(total, total, 0.0))
     children.procs.clear()
     children.start("cmp", "cmp", ctx, max(1, os.cpu_count() or 1))
-    wait(children, job, total, status, False, err, started, deadline, lease)
+    wait(children, limits, progress, show=False)
     failed = children.failure()
     if failed:
         failed.reason = protocol.METRICS_FAILED

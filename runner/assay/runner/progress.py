@@ -1,8 +1,17 @@
-"""ppl's progress as ``assay run`` shows it: the bar on the terminal and the ``progress`` of status.json."""
+"""ppl's progress as ``assay run`` shows it: the workers' reports from their queue, summed into the bar on
+the terminal and the ``progress`` of status.json."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import queue
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from assay.runner.status_file import StatusFile
 
 
 def bar(done: int, total: int, rate: float, width: int = 30, elapsed: float | None = None) -> str:
@@ -16,5 +25,45 @@ def bar(done: int, total: int, rate: float, width: int = 30, elapsed: float | No
 
 
 def progress_doc(done: int, total: int, rate: float) -> dict[str, Any]:
-    return {"samplesDone": done, "samplesTotal": total, "percent": round(100 * done / total, 1) if total else 100.0,
-            "samplesPerSecond": round(rate, 3)}
+    return {"samplesDone": done, "samplesTotal": total,
+            "percent": round(100 * done / total, 1) if total else 100.0, "samplesPerSecond": round(rate, 3)}
+
+
+class Progress:
+    """The run's ``total`` samples against the workers' reports (one document per work item, the latest
+    of each counts), shown on ``err`` and in ``status``."""
+
+    def __init__(self, reports: Queue, total: int, status: StatusFile, err: TextIO):
+        self.reports, self.total, self.status, self.err = reports, total, status, err
+        self.tty = err.isatty()
+        self._latest: dict[int, dict[str, Any]] = {}
+        self._last = 0.0
+
+    def counts(self) -> tuple[int, float]:
+        """Samples done and the current rate, summed over the work items' latest reports."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                doc = self.reports.get_nowait()
+                self._latest[int(doc["worker"])] = doc
+        done = sum(int(d["samplesDone"]) for d in self._latest.values())
+        rate = sum(float(d["samplesPerSecond"]) for d in self._latest.values()
+                   if int(d["samplesDone"]) < int(d["samplesTotal"]))  # items still running
+        return done, rate
+
+    def tick(self) -> None:
+        """Update the bar and status.json: every second on a terminal, every 10 s into a log."""
+        now = time.monotonic()
+        if now - self._last < (1 if self.tty else 10):
+            return
+        self._last = now
+        done, rate = self.counts()
+        self.status.update(progress=progress_doc(done, self.total, rate))
+        line = bar(done, self.total, rate)
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=self.err, flush=True)
+
+    def finish(self, elapsed: float) -> None:
+        """The last line: finished items no longer report a rate, so it says how long ppl took instead."""
+        done, _ = self.counts()
+        line = bar(done, self.total, 0.0, elapsed=elapsed)
+        # \x1b[K: clear what is left of the longer bar line
+        print(("\r\x1b[K" if self.tty else "") + line, file=self.err, flush=True)

@@ -21,6 +21,9 @@ def now() -> str:
 
 
 class StatusFile:
+    """The run's status.json: ``doc``, rewritten on each ``update``. It names the spec's environment
+    variables but not their values, and the storage endpoint without credentials."""
+
     def __init__(self, job: EvaluationJob, job_dir: Path):
         self.path = job_dir / "status.json"
         self.previous = _unfinished_previous(self.path)
@@ -35,7 +38,7 @@ class StatusFile:
         if self.previous:
             self.doc["previousRun"] = self.previous
 
-    def update(self, **fields) -> None:
+    def update(self, **fields: Any) -> None:
         self.doc.update(fields)
         text = json.dumps(self.doc, indent=1)
         if len(text) > MAX_STATUS_BYTES:

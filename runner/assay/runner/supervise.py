@@ -10,20 +10,27 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from assay import protocol, storage
 from assay.errors import EXIT_PERMANENT, AssayError, EvaluationError
 from assay.runner import groups
-from assay.runner.progress import bar, progress_doc
-from assay.runner.status_file import StatusFile
-from assay.spec import EvaluationJob, RunContext
+from assay.spec import RunContext
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+
+    from assay.runner.progress import Progress
+    from assay.runrecord import Lease
 
 
 class Interrupted(BaseException):
@@ -62,7 +69,8 @@ def _child_setup(log_path: str, parent: int) -> None:
 
 
 def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int, upload_log: bool,
-           parent: int, items=None, reports=None, access: storage.S3Access | None = None) -> None:
+           parent: int, items: Queue | None = None, reports: Queue | None = None,
+           access: storage.S3Access | None = None) -> None:
     """One ppl worker or the cmp step in its own process; its final error goes to ``exit_path``.
 
     A ppl worker takes work items (shard groups) from ``items`` until it is empty, loading the model once.
@@ -107,31 +115,19 @@ class Children:
 
     def __init__(self, job_dir: Path, upload: bool):
         self.job_dir, self.upload = job_dir, upload
-        self.procs: dict[str, tuple[Any, Path, Path]] = {}
+        self.procs: dict[str, tuple[BaseProcess, Path, Path]] = {}
         self._spawn = mp.get_context("spawn")
         #: ppl workers' progress reports, one document per work item (the channel the work queue uses too)
-        self.reports = self._spawn.Queue()
-        self._latest: dict[int, dict[str, Any]] = {}
+        self.reports: Queue = self._spawn.Queue()
 
-    def progress(self) -> tuple[int, float]:
-        """Samples done and the current rate, summed over the work items' latest reports."""
-        with contextlib.suppress(queue.Empty):
-            while True:
-                doc = self.reports.get_nowait()
-                self._latest[int(doc["worker"])] = doc
-        done = sum(int(d["samplesDone"]) for d in self._latest.values())
-        rate = sum(float(d["samplesPerSecond"]) for d in self._latest.values()
-                   if int(d["samplesDone"]) < int(d["samplesTotal"]))  # items still running
-        return done, rate
-
-    def queue(self, items: list[int], workers: int):
+    def queue(self, items: list[int], workers: int) -> Queue:
         """A work queue holding ``items`` and one end marker per worker."""
         q = self._spawn.Queue()
         for item in [*items, *([None] * workers)]:
             q.put(item)
         return q
 
-    def start(self, role: str, name: str, ctx: RunContext, threads: int, items=None) -> None:
+    def start(self, role: str, name: str, ctx: RunContext, threads: int, items: Queue | None = None) -> None:
         log_path = self.job_dir / "logs" / f"{name}.log"
         exit_path = self.job_dir / "logs" / f".{name}.exit.json"
         with contextlib.suppress(FileNotFoundError):
@@ -178,13 +174,13 @@ class Children:
 
 
 @contextlib.contextmanager
-def signals_raise() -> Any:
+def signals_raise() -> Iterator[None]:
     """SIGTERM and SIGHUP (a closed terminal) raise Interrupted, as Ctrl-C raises KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum, _frame):
+    def handler(signum: int, _frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -195,39 +191,44 @@ def signals_raise() -> Any:
             signal.signal(s, h)
 
 
-def wait(children: Children, job: EvaluationJob, total: int, status: StatusFile, progress: bool, err,
-         started: float, deadline: int | None, lease) -> None:
-    last = 0.0
-    tty = progress and err.isatty()
-    while children.alive():
-        time.sleep(0.25)
-        if deadline is not None and time.monotonic() - started > deadline:
+@dataclass
+class Limits:
+    """What ends a run before its processes do: ``deadline`` seconds (spec.activeDeadlineSeconds) from
+    ``started``, and losing the ``lease`` on its output."""
+
+    started: float
+    deadline: int | None
+    lease: Lease
+    output_uri: str
+
+    def check(self, children: Children, progress: Progress) -> None:
+        """Stop the processes and raise if the run is past its deadline or lost its lease."""
+        if self.deadline is not None and time.monotonic() - self.started > self.deadline:
             children.stop()
-            done, _ = children.progress()
-            exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={deadline} "
-                                  f"({done}/{total} samples predicted); its processes were stopped",
+            done, _ = progress.counts()
+            exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={self.deadline} "
+                                  f"({done}/{progress.total} samples predicted); its processes were stopped",
                                   "raise spec.activeDeadlineSeconds, or see the logs for a handler that hangs; "
                                   "rerun to resume")
             exc.reason = protocol.DEADLINE_EXCEEDED
             raise exc
-        if lease.lost:
+        if self.lease.lost:
             children.stop()
-            exc = EvaluationError(f"lost the lease on {job.spec.output.uri} to another run",
+            exc = EvaluationError(f"lost the lease on {self.output_uri} to another run",
                                   "two runs were writing into one output; rerun one of them alone")
             exc.reason = protocol.LEASE_LOST
             raise exc
-        now = time.monotonic()
-        if not progress or now - last < (1 if tty else 10):
-            continue
-        last = now
-        done, rate = children.progress()
-        status.update(progress=progress_doc(done, total, rate))
-        print(("\r" if tty else "") + bar(done, total, rate), end="" if tty else "\n", file=err, flush=True)
+
+
+def wait(children: Children, limits: Limits, progress: Progress, show: bool) -> None:
+    """Until every process has ended (``show``: with the progress bar), then end what their handlers started."""
+    while children.alive():
+        time.sleep(0.25)
+        limits.check(children, progress)
+        if show:
+            progress.tick()
     for p, _, _ in children.procs.values():
         p.join()
     children.end_groups()  # the workers are done: what their handlers started goes with them
-    if progress:
-        # the last line: finished items no longer report a rate, so say how long ppl took instead
-        done, _ = children.progress()
-        line = bar(done, total, 0.0, elapsed=time.monotonic() - started)
-        print(("\r\x1b[K" if tty else "") + line, file=err, flush=True)  # \x1b[K: clear the longer line before
+    if show:
+        progress.finish(time.monotonic() - limits.started)
