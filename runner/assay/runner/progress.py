@@ -39,12 +39,16 @@ class Progress:
         self._latest: dict[int, dict[str, Any]] = {}
         self._last = 0.0
 
-    def counts(self) -> tuple[int, float]:
-        """Samples done and the current rate, summed over the work items' latest reports."""
+    def read(self) -> None:
+        """Take the reports waiting in the queue."""
         with contextlib.suppress(queue.Empty):
             while True:
                 doc = self.reports.get_nowait()
                 self._latest[int(doc["worker"])] = doc
+
+    def counts(self) -> tuple[int, float]:
+        """Samples done and the current rate, summed over the work items' latest reports."""
+        self.read()
         done = sum(int(d["samplesDone"]) for d in self._latest.values())
         rate = sum(float(d["samplesPerSecond"]) for d in self._latest.values()
                    if int(d["samplesDone"]) < int(d["samplesTotal"]))  # items still running

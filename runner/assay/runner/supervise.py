@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from assay import protocol, storage
 from assay.errors import EXIT_PERMANENT, AssayError, EvaluationError
@@ -103,8 +103,17 @@ def _child(role: str, ctx_json: str, log_path: str, exit_path: str, threads: int
                 cmp.run(ctx)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes the report, SystemExit too
             failure = logs.failure_of(log, exc)
+    _exit(exit_path, failure, reports)
+
+
+def _exit(exit_path: str, failure: protocol.Failure | None, reports: Queue | None) -> NoReturn:
+    """End the process with its report in ``exit_path`` and its exit code, once its progress reports are
+    in the pipe (os._exit does not wait for the queue's feeder thread; the parent keeps the pipe drained)."""
     # always written: a process that ends with code 0 and no file was ended by code inside it (os._exit)
     Path(exit_path).write_text(protocol.failure_message(failure) if failure else protocol.result_message(None))
+    if reports is not None:
+        reports.close()
+        reports.join_thread()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(failure.exit_code if failure else 0)
@@ -224,6 +233,7 @@ def wait(children: Children, limits: Limits, progress: Progress, show: bool) -> 
     """Until every process has ended (``show``: with the progress bar), then end what their handlers started."""
     while children.alive():
         time.sleep(0.25)
+        progress.read()  # shown or not: a worker's last reports must fit in the pipe for it to exit
         limits.check(children, progress)
         if show:
             progress.tick()
