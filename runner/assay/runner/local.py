@@ -38,9 +38,11 @@ from assay.spec import EvaluationJob, RunContext, UriRef
 
 @dataclass
 class LocalRun:
+    """What ``run_job`` gives: the job folder, its final status.json and the metrics."""
+
     job_dir: Path
     status: dict[str, Any]
-    report: Any = None
+    report: MetricsReport
 
 
 def evaluate(job: EvaluationJob) -> MetricsReport:
