@@ -69,10 +69,14 @@ def test_the_deadline_stops_the_processes_and_says_how_far_ppl_got():
     progress, _, _ = _progress(_report(0, 5, 10, 2.0))
     children = _Children()
     lease = SimpleNamespace(lost=False)
-    Limits(time.monotonic(), 60, lease, "file:///out").check(children, progress)
-    assert children.stopped == 0
-    with pytest.raises(EvaluationError, match=r"activeDeadlineSeconds=1 \(5/20 samples predicted\)") as caught:
-        Limits(time.monotonic() - 2, 1, lease, "file:///out").check(children, progress)
+    now = [100.0]
+    limits = Limits(now[0], 60, lease, "file:///out", clock=lambda: now[0])
+    now[0] += 60
+    limits.check(children, progress)
+    assert children.stopped == 0, "at the deadline, not past it"
+    now[0] += 0.5
+    with pytest.raises(EvaluationError, match=r"activeDeadlineSeconds=60 \(5/20 samples predicted\)") as caught:
+        limits.check(children, progress)
     assert caught.value.reason == protocol.DEADLINE_EXCEEDED and children.stopped == 1
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,7 +65,9 @@ def _pinned(job: EvaluationJob, dataset: shards.DatasetManifest, model: packages
 
 
 def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err: TextIO | None = None,
-            overwrite: bool = False, manifest: str | os.PathLike | None = None) -> LocalRun:
+            overwrite: bool = False, manifest: str | os.PathLike | None = None,
+            clock: Callable[[], float] = time.monotonic) -> LocalRun:
+    """``clock`` measures spec.activeDeadlineSeconds (a test's clock can be past it at once)."""
     err = sys.stderr if err is None else err  # looked up per call: a default bound at import goes stale
     workers = workers or job.spec.ppl.workers
     if workers != job.spec.ppl.workers:
@@ -96,9 +99,10 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
                           dataset={"uri": dataset.uri, "name": dataset.name, "version": dataset.version},
                           datasetDigest=dataset.version)
             children = Children(job_dir, upload=not storage.is_local(output))
+            limits = Limits(clock(), job.spec.active_deadline_seconds, lease, output, clock)
             try:
                 with signals_raise():
-                    report = _run(job, ctx, dataset, children, status, lease, progress, err)
+                    report = _run(job, ctx, dataset, children, status, limits, progress, err)
             except (Interrupted, KeyboardInterrupt, AssayError) as exc:
                 children.stop()
                 status.update(phase="Failed", completionTime=now(), **_ended_by(exc))
@@ -117,10 +121,9 @@ def _ended_by(exc: BaseException) -> dict[str, str]:
 
 
 def _run(job: EvaluationJob, ctx: RunContext, dataset: shards.DatasetManifest, children: Children,
-         status: StatusFile, lease: runrecord.Lease, show: bool, err: TextIO) -> MetricsReport:
+         status: StatusFile, limits: Limits, show: bool, err: TextIO) -> MetricsReport:
     """ppl in the run's worker processes (``show``: with the progress bar on ``err``), then cmp; the metrics."""
     total = dataset.samples
-    limits = Limits(time.monotonic(), job.spec.active_deadline_seconds, lease, job.spec.output.uri)
     progress = Progress(children.reports, total, status, err)
     items = layout.index_count(len(dataset.shards), ctx.shards_per_index)
     workers = min(job.spec.ppl.workers, items)  # a worker without an item would only load the model

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -203,16 +203,17 @@ def signals_raise() -> Iterator[None]:
 @dataclass
 class Limits:
     """What ends a run before its processes do: ``deadline`` seconds (spec.activeDeadlineSeconds) from
-    ``started``, and losing the ``lease`` on its output."""
+    ``started`` by ``clock``, and losing the ``lease`` on its output."""
 
     started: float
     deadline: int | None
     lease: Lease
     output_uri: str
+    clock: Callable[[], float] = time.monotonic
 
     def check(self, children: Children, progress: Progress) -> None:
         """Stop the processes and raise if the run is past its deadline or lost its lease."""
-        if self.deadline is not None and time.monotonic() - self.started > self.deadline:
+        if self.deadline is not None and self.clock() - self.started > self.deadline:
             children.stop()
             done, _ = progress.counts()
             exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={self.deadline} "
@@ -241,4 +242,4 @@ def wait(children: Children, limits: Limits, progress: Progress, show: bool) -> 
         p.join()
     children.end_groups()  # the workers are done: what their handlers started goes with them
     if show:
-        progress.finish(time.monotonic() - limits.started)
+        progress.finish(limits.clock() - limits.started)
