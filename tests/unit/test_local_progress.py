@@ -4,17 +4,14 @@ the bar and status.json's progress, and the limits (deadline, lease) that stop t
 from __future__ import annotations
 
 import io
-import multiprocessing as mp
 import queue
 import time
-from multiprocessing.queues import Queue
 from types import SimpleNamespace
 
 import pytest
 
 from assay import protocol
 from assay.errors import EvaluationError
-from assay.runner import supervise
 from assay.runner.progress import Progress
 from assay.runner.supervise import Limits
 
@@ -87,25 +84,3 @@ def test_a_lost_lease_stops_the_processes():
         Limits(time.monotonic(), None, SimpleNamespace(lost=True), "s3://b/out").check(children, progress)
     assert caught.value.reason == protocol.LEASE_LOST and children.stopped == 1
 
-
-def _report_and_exit(reports: Queue, exit_path: str) -> None:
-    for item in range(REPORTS):
-        reports.put(_report(item, 1, 1, 0.0))
-    supervise._exit(exit_path, None, reports)
-
-
-REPORTS = 50
-
-
-def test_the_reports_a_worker_makes_just_before_it_exits_arrive(tmp_path):
-    """The bar's last line said "12/17 in 15s" for a run that predicted all 17 samples: the worker ended
-    with os._exit, which does not wait for the queue's feeder thread to write its last reports."""
-    spawn = mp.get_context("spawn")
-    reports = spawn.Queue()
-    worker = spawn.Process(target=_report_and_exit, args=(reports, str(tmp_path / "exit.json")))
-    worker.start()
-    worker.join(60)
-    assert worker.exitcode == 0 and (tmp_path / "exit.json").is_file()
-    progress, _, _ = _progress(total=REPORTS)
-    progress.reports = reports
-    assert progress.counts() == (REPORTS, 0.0)
