@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from assay import layout, storage
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.handler import RLEMasks
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 META_KEY = b"assay"
 _SUFFIXES = (".shape", ".rle", ".size")
@@ -111,7 +114,7 @@ def read_local(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                              "delete it; the ppl worker will recompute the shard") from exc
 
 
-def _decode(table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+def _decode(table: pa.Table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     ids = table.column("sample_id").to_pylist()
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("sample_id holds a null")
@@ -132,7 +135,7 @@ def _decode(table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]
     return ids, preds, meta
 
 
-def _restore_arrays(table, name: str, dtype: np.dtype, preds: list[dict[str, Any]]) -> None:
+def _restore_arrays(table: pa.Table, name: str, dtype: np.dtype, preds: list[dict[str, Any]]) -> None:
     col = table.column(name).combine_chunks()
     shapes = table.column(f"{name}.shape").to_pylist()
     flat = col.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)

@@ -63,8 +63,8 @@ def iter_records(dataset: shards.DatasetManifest, model: packages.ModelManifest,
                 yield label_record["id"], label_record["label"], by_id[label_record["id"]]
 
 
-def _check_origin(index: int, record: dict[str, Any], dataset, model, output_uri: str,
-                  settings_hash: str | None) -> None:
+def _check_origin(index: int, record: dict[str, Any], dataset: shards.DatasetManifest,
+                  model: packages.ModelManifest, output_uri: str, settings_hash: str | None) -> None:
     """Refuse results that another model, dataset version, shard or settings produced."""
     uri = layout.results_uri(output_uri, index)
     wrong = mismatch(record, dataset, model, index, settings_hash)

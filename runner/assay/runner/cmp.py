@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from assay import layout, packages, runrecord, storage, verified
+from assay import layout, packages, runrecord, shards, storage, verified
 from assay.errors import AssayError, EvaluationError, HandlerError, SpecError
 from assay.metrics import MetricsReport, get_evaluator
 from assay.runner.inputs import load_pinned
@@ -42,7 +43,8 @@ def run(ctx: RunContext) -> MetricsReport:
     return report
 
 
-def _handler_evaluate(model, records) -> MetricsReport:
+def _handler_evaluate(model: packages.ModelManifest,
+                      records: Iterable[tuple[str, dict[str, Any], dict[str, Any]]]) -> MetricsReport:
     package_dir = packages.unpack(model)
     handler = packages.load_handler_class(model, package_dir)()
     try:
@@ -58,8 +60,8 @@ def _handler_evaluate(model, records) -> MetricsReport:
     return MetricsReport(evaluator="handler", summary=summary, headline=first, full={"summary": summary})
 
 
-def write_report(ctx: RunContext, dataset, model, report: MetricsReport, ident: runrecord.RunIdentity,
-                 conditions: list) -> dict[str, Any]:
+def write_report(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
+                 report: MetricsReport, ident: runrecord.RunIdentity, conditions: list) -> dict[str, Any]:
     doc = {
         "evaluator": report.evaluator,
         "summary": report.summary,

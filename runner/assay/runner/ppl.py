@@ -19,12 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assay import layout, logs, packages, results, runrecord, shards, storage, verified
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.runner.inputs import load_pinned, run_conditions
 from assay.spec import RunContext, env_seconds
+
+if TYPE_CHECKING:
+    import torch
+
+    from assay.handler import Handler
+
 
 log = logging.getLogger("assay.ppl")
 
@@ -98,7 +104,7 @@ class _Progress:
 _END = object()
 
 
-def _map_tensors(value: Any, fn) -> Any:
+def _map_tensors(value: Any, fn: Callable[[Any], Any]) -> Any:
     """Apply ``fn`` to every torch tensor in nested lists, tuples and dicts; other values pass through."""
     if hasattr(value, "pin_memory") and hasattr(value, "record_stream"):
         return fn(value)
@@ -118,7 +124,7 @@ class _DeviceStager:
     ``.to(device)`` then finds the tensors already there (a no-op).
     """
 
-    def __init__(self, device):
+    def __init__(self, device: torch.device):
         import torch
 
         self.torch, self.device = torch, device
@@ -141,8 +147,9 @@ class _DeviceStager:
         return moved
 
 
-def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queue, stop: threading.Event,
-             decode_threads: int, stager: _DeviceStager | None = None) -> None:
+def _produce(dataset: shards.DatasetManifest, todo: list[int], handler: Handler, batch_size: int,
+             out: queue.Queue, stop: threading.Event, decode_threads: int,
+             stager: _DeviceStager | None = None) -> None:
     """Background thread: fetch each shard, decode its samples, put ("batch", shard, ids, inputs) items."""
 
     def decode(index: int, sample: shards.Sample):
@@ -157,7 +164,7 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
                                "fix or drop that sample in the source data and build the dataset again (`assay "
                                "dataset check` lists every such sample), or fix the handler's decode()") from exc
 
-    def decoded(pool, index, chunk):
+    def decoded(pool: ThreadPoolExecutor, index: int, chunk: list[shards.Sample]):
         batch = list(pool.map(lambda sample: decode(index, sample), chunk))
         return stager.stage(batch) if stager is not None else batch
 
@@ -231,8 +238,8 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest, loaded: dict):
     return handler, device
 
 
-def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: list[int],
-                    progress: _Progress, loaded: dict) -> None:
+def _predict_shards(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
+                    ident: runrecord.RunIdentity, todo: list[int], progress: _Progress, loaded: dict) -> None:
     handler, device = _load_handler(ctx, model, loaded)
     import torch
 
@@ -281,7 +288,7 @@ def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: lis
         stop.set()
 
 
-def _apply_model_options(handler, device, ctx: RunContext) -> None:
+def _apply_model_options(handler: Handler, device: torch.device, ctx: RunContext) -> None:
     """spec.ppl.channelsLast and spec.ppl.compile act on ``handler.model`` when it is a torch module."""
     if not (ctx.channels_last or ctx.compile):
         if ctx.pin_memory and device.type != "cuda":
@@ -303,7 +310,7 @@ def _apply_model_options(handler, device, ctx: RunContext) -> None:
     log.info("model options: channels_last=%s compile=%s", ctx.channels_last, ctx.compile)
 
 
-def _predict(handler, batch):
+def _predict(handler: Handler, batch: list[Any]):
     try:
         out = handler.predict(batch)
     except (Exception, SystemExit) as exc:
@@ -313,7 +320,7 @@ def _predict(handler, batch):
     return out
 
 
-def _autocast(device, precision: str):
+def _autocast(device: torch.device, precision: str):
     import contextlib
 
     import torch
@@ -324,8 +331,8 @@ def _autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _write_shard(ctx, dataset, meta: dict[str, Any], index: int, ids: list[str],
-                 preds: list[dict[str, Any]]) -> None:
+def _write_shard(ctx: RunContext, dataset: shards.DatasetManifest, meta: dict[str, Any], index: int,
+                 ids: list[str], preds: list[dict[str, Any]]) -> None:
     info = dataset.shards[index]
     if len(ids) != info.samples or len(set(ids)) != len(ids):
         raise IntegrityError(f"shard {index}: read {len(ids)} samples ({len(set(ids))} distinct), "
