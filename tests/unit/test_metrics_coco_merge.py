@@ -199,7 +199,7 @@ def test_image_aps_equal_per_image_cocoeval():
         if e is None:
             continue
         keep = ~np.asarray(e["dtIgnore"], dtype=bool)[0]
-        ap = coco_match._image_ap(int((~np.asarray(e["gtIgnore"], dtype=bool)).sum()),
+        ap = coco_match.image_ap(int((~np.asarray(e["gtIgnore"], dtype=bool)).sum()),
                                   (np.asarray(e["dtMatches"])[0] > 0)[keep], np.asarray(e["dtScores"])[keep])
         if ap is not None:
             expected[e["image_id"] - 1].append(ap)

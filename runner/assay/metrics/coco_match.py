@@ -75,6 +75,24 @@ class MatchTable:
             raise ValueError("a cell count is out of range")
 
 
+@dataclass(frozen=True)
+class CocoMatches:
+    """What one shard's ppl worker hands cmp for the coco evaluator: its match tables and its counts.
+
+    ``tables`` by IoU type ("bbox", and "segm" unless a sample of the shard rules masks out);
+    ``presence`` holds, for "gt_segmentation" and "pred_masks", the first sample with and the first
+    without that field (None when there is none), so that cmp can refuse a run that mixes them.
+    """
+
+    image_offset: int
+    sample_ids: list[str]
+    tables: dict[str, MatchTable]
+    num_ground_truth: dict[int, int]
+    num_detections: int
+    unknown_category_dets: int
+    presence: dict[str, list[str | None]]
+
+
 def empty_table() -> MatchTable:
     return MatchTable(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
                       np.zeros((0, len(AREA_LABELS)), np.int32), np.zeros(0, np.float64),
@@ -207,13 +225,13 @@ def image_aps(table: MatchTable, num_images: int) -> list[list[float]]:
         lo, hi = starts[c], starts[c + 1]
         counted = ~((table.ignored[lo:hi] >> bit) & np.uint64(1)).astype(bool)
         matched = ((table.matched[lo:hi] >> bit) & np.uint64(1)).astype(bool)[counted]
-        ap = _image_ap(gt_count, matched, table.score[lo:hi][counted])
+        ap = image_ap(gt_count, matched, table.score[lo:hi][counted])
         if ap is not None:
             out[image].append(ap)
     return out
 
 
-def _image_ap(gt_count: int, matched: np.ndarray, scores: np.ndarray) -> float | None:
+def image_ap(gt_count: int, matched: np.ndarray, scores: np.ndarray) -> float | None:
     """AP of one cell's counted detections at one threshold; None when neither counts (all ignored)."""
     if gt_count == 0:
         return 0.0 if matched.size else None  # detections where there is nothing: all false positives
