@@ -78,6 +78,17 @@ def read(path: str | Path) -> tuple[CocoMatches, dict[str, Any]]:
     return matches, meta
 
 
+def read_ids(path: str | Path) -> list[str]:
+    """The sample ids of a match-table file, from its metadata alone."""
+    import pyarrow.parquet as pq
+
+    meta = json.loads((pq.read_schema(str(path)).metadata or {})[META_KEY])
+    ids = meta["sample_ids"]
+    if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        raise ValueError("sample_ids is not a list of strings")
+    return ids
+
+
 def _empty():
     import pyarrow as pa
 
