@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> list[Row]:
         if "cmpscale" in only:
             from bench import cmp_scale
 
-            real, tables = ((1000, 3000), (20_000,)) if args.quick else ((10_000, 100_000), (1_000_000,))
+            real, tables = ((1000, 3000), (20_000,)) if args.quick else ((5_000, 10_000, 100_000), (1_000_000,))
             print(f"cmp at scale: {real} images end to end, {tables} from generated match tables ...", flush=True)
             ppl_s = 1 / facts["ppl"]["e2e_ips"] if "ppl" in facts else None
             got, facts["cmpscale"] = cmp_scale.run(work / "cmpscale", real, tables, ppl_s_per_image=ppl_s)

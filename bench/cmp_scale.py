@@ -162,7 +162,7 @@ def _child(mode: str, arg) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(work: Path, real_sizes=(10_000, 100_000), table_sizes=(1_000_000,), peer_budget_s: float = 600.0,
+def run(work: Path, real_sizes=(5_000, 10_000, 100_000), table_sizes=(1_000_000,), peer_budget_s: float = 200.0,
         ppl_s_per_image: float | None = None) -> tuple[list[Row], dict]:
     rows, facts = [], {}
     peers = [p for p in ("pycocotools", "faster-coco-eval", "hotcoco") if _installed(p)]
