@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from assay import layout, logs, packages, results, runrecord, shards, storage, verified
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
+from assay.metrics import coco_match, coco_tables, get_evaluator
 from assay.runner.inputs import load_pinned, run_conditions
 from assay.spec import RunContext, env_seconds
 
@@ -68,13 +69,24 @@ def results_match(ctx: RunContext, dataset: shards.DatasetManifest, model: packa
         return False
     if record is None or verified.mismatch(record, dataset, model, index, settings_hash):
         return False
+    if _needs_matches(ctx, model) and (record.get("matches") or {}).get("version") != coco_match.TABLE_VERSION:
+        log.info("shard %d: results have no match tables of version %d; recomputing", index,
+                 coco_match.TABLE_VERSION)
+        return False
     with storage.scratch_dir("check") as tmp:
         try:
             results.fetch_verified(ctx.output_uri, index, record, Path(tmp) / "r.parquet")
+            if _needs_matches(ctx, model):
+                results.fetch_verified(ctx.output_uri, index, record, Path(tmp) / "m.parquet", matches=True)
         except (IntegrityError, ObjectNotFound) as exc:
             log.warning("shard %d: %s; recomputing", index, exc.message)
             return False
     return True
+
+
+def _needs_matches(ctx: RunContext, model: packages.ModelManifest) -> bool:
+    """The coco evaluator's per-image matching runs here, beside the predictions (cmp only merges)."""
+    return (ctx.evaluator or model.evaluator) == "coco"
 
 
 class _Progress:
@@ -265,7 +277,7 @@ def _predict_shards(ctx: RunContext, dataset: shards.DatasetManifest, model: pac
             if kind == "error":
                 raise payload
             if kind == "end":
-                _write_shard(ctx, dataset, meta, index, ids, preds)
+                _write_shard(ctx, dataset, meta, index, ids, preds, _needs_matches(ctx, model))
                 progress.shards_done += 1
                 progress.write(force=True)
                 log.info("shard %d: %d samples written (%.2f samples/s)", index, len(ids), progress.rate())
@@ -332,7 +344,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _write_shard(ctx: RunContext, dataset: shards.DatasetManifest, meta: dict[str, Any], index: int,
-                 ids: list[str], preds: list[dict[str, Any]]) -> None:
+                 ids: list[str], preds: list[dict[str, Any]], needs_matches: bool) -> None:
     info = dataset.shards[index]
     if len(ids) != info.samples or len(set(ids)) != len(ids):
         raise IntegrityError(f"shard {index}: read {len(ids)} samples ({len(set(ids))} distinct), "
@@ -341,4 +353,22 @@ def _write_shard(ctx: RunContext, dataset: shards.DatasetManifest, meta: dict[st
     with storage.scratch_dir("results") as tmp:
         path = Path(tmp) / f"{info.name}.parquet"
         results.write_local(path, ids, preds, meta)
-        results.publish(path, ctx.output_uri, index, {**meta, "samples": len(ids)})
+        matches = None
+        if needs_matches:
+            matches = Path(tmp) / f"{info.name}.matches.parquet", {"version": coco_match.TABLE_VERSION}
+            _write_matches(matches[0], dataset, index, ids, preds, meta)
+        results.publish(path, ctx.output_uri, index, {**meta, "samples": len(ids)}, matches)
+
+
+def _write_matches(path: Path, dataset, index: int, ids: list[str], preds: list[dict[str, Any]],
+                   meta: dict[str, Any]) -> None:
+    """The shard's coco match tables: COCOeval's per-image matching of its labels and predictions, with
+    run-wide image positions (the samples of the shards before this one come first)."""
+    t0 = time.monotonic()
+    evaluator = get_evaluator("coco", dataset.label_schema)
+    by_id = dict(zip(ids, preds, strict=True))
+    for record in shards.read_labels(dataset, index):
+        evaluator.update(record["id"], record["label"], by_id[record["id"]])
+    offset = sum(s.samples for s in dataset.shards[:index])
+    coco_tables.write(path, evaluator.match(offset), meta)
+    log.info("shard %d: coco matching in %.2fs", index, time.monotonic() - t0)
