@@ -27,14 +27,15 @@ def apply(kubectl, ns: str, manifest: dict, check: bool = True):
 
 
 def result_ids(output_uri: str) -> list[str]:
-    """Every sample id in the job's results files (predictions are keyed by sample id)."""
+    """Every sample id in the job's results files (predictions are keyed by sample id; the match tables
+    beside them, ``shard-N.matches.parquet``, are no results files)."""
     import boto3
     import pyarrow.parquet as pq
 
     bucket, _, prefix = output_uri.removeprefix("s3://").partition("/")
     s3 = boto3.client("s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/results/").get("Contents", [])
-            if o["Key"].endswith(".parquet")]
+            if o["Key"].endswith(".parquet") and not o["Key"].endswith(".matches.parquet")]
     ids: list[str] = []
     for key in keys:
         table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), columns=["sample_id"])
