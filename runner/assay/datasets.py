@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from assay import storage
 from assay.config_files import read_mapping
 from assay.errors import AssayError, SpecError
 from assay.layout import LATEST, MANIFEST
-from assay.shards import DatasetManifest, Sample, ShardWriter, load_manifest
+from assay.shards import DatasetManifest, Sample, ShardInfo, ShardWriter, load_manifest
 from assay.versions import load_versions
 
 BUILTIN_SOURCES = {
@@ -177,7 +178,8 @@ def import_object(target: str, base_dir: Path, what: str):
         raise SpecError(f"{what}: module {module_name!r} has no {attr!r}") from exc
 
 
-def build(config: DatasetConfig, store: str, data_dir: Path | None = None, log=print) -> DatasetManifest:
+def build(config: DatasetConfig, store: str, data_dir: Path | None = None,
+          log: Callable[[str], None] = print) -> DatasetManifest:
     """Write the dataset's shards, labels and manifest under ``<store>/datasets/<name>/<version>``.
 
     Shards are staged on local disk (streamed, never held in memory), the version is the digest of
@@ -222,7 +224,7 @@ class _Failure:
     error: BaseException
 
 
-def _prefetched(source, depth: int = 8):
+def _prefetched(source: Iterable[Sample], depth: int = 8) -> Iterator[Sample]:
     """Iterate ``source`` in a background thread: reading and labelling the next samples (PNG decoding
     releases the GIL) overlaps with writing and hashing the shard. Errors surface in the caller."""
     import queue
@@ -258,7 +260,7 @@ def _prefetched(source, depth: int = 8):
         stop.set()
 
 
-def _source_errors_named(samples, process: str):
+def _source_errors_named(samples: Iterable[Sample], process: str) -> Iterator[Sample]:
     """A failure inside the user's source code becomes an error that names the source."""
     try:
         yield from samples
@@ -295,13 +297,13 @@ def _check_sample(sample: Sample, seen: set[str]) -> None:
                         ".item() or .tolist(), and give no NaN or infinity") from exc
 
 
-def content_version(name: str, label_schema: dict[str, Any], shards) -> str:
+def content_version(name: str, label_schema: dict[str, Any], shards: Sequence[ShardInfo]) -> str:
     doc = {"name": name, "label_schema": label_schema,
            "shards": [[s.sha256, s.labels_sha256, s.samples] for s in shards]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _upload(manifest: DatasetManifest, staging: Path, log) -> None:
+def _upload(manifest: DatasetManifest, staging: Path, log: Callable[[str], None]) -> None:
     existing = set(storage.list_names(manifest.uri))
     for shard in manifest.shards:
         for suffix in (".tar", ".labels.json"):

@@ -9,9 +9,13 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from assay import layout, storage
 from assay.errors import Stopped
+
+if TYPE_CHECKING:
+    from assay.spec import RunContext
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,8 +60,8 @@ def checkpoint() -> None:
 
 
 @contextlib.contextmanager
-def setup_logging(ctx, role: str, worker: int | None, json_format: bool = False,
-                  stream=None, upload: bool = True) -> Iterator[Path]:
+def setup_logging(ctx: RunContext, role: str, worker: int | None, json_format: bool = False,
+                  stream: TextIO | None = None, upload: bool = True) -> Iterator[Path]:
     """Log the ``assay`` loggers to ``stream`` and a temp file; upload the file on exit (if ``upload``)."""
     static = {"job": ctx.job_name, "role": role}
     if worker is not None:

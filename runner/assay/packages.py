@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,8 @@ def _package_files(config: ModelConfig) -> list[str]:
     return sorted(names)
 
 
-def _builtin_files(config: ModelConfig, names: list[str], log) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def _builtin_files(config: ModelConfig, names: list[str],
+                   log: Callable[[str], None]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """A built-in's resolved config and the members it adds (its config file, fetched weights)."""
     if config.builtin is None:
         return None, {}
@@ -154,7 +156,7 @@ def _builtin_files(config: ModelConfig, names: list[str], log) -> tuple[dict[str
     return resolved, {**extra, CONFIG_FILE: builtin_spec.config_bytes(resolved)}
 
 
-def build(config: ModelConfig, store: str, log=print) -> ModelManifest:
+def build(config: ModelConfig, store: str, log: Callable[[str], None] = print) -> ModelManifest:
     """Pack code and weights into a deterministic tar and upload it with its manifest."""
     files = _package_files(config)
     builtin, extra = _builtin_files(config, files, log)

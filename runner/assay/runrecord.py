@@ -25,11 +25,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assay import layout, storage
 from assay.errors import AssayError, IntegrityError, ObjectNotFound, SpecError
 from assay.spec import env_seconds
+
+if TYPE_CHECKING:
+    from assay.packages import ModelManifest
+    from assay.shards import DatasetManifest
+    from assay.spec import RunContext
 
 FORMAT = "assay.run/v1"
 #: Seconds after its last heartbeat that a lease on a remote store counts as abandoned. At least
@@ -64,7 +69,7 @@ class RunIdentity:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
-def identity(ctx, model, dataset) -> RunIdentity:
+def identity(ctx: RunContext, model: ModelManifest, dataset: DatasetManifest) -> RunIdentity:
     settings = ctx.prediction_settings()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return RunIdentity(job=ctx.job_name, model_name=model.name, model_version=model.version,

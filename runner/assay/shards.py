@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from assay import archive, storage
 from assay.errors import IntegrityError
@@ -212,10 +212,10 @@ class ShardWriter:
 class _HashingWriter:
     """A write-only file that hashes what passes through it (no second read of the shard to digest it)."""
 
-    def __init__(self, raw):
+    def __init__(self, raw: BinaryIO) -> None:
         self.raw, self.hash, self.size = raw, hashlib.sha256(), 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         self.hash.update(data)
         self.size += len(data)
         return self.raw.write(data)

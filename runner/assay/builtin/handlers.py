@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from assay.builtin import models
 from assay.builtin import spec as builtin_spec
 from assay.handler import Handler, rle_encode
+from assay.shards import Sample
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
-def _rgb(sample):
+def _rgb(sample: Sample) -> Image.Image:
     from PIL import Image
 
     return Image.open(io.BytesIO(sample.image()[1])).convert("RGB")
 
 
 class _Torchvision(Handler):
-    def load(self, model_dir: Path, device) -> None:
+    def load(self, model_dir: Path, device: torch.device) -> None:
         self.spec = builtin_spec.read(model_dir)
         self.device = device
         where = f"{model_dir}/{self.spec['weights']}"
@@ -38,7 +43,7 @@ class _Torchvision(Handler):
 class TorchvisionDetector(_Torchvision):
     """Faster/Mask R-CNN, RetinaNet, FCOS, SSD: boxes xyxy, scores, labels, and RLE masks when the model has them."""
 
-    def load(self, model_dir: Path, device) -> None:
+    def load(self, model_dir: Path, device: torch.device) -> None:
         super().load(model_dir, device)
         # the thresholds live on the model, so torchvision applies them before its own top-k
         heads = getattr(self.model, "roi_heads", self.model)
@@ -47,7 +52,7 @@ class TorchvisionDetector(_Torchvision):
         if self.spec.get("detections_per_image") is not None:
             heads.detections_per_img = self.spec["detections_per_image"]
 
-    def decode(self, sample):
+    def decode(self, sample: Sample) -> torch.Tensor:
         import torch
 
         # uint8 until predict: a quarter of the bytes through the prefetch queue; scaled on the device
@@ -77,7 +82,7 @@ class TorchvisionDetector(_Torchvision):
 class TorchvisionClassifier(_Torchvision):
     """Image classifiers: the class index and the softmax scores over the dataset's classes."""
 
-    def load(self, model_dir: Path, device) -> None:
+    def load(self, model_dir: Path, device: torch.device) -> None:
         super().load(model_dir, device)
         from torchvision.transforms import InterpolationMode
 
@@ -91,7 +96,7 @@ class TorchvisionClassifier(_Torchvision):
             # (ROC AUC is then skipped)
             self.mapped = torch.tensor(sorted(self.label_map), device=device)
 
-    def decode(self, sample):
+    def decode(self, sample: Sample) -> torch.Tensor:
         """torchvision's ImageClassification preset: resize the short side, centre-crop, scale, normalise."""
         import torch
         from torchvision.transforms import functional as F

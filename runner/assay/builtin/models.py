@@ -12,12 +12,17 @@ import difflib
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 from urllib.parse import urlparse
 
 from assay.errors import AssayError, SpecError, TransientStorageError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torchvision.models import WeightsEnum
 
 #: torchvision weights names: DEFAULT, a member (COCO_V1) or Enum.MEMBER; files are never all upper case.
 ENUM_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9_]*\.)?[A-Z][A-Z0-9_]*$")
@@ -43,7 +48,7 @@ def task_of(architecture: str, where: str) -> str:
     return known[architecture]
 
 
-def weights_enum(architecture: str, name: str, where: str):
+def weights_enum(architecture: str, name: str, where: str) -> WeightsEnum:
     """The torchvision weights member ``name`` (``DEFAULT``, ``COCO_V1`` or ``Enum.COCO_V1``); no download."""
     from torchvision import models
 
@@ -59,7 +64,7 @@ def weights_enum(architecture: str, name: str, where: str):
                         f"use DEFAULT or one of {', '.join(enum.__members__)}") from None
 
 
-def fetch(weights, log=print) -> Path:
+def fetch(weights: WeightsEnum, log: Callable[[str], None] = print) -> Path:
     """The weights file of a torchvision enum member, downloaded once into torch.hub's cache.
 
     The cache is the one ``weights.get_state_dict()`` uses ($TORCH_HOME/hub/checkpoints, named by the
@@ -86,7 +91,7 @@ def fetch(weights, log=print) -> Path:
     return cached
 
 
-def classification_input(weights) -> dict[str, Any]:
+def classification_input(weights: WeightsEnum) -> dict[str, Any]:
     """The preprocessing a classification weights member was trained with (its ``transforms()``)."""
     preset = weights.transforms()
     return {"resize": int(preset.resize_size[0]), "crop": int(preset.crop_size[0]),
@@ -94,7 +99,7 @@ def classification_input(weights) -> dict[str, Any]:
             "interpolation": preset.interpolation.value}
 
 
-def instantiate(spec: dict[str, Any], weights_path: Path, where: str):
+def instantiate(spec: dict[str, Any], weights_path: Path, where: str) -> nn.Module:
     """The model of the resolved spec with its weights loaded, as torchvision itself would make it.
 
     Weights named by enum go through the builder with ``weights=`` (torch.hub's cache pointed at the
@@ -112,7 +117,7 @@ def instantiate(spec: dict[str, Any], weights_path: Path, where: str):
 
 
 @contextlib.contextmanager
-def _hub_cache_holding(weights_path: Path, member):
+def _hub_cache_holding(weights_path: Path, member: WeightsEnum) -> Iterator[None]:
     """For the block, torch.hub's cache is a folder whose only checkpoint is ``weights_path`` (under the
     name ``member``'s URL gives it), and every torch.load is weights_only: torch.hub's loader would
     otherwise unpickle the file in full."""
@@ -136,7 +141,7 @@ def _hub_cache_holding(weights_path: Path, member):
                     os.environ[key] = value
 
 
-def build(spec: dict[str, Any], weights=None):
+def build(spec: dict[str, Any], weights: WeightsEnum | None = None) -> nn.Module:
     """The model for the resolved spec; untrained unless ``weights`` (an enum member, read from torch.hub's
     cache: see ``instantiate``). Nothing is ever downloaded here."""
     from torchvision import models
@@ -191,7 +196,7 @@ def read_state_dict(path: Path, where: str) -> dict[str, Any]:
 _BN_COUNTER = ".num_batches_tracked"
 
 
-def load_state(model, state: dict[str, Any], spec: dict[str, Any], where: str) -> None:
+def load_state(model: nn.Module, state: dict[str, Any], spec: dict[str, Any], where: str) -> None:
     """Load ``state`` into ``model``, first naming what does not fit (class count, architecture)."""
     expected = model.state_dict()
     # batch norm's step counter plays no part in inference, and models trained with frozen batch norm

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,7 +30,7 @@ CLASSIFICATION_INPUT = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-def _unknown(keys, allowed: set[str], where: str) -> None:
+def _unknown(keys: Iterable[Any], allowed: set[str], where: str) -> None:
     for key in keys:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -146,7 +147,8 @@ def _label_map(doc: Any, spec: dict[str, Any], where: str) -> dict[str, int] | N
     return out
 
 
-def resolve(spec: dict[str, Any], base_dir: Path, log=print) -> tuple[dict[str, Any], dict[str, Path]]:
+def resolve(spec: dict[str, Any], base_dir: Path,
+            log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Path]]:
     """The config stored in the package, and the files it adds (member name -> local path).
 
     Enum weights are fetched here, so the package holds them and a run needs no network. The weights

@@ -105,7 +105,7 @@ def check(dataset_uri: str, evaluate: Callable[[EvaluationJob], MetricsReport], 
     return result
 
 
-def _undecodable(dataset) -> list[Finding]:
+def _undecodable(dataset: shards.DatasetManifest) -> list[Finding]:
     """Samples whose image file does not decode (truncated, not an image): the oracle never opens images, so
     the scores cannot show them, but every model would fail on them."""
     import io
@@ -150,14 +150,16 @@ def _oracle_package(tmp: Path, evaluator: str, masks: bool) -> packages.ModelMan
     return packages.build(packages.load_config(src / "model.yaml"), str(tmp / "store"), log=lambda _: None)
 
 
-def _job(dataset, model, evaluator: str, output: Path, workers: int) -> EvaluationJob:
+def _job(dataset: shards.DatasetManifest, model: packages.ModelManifest, evaluator: str, output: Path,
+         workers: int) -> EvaluationJob:
     return EvaluationJob.from_manifest({
         "apiVersion": protocol.API_VERSION, "kind": protocol.KIND, "metadata": {"name": "pipeline-check"},
         "spec": {"model": {"uri": model.uri}, "dataset": {"uri": dataset.uri}, "output": {"uri": str(output)},
                  "evaluator": evaluator, "ppl": {"workers": max(1, workers), "batchSize": 8, "device": "cpu"}}})
 
 
-def _round_trip(dataset, model, output_uri: str, evaluator: str, masks: bool) -> list[Finding]:
+def _round_trip(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,
+                evaluator: str, masks: bool) -> list[Finding]:
     """Each stored prediction must equal the oracle's prediction from the labels file, under its own id."""
     from assay.verified import iter_records
 

@@ -13,26 +13,31 @@ The package holds ``oracle.json``: ``{"evaluator": "coco" | "classification", "m
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from assay.handler import Handler, RLEMasks
 from assay.masks import counts_of
+from assay.shards import Sample
+
+if TYPE_CHECKING:
+    import torch
 
 #: Prediction field that carries the id the worker saw, to check that ids round-trip to cmp.
 ID_FIELD = "oracle_id"
 
 
 class OracleHandler(Handler):
-    def load(self, model_dir, device):
+    def load(self, model_dir: Path, device: torch.device) -> None:
         self.config = json.loads((model_dir / "oracle.json").read_text())
 
-    def decode(self, sample):
+    def decode(self, sample: Sample) -> tuple[str, dict[str, Any]]:
         # the label inside the shard, not the labels file cmp reads: the check compares the two copies
         return sample.id, sample.label
 
-    def predict(self, batch):
+    def predict(self, batch: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         evaluator = self.config["evaluator"]
         masks = bool(self.config.get("masks"))
         out = []

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GROUND_TRUTH = (0, 200, 80)
 PREDICTION = (255, 140, 0)
@@ -21,14 +24,14 @@ MAX_SIDE, MIN_SIDE = 400, 96
 CLIP_MARGIN = 4
 
 
-def open_rgb(data: bytes):
+def open_rgb(data: bytes) -> Image.Image:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
 
 
-def fit(img):
+def fit(img: Image.Image) -> Image.Image:
     """``img`` scaled to the gallery's size: down to MAX_SIDE, or up to MIN_SIDE with crisp pixels."""
     from PIL import Image
 
@@ -42,7 +45,7 @@ def fit(img):
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample)
 
 
-def jpeg(img) -> bytes:
+def jpeg(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=85)
     return out.getvalue()
@@ -88,7 +91,7 @@ def clip(box: list[float], width: int, height: int) -> list[float] | None:
     return [min(max(v, -CLIP_MARGIN), limit + CLIP_MARGIN) for v, limit in zip(box, (width, height) * 2, strict=True)]
 
 
-def _fill(layer, mask: np.ndarray | None, color: tuple[int, int, int]) -> None:
+def _fill(layer: Image.Image, mask: np.ndarray | None, color: tuple[int, int, int]) -> None:
     if mask is None or not mask.any():
         return
     from PIL import Image

@@ -12,7 +12,8 @@ Sections (their ids are stable; tests and links use them):
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from assay.report.html import Html, section, table, tag
 
 #: Images in the worst-samples and misclassified galleries unless told otherwise.
 GALLERY = 12
+
+T = TypeVar("T")
 
 
 def build(run: FinishedRun, gallery: int = GALLERY) -> str:
@@ -155,7 +158,8 @@ def _classification(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery:
                     tag("div", *figures, class_="gallery"))]
 
 
-def _drawn(images: dict[str, tuple[str, bytes]], sample_id: str, draw):
+def _drawn(images: dict[str, tuple[str, bytes]], sample_id: str,
+           draw: Callable[[bytes], T]) -> tuple[T, None] | tuple[None, str]:
     """(``draw(image bytes)``, None), or (None, why there is no picture): one image that does not decode
     (truncated, not an image) leaves its caption alone in the gallery instead of failing the report."""
     if sample_id not in images:

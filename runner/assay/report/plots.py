@@ -8,18 +8,21 @@ untrusted: ``_text`` keeps matplotlib from reading a ``$`` in them as math.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _figure(width: float, height: float):
+
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png", metadata={"Software": None})  # no URL, nothing but the picture
     return out.getvalue()

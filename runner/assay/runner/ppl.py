@@ -360,8 +360,8 @@ def _write_shard(ctx: RunContext, dataset: shards.DatasetManifest, meta: dict[st
         results.publish(path, ctx.output_uri, index, {**meta, "samples": len(ids)}, matches)
 
 
-def _write_matches(path: Path, dataset, index: int, ids: list[str], preds: list[dict[str, Any]],
-                   meta: dict[str, Any]) -> None:
+def _write_matches(path: Path, dataset: shards.DatasetManifest, index: int, ids: list[str],
+                   preds: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """The shard's coco match tables: COCOeval's per-image matching of its labels and predictions, with
     run-wide image positions (the samples of the shards before this one come first)."""
     t0 = time.monotonic()
