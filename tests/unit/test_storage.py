@@ -147,17 +147,17 @@ class TestS3:
             assert dict(os.environ) == before
         assert not s3.list_objects_v2(Bucket="lease-using").get("Contents"), "released at the job's endpoint"
 
-    def test_dataset_and_job_on_s3(self, s3, test_split, oracle_model, tmp_path):
+    def test_dataset_and_job_on_s3(self, s3, pennfudan_dir, test_split, oracle_model, tmp_path):
         """The same flow with every object in S3: shards stream down, results go up."""
         import shutil
 
         from assay import datasets, packages
         from assay.runner.local import run_job
         from assay.spec import EvaluationJob
-        from tests.conftest import FIXTURES, PENNFUDAN, job_manifest, write_dataset_yaml
+        from tests.conftest import FIXTURES, job_manifest, write_dataset_yaml
 
         s3.create_bucket(Bucket="assay")
-        cfg = datasets.load_config(write_dataset_yaml(tmp_path, PENNFUDAN))
+        cfg = datasets.load_config(write_dataset_yaml(tmp_path, pennfudan_dir))
         ds = datasets.build(cfg, "s3://assay/store", log=lambda s: None)
         assert ds.version == test_split.version
         shutil.copytree(FIXTURES / "oracle", tmp_path / "oracle")

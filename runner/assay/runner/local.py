@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -295,7 +296,9 @@ def _pinned(job: EvaluationJob, dataset: shards.DatasetManifest, model: packages
 
 
 def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = True, err=None,
-            overwrite: bool = False, manifest: str | os.PathLike | None = None) -> LocalRun:
+            overwrite: bool = False, manifest: str | os.PathLike | None = None,
+            clock: Callable[[], float] = time.monotonic) -> LocalRun:
+    """``clock`` measures spec.activeDeadlineSeconds (a test's clock can be past it at once)."""
     err = sys.stderr if err is None else err  # looked up per call: a default bound at import goes stale
     workers = workers or job.spec.ppl.workers
     if workers != job.spec.ppl.workers:
@@ -329,7 +332,7 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
             children = _Children(job_dir, upload=not storage.is_local(output))
             try:
                 with _signals_raise():
-                    report = _run(job, ctx, dataset, model, children, status, lease, progress, err)
+                    report = _run(job, ctx, dataset, model, children, status, lease, progress, err, clock)
             except Interrupted as exc:
                 children.stop()
                 status.update(phase="Failed", reason=protocol.INTERRUPTED, completionTime=_now(),
@@ -351,9 +354,9 @@ def run_job(job: EvaluationJob, workers: int | None = None, progress: bool = Tru
 
 
 def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: _Children, status: _Status, lease,
-         progress: bool, err) -> MetricsReport:
+         progress: bool, err, clock: Callable[[], float]) -> MetricsReport:
     total, deadline = dataset.samples, job.spec.active_deadline_seconds
-    started = time.monotonic()
+    started = clock()
     items = layout.index_count(len(dataset.shards), ctx.shards_per_index)
     workers = min(job.spec.ppl.workers, items)  # a worker without an item would only load the model
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -361,7 +364,7 @@ def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: _Childre
     for i in range(workers):
         children.start("ppl", f"ppl-{i:04d}", ctx.model_copy(update={"worker_count": workers}), threads, queue)
     status.update(shards={"total": len(dataset.shards), "perIndex": ctx.shards_per_index, "indexes": items})
-    _wait(children, job, total, status, progress, err, started, deadline, lease)
+    _wait(children, job, total, status, progress, err, started, deadline, lease, clock)
     failed = children.failure()
     if failed:
         failed.reason = protocol.SHARD_RETRIES_EXHAUSTED if failed.retryable else protocol.PERMANENT_ERROR
@@ -369,7 +372,7 @@ def _run(job: EvaluationJob, ctx: RunContext, dataset, model, children: _Childre
     status.update(phase="Evaluating", progress=_progress_doc(total, total, 0.0))
     children.procs.clear()
     children.start("cmp", "cmp", ctx, max(1, os.cpu_count() or 1))
-    _wait(children, job, total, status, False, err, started, deadline, lease)
+    _wait(children, job, total, status, False, err, started, deadline, lease, clock)
     failed = children.failure()
     if failed:
         failed.reason = protocol.METRICS_FAILED
@@ -384,12 +387,12 @@ def read_report(output_uri: str) -> MetricsReport:
 
 
 def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, progress: bool, err,
-          started: float, deadline: int | None, lease) -> None:
+          started: float, deadline: int | None, lease, clock: Callable[[], float]) -> None:
     last = 0.0
     tty = progress and err.isatty()
     while children.alive():
         time.sleep(0.25)
-        if deadline is not None and time.monotonic() - started > deadline:
+        if deadline is not None and clock() - started > deadline:
             children.stop()
             done, _ = children.progress()
             exc = EvaluationError(f"the job ran past spec.activeDeadlineSeconds={deadline} "
@@ -417,5 +420,5 @@ def _wait(children: _Children, job: EvaluationJob, total: int, status: _Status, 
     if progress:
         # the last line: finished items no longer report a rate, so say how long ppl took instead
         done, _ = children.progress()
-        line = _bar(done, total, 0.0, elapsed=time.monotonic() - started)
+        line = _bar(done, total, 0.0, elapsed=clock() - started)
         print(("\r\x1b[K" if tty else "") + line, file=err, flush=True)  # \x1b[K: clear the longer line before
