@@ -4,6 +4,7 @@ the oracle model, a moto S3 server."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +44,19 @@ def write_dataset_yaml(folder: Path, data_dir: Path, volume: str = "2M", name: s
     path.write_text(f"name: {name}\ndata_dir: {data_dir}\ndata_filter: '{data_filter}'\n"
                     f"label_filter: '{label_filter}'\nprocess: pennfudan\nattr:\n  volume_size: {volume}\n")
     return path
+
+
+def build_dataset(folder: Path, store: str, name: str, process: str, data_filter: str, label_filter: str = "",
+                  source: Path | None = None):
+    """A dataset of ``folder``/data by the source ``process``, in 64K shards; ``source``: its module, copied beside."""
+    from assay import datasets
+
+    if source:
+        shutil.copy(source, folder / source.name)
+    (folder / "dataset.yaml").write_text(f"name: {name}\ndata_dir: {folder / 'data'}\ndata_filter: '{data_filter}'\n"
+                                         + (f"label_filter: '{label_filter}'\n" if label_filter else "")
+                                         + f"process: {process}\nattr: {{volume_size: 64K}}\n")
+    return datasets.build(datasets.load_config(folder / "dataset.yaml"), store, log=lambda s: None)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +111,14 @@ def oracle_model(store):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ASSAY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``assay ARGS`` in a process of its own (without ASSAY_DEBUG: tracebacks are what tests look for)."""
+    full = {**os.environ, **(env or {})}
+    full.pop("ASSAY_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "assay.cli.main", *args], capture_output=True, text=True,
+                          env=full, timeout=timeout)
 
 
 def free_port() -> int:

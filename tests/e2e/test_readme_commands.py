@@ -27,7 +27,7 @@ TRAIN = "python examples/pennfudan/train.py --data ../shared/data/PennFudanPed -
 
 #: command prefix -> what runs it instead
 NOT_HERE = {
-    "make demo": "tests/unit/test_example_pennfudan.py::test_make_demo_runs_the_whole_demo (TORCH_INDEX needs internet)",
+    "make demo": "tests/e2e/test_example_pennfudan.py::test_make_demo_runs_the_whole_demo (TORCH_INDEX needs internet)",
     "make test": ".ci/run",
     "python examples/pennfudan/train.py --data ../shared/data/PennFudanPed --out examples/pennfudan --weights":
         "needs the COCO file; its errors: test_example_pennfudan.py::test_train_weights_errors_are_one_line",

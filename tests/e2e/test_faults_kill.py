@@ -1,7 +1,7 @@
 """ppl workers killed with SIGKILL at random points: each rerun computes only unfinished shards, every
 sample ends up counted exactly once, and the metrics equal an unfaulted run's exactly.
 
-The default run kills 4 times; `python -m pytest -m slow tests/unit/test_faults_kill.py` is the soak
+The default run kills 4 times; `python -m pytest -m slow tests/e2e/test_faults_kill.py` is the soak
 (30 kills over 2 workers)."""
 
 from __future__ import annotations
