@@ -75,7 +75,8 @@ def trained_example(pennfudan_dir, tmp_path_factory) -> SimpleNamespace:
     """`make demo`, the README's first command, offline with a 2-step model: the one training of the
     example model in a test run, shared by the tests that need a trained example (its install step is
     skipped: this venv is the one under test). ``proc``: the finished make; ``store`` holds what it
-    built; ``model_dir``: train.py's output beside the example's handler.py, model_def.py, model.yaml."""
+    built; ``model_dir``: train.py's output beside the example's handler.py, model_def.py, model.yaml;
+    ``job_dir``: the output of the demo's `assay run` of that model."""
     base = tmp_path_factory.mktemp("demo")
     store, work = base / "store", base / "work"
     args = f"--offline --steps 2 --store {store} --workdir {work}"
@@ -84,7 +85,7 @@ def trained_example(pennfudan_dir, tmp_path_factory) -> SimpleNamespace:
     proc = subprocess.run(["make", "-o", "install", "demo", f"PY={sys.executable}", f"DEMO_ARGS={args}"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return SimpleNamespace(proc=proc, store=store, model_dir=work / "model")
+    return SimpleNamespace(proc=proc, store=store, model_dir=work / "model", job_dir=work / "jobs" / "pennfudan-demo")
 
 
 @pytest.fixture(scope="session")

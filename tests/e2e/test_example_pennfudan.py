@@ -12,28 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from assay import packages
-from assay.runner import cmp, ppl
-from assay.spec import RunContext
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pennfudan"
 
 
-def test_train_package_and_evaluate(trained_example, test_split, tmp_path):
-    """train.py's export (by the demo's step 2), the example's handler and model.yaml, through ppl and cmp."""
+def test_train_package_and_evaluate(trained_example):
+    """train.py's export (the demo's step 2), the example's handler and model.yaml, packaged and run
+    through ppl and cmp (the demo's step 5): valid metrics of that model on the 17-image split."""
     assert "on 153 images" in trained_example.proc.stdout, "training uses every image outside the test split"
-    pkg = trained_example.model_dir
-    config = json.loads((pkg / "config.json").read_text())
+    config = json.loads((trained_example.model_dir / "config.json").read_text())
     assert config["arch"] == "resnet18_gn_fpn" and config["trained_steps"] == 2
-    model = packages.build(packages.load_config(pkg / "model.yaml"), str(tmp_path / "store"), log=lambda s: None)
-    ctx = RunContext(job_name="example", model_uri=model.uri, dataset_uri=test_split.uri,
-                     output_uri=str(tmp_path / "out"), batch_size=4, device="cpu")
-    summary = ppl.run(ctx)
-    assert summary.samples_done == 17
-    report = cmp.run(ctx)
+    metrics = json.loads((trained_example.job_dir / "metrics.json").read_text())
+    assert metrics["model"]["name"] == "pennfudan-maskrcnn" and metrics["dataset"]["samples"] == 17
     for iou in ("bbox", "segm"):
         for stat in ("AP", "AP50", "AR100"):
-            assert 0.0 <= report.summary[f"{iou}/{stat}"] <= 1.0
+            assert 0.0 <= metrics["summary"][f"{iou}/{stat}"] <= 1.0
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
