@@ -1,6 +1,6 @@
 """Run every benchmark of issue 5 once, print the table of ratios, write bench/RESULTS.md.
 
-    python -m bench [--quick] [--only ppl,cmp,results,dataset,operator,gpu] [--no-write]
+    python -m bench [--quick] [--only ppl,cmp,cmpscale,results,dataset,operator,gpu] [--no-write]
 
 Every ratio is taken from two measurements made side by side in this run (the machines are shared and
 noisy: absolute times are not comparable across runs). About 10 minutes on 2 CPU cores.
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import common
 from bench.common import ModelSpec, Row
 
-ALL = ("ppl", "cmp", "results", "dataset", "operator", "gpu")
+ALL = ("ppl", "cmp", "cmpscale", "results", "dataset", "operator", "gpu")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -82,6 +82,14 @@ def main(args: argparse.Namespace) -> list[Row]:
             rows += got
             print("cmp: memory, 10 vs 50 shards ...", flush=True)
             got, facts["cmp_memory"] = cmp.run_memory(work, 500 if args.quick else 2000)
+            rows += got
+        if "cmpscale" in only:
+            from bench import cmp_scale
+
+            real, tables = ((1000, 3000), (20_000,)) if args.quick else ((5_000, 10_000, 100_000), (1_000_000,))
+            print(f"cmp at scale: {real} images end to end, {tables} from generated match tables ...", flush=True)
+            ppl_s = 1 / facts["ppl"]["e2e_ips"] if "ppl" in facts else None
+            got, facts["cmpscale"] = cmp_scale.run(work / "cmpscale", real, tables, ppl_s_per_image=ppl_s)
             rows += got
         if "dataset" in only:
             from bench import dataset_build

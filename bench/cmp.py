@@ -90,33 +90,39 @@ def synthesise(n_images: int, seed: int = 0):
     return records
 
 
+def coco_dicts(records) -> tuple[dict, dict[str, list[dict]]]:
+    """The ground-truth dataset and the bbox and segm result lists, as a user of the COCO API writes them:
+    bbox results carry no mask and segm results no box (loadRes then takes the area from the mask, as
+    assay's evaluator does; with a box it would take the box's area)."""
+    images, anns, dets = [], [], {"bbox": [], "segm": []}
+    for image_id, (_, label, pred) in enumerate(records, start=1):
+        images.append({"id": image_id, "width": label["width"], "height": label["height"]})
+        for o in label["objects"]:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "bbox": o["bbox"],
+                         "area": o["area"], "iscrowd": 0, "segmentation": o["segmentation"]})
+        b = pred["boxes"].astype(np.float64)
+        xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
+        for k, c in enumerate(pred["masks"].counts):
+            common = {"image_id": image_id, "category_id": 1, "score": float(pred["scores"][k])}
+            dets["bbox"].append({**common, "bbox": xywh[k]})
+            dets["segm"].append({**common, "segmentation": {"size": list(pred["masks"].size),
+                                                            "counts": c.decode() if isinstance(c, bytes) else c}})
+    return {"images": images, "annotations": anns, "categories": SCHEMA["categories"]}, dets
+
+
 def reference(records) -> tuple[dict[str, list[float]], float]:
     """pycocotools COCOeval, run directly: {iou_type: 12 stats}, seconds."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with Timer() as t, contextlib.redirect_stdout(io.StringIO()):
-        images, anns, dets = [], [], []
-        for image_id, (_, label, pred) in enumerate(records, start=1):
-            images.append({"id": image_id, "width": label["width"], "height": label["height"]})
-            for o in label["objects"]:
-                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "bbox": o["bbox"],
-                             "area": o["area"], "iscrowd": 0, "segmentation": o["segmentation"]})
-            b = pred["boxes"].astype(np.float64)
-            xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
-            for k, c in enumerate(pred["masks"].counts):
-                dets.append({"image_id": image_id, "category_id": 1, "score": float(pred["scores"][k]),
-                             "bbox": xywh[k], "segmentation": {"size": list(pred["masks"].size), "counts": c}})
+        gt_dict, dets = coco_dicts(records)
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns, "categories": SCHEMA["categories"]}
+        gt.dataset = gt_dict
         gt.createIndex()
         stats = {}
         for iou_type in ("bbox", "segm"):
-            # bbox results carry no mask; segm results carry no box (loadRes then takes the area from the
-            # mask, as assay's evaluator does; with a box it would take the box's area)
-            drop = "segmentation" if iou_type == "bbox" else "bbox"
-            ours = [{k: v for k, v in d.items() if k != drop} for d in dets]
-            ev = COCOeval(gt, gt.loadRes(ours), iou_type)
+            ev = COCOeval(gt, gt.loadRes(dets[iou_type]), iou_type)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -151,12 +157,14 @@ def run_speed(n_images: int) -> tuple[list[Row], dict]:
 
 # ----------------------------------------------------------------------------------------- memory
 
-def write_job(folder: Path, records, n_shards: int) -> dict[str, str]:
-    """A dataset manifest with labels files, one published results file per shard (with the record
-    ppl writes, so cmp's origin checks pass), and a model manifest."""
+def write_job(folder: Path, records, n_shards: int) -> tuple[dict[str, str], float]:
+    """A dataset manifest with labels files, one published results file per shard with its coco match
+    tables (and the record ppl writes, so cmp's origin checks pass), and a model manifest; returns the
+    URIs and the seconds spent matching (what ppl adds per shard for the coco evaluator)."""
     import hashlib
 
     from assay import layout, results, runrecord, storage
+    from assay.metrics import coco_match, coco_tables, get_evaluator
     from assay.packages import ModelManifest
     from assay.shards import DatasetManifest, ShardInfo
 
@@ -177,13 +185,21 @@ def write_job(folder: Path, records, n_shards: int) -> dict[str, str]:
                           package_sha256="x")
     storage.write_text(f"{uris['model']}/manifest.json", model.to_json())
     ident = runrecord.identity(_context(uris), model, manifest)
+    matching = 0.0
     for s, chunk in enumerate(labels_by_shard):
         meta = {"dataset_version": "v1", "model_version": "m1", "shard": infos[s].name,
                 "shard_sha256": infos[s].sha256, "settings_hash": ident.settings_hash}
-        path = folder / "r.parquet"
+        path, m_path = folder / "r.parquet", folder / "m.parquet"
         results.write_local(path, [i for i, _, _ in chunk], [p for _, _, p in chunk], meta)
-        results.publish(path, uris["output"], s, {**meta, "samples": len(chunk)})
-    return uris
+        with Timer() as t:  # what ppl's _write_matches does
+            ev = get_evaluator("coco", SCHEMA)
+            for sample_id, label, pred in chunk:
+                ev.update(sample_id, label, pred)
+            coco_tables.write(m_path, ev.match(s * per), meta)
+        matching += t.seconds
+        results.publish(path, uris["output"], s, {**meta, "samples": len(chunk)},
+                        (m_path, {"version": coco_match.TABLE_VERSION}))
+    return uris, matching
 
 
 def _context(uris: dict[str, str]):
@@ -216,7 +232,7 @@ def run_memory(work: Path, n_images: int, shard_counts=(10, 50)) -> tuple[list[R
     records = synthesise(n_images, seed=1)
     got = {}
     for n in shard_counts:
-        uris = write_job(work / f"cmp-{n}", records, n)
+        uris, _ = write_job(work / f"cmp-{n}", records, n)
         got[n] = {}
         for mode in ("rss", "traced"):
             out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(uris), mode], capture_output=True,

@@ -51,7 +51,7 @@ GPU decoding stays off the critical path up to ~400 img/s); images are PennFudan
   is prefetched while the previous shard computes.
 - S3 request rate: per shard 1 HEAD + 1 streamed GET of the tar + 1 PUT of results (pods write no
   progress objects: the operator counts finished indexes): about {rate:.1f} requests/s for the whole job, far below S3's per-prefix limits
-  (3,500 PUT / 5,500 GET per second); cmp adds {2 * shards} GETs (labels + results per shard).
+  (3,500 PUT / 5,500 GET per second); cmp adds {2 * shards} GETs (labels + results, or match tables, per shard).
 {op_line}"""
 
 
@@ -69,13 +69,18 @@ GAPS = {
     "5 dataset build (local": """**5, dataset build into a local folder.** The build decodes every mask PNG to derive COCO labels
   (RLE, boxes, areas), hashes and writes tars; a plain copy of the same 54 MB from the page cache is a
   single memory-bound pass, so the label work dominates.""",
+    "22 ppl matching": """**22, matching in ppl.** pycocotools' evaluateImg per image and category in the ppl worker;
+  the share is of the CPU bench model's ppl time per image measured in the same run.""",
     "7 operator: API requests": """**7, operator scale.** Requests per job grew with the number of jobs: see the
   per-kind counts in the row's detail (the resync loop revisits every unfinished job every 10 s, so
   a burst that takes longer to settle gets more resync visits per job).""",
 }
-NOTES = """- **3, cmp memory.** Flat in the number of shards (the target), but a cmp process peaks at about 1.9 GB
-  RSS for 2,000 images while Python's heap peaks at 43 MB: the native COCO objects dominate; not yet
-  investigated.
+NOTES = """- **3, cmp memory.** Flat in the number of shards (the target). cmp reads the ppl workers' match tables
+  (issue 22), not the predictions: its memory is the merged tables, about 180 bytes per detection per
+  IoU type.
+- **22, cmp at scale.** Up to 100,000 images end to end (ppl's matching per shard, then cmp in a fresh
+  process); at 1,000,000 from generated match tables. Peers run single-process on all images in the same
+  run and are extrapolated linearly where they would take over 200 s; each row says which.
 - **5, S3.** Into S3 (moto) the build is faster than a plain copy because it uploads a few large shards
   instead of hundreds of small files.
 - **6, GPU options.** Implemented (batch size, fp16/bf16 autocast, channels_last, torch.compile, pinned

@@ -1,4 +1,4 @@
-"""kopf registrations and startup settings only; the work is in ``handlers``.
+"""kopf registrations and startup settings only; the work is in ``reconcile``.
 
 Run: ``kopf run -m assay_operator.main --all-namespaces`` (or ``python -m assay_operator``, which
 watches ASSAY_OPERATOR_NAMESPACES).
@@ -6,8 +6,8 @@ watches ASSAY_OPERATOR_NAMESPACES).
 No handler here needs a finalizer (no timers, daemons or deletion handlers): deleting an EvaluationJob,
 or its namespace, completes with the operator gone, and the garbage collector removes the child Jobs
 through their ownerReferences. Reconciles are triggered by changes of the EvaluationJob and of its child
-Jobs, and, for unfinished jobs only, by a periodic resync (pods' states, such as an image that cannot be
-pulled, change without touching either).
+Jobs, and, for unfinished jobs and finished ones whose spec.ttlSecondsAfterFinished has yet to act, by a
+periodic resync (pods' states, such as an image that cannot be pulled, change without touching either).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import kopf
 
 from assay import protocol
 from assay.protocol import GROUP, PLURAL, VERSION
-from assay_operator import handlers, kube, metrics, status
+from assay_operator import kube, metrics, reconcile, status
 from assay_operator import settings as operator_settings
 
 #: Read once when kopf loads this module; a bad variable stops the operator here, naming it.
@@ -33,8 +33,9 @@ LOG = logging.getLogger("assay_operator")
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf's own settings: Events only from our phase transitions. (The one handler is an event handler:
-    kopf keeps no progress or diff-base records for it, so there is no storage of them to configure.)"""
+    """kopf's own settings: Events only from our phase transitions. (Both resource handlers are event
+    handlers: kopf keeps no progress or diff-base records for them, so there is no storage of them to
+    configure; tests/unit/test_reconcile.py asks kopf's registry.)"""
     settings.posting.enabled = False  # kube.post_event records one Event per phase transition
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16  # sync handlers run in threads; reconciles of jobs overlap
@@ -77,7 +78,7 @@ _REPORTED: dict[tuple[str, str], str] = {}
 def _reconcile_logged(namespace: str, name: str, logger: logging.Logger) -> None:
     try:
         with metrics.timed_reconcile():
-            phase = handlers.reconcile(namespace, name, logger, SETTINGS)
+            phase = reconcile.reconcile(namespace, name, logger, SETTINGS)
     except Exception as exc:
         logger.exception("reconcile of %s/%s failed; retrying at the next change or resync", namespace, name)
         _report_error(namespace, name, exc, logger)
@@ -124,7 +125,7 @@ def evaluationjob_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -
         WATCHED.discard((namespace, name))
         _REPORTED.pop((namespace, name), None)
         metrics.forget(namespace, name)
-        handlers.forget(namespace, name, meta.get("uid"))
+        reconcile.forget(namespace, name, meta.get("uid"))
         return
     _track(obj)
     _reconcile_logged(namespace, name, logger)

@@ -7,7 +7,7 @@
     <name>-cmp       one pod: scores every shard's predictions and reports a bounded summary through its
                      termination message
 
-No API calls and no kopf here: ``handlers`` sends what these return through ``kube``. Each child carries
+No API calls and no kopf here: ``reconcile`` sends what these return through ``kube``. Each child carries
 a controller ownerReference to its EvaluationJob (the garbage collector deletes it with its owner) and
 only assay's own labels: the owner's labels (a Kueue queue label, say) are never copied.
 """

@@ -5,7 +5,8 @@ Names (all prefixed ``assay_operator_``):
 ``assay_operator_evaluationjobs{namespace, phase}``                    gauge
     EvaluationJobs by phase, as of their last reconcile by this process (deleted jobs drop out).
 ``assay_operator_reconcile_duration_seconds``                          histogram
-    Time of one reconcile (create, resume, spec update or resync timer); ``_count`` counts reconciles.
+    Time of one reconcile (on a change of the EvaluationJob or a child Job, or at the periodic resync);
+    ``_count`` counts reconciles.
 ``assay_operator_reconcile_errors_total{exception}``                   counter
     Reconciles that raised, by exception class (logged, posted as a Warning Event, retried at the next
     change or resync).

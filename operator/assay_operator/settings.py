@@ -23,13 +23,12 @@ class Settings(BaseSettings):
     #: assumed to exist and a CRD installed later needs an operator restart (for RBAC that may not list
     #: namespaces or CRDs).
     api_scanning: bool = True
-    #: Seconds between two reconciliations of one EvaluationJob (reads progress, pods, child Jobs).
+    #: Seconds between two periodic reconciles of each unfinished EvaluationJob (and each finished one whose
+    #: TTL has yet to act): pods' states, e.g. an image that cannot be pulled, change without any event.
     resync_seconds: float = Field(10.0, gt=0)
     #: Seconds a pod may sit in ImagePullBackOff, ErrImagePull or CreateContainerConfigError before the
     #: job fails (short: these rarely heal, and the user wants the reason now, not after the pending deadline).
     fail_fast_seconds: float = Field(60.0, ge=0)
-    #: At most this many summary metrics are copied into status.results (etcd objects must stay small).
-    max_result_keys: int = Field(32, ge=1, le=256)
     #: Pod retries of the cmp Job (the runner's exit code 3 still fails it at once).
     cmp_backoff_limit: int = Field(2, ge=0, le=20)
     #: Pod retries of the resolve Job (a store that is briefly unreachable); exit code 3 fails at once.

@@ -1,8 +1,9 @@
 """Pure status derivation: what the cluster and the store show -> the EvaluationJob's status.
 
-``derive(Observed)`` maps the child Jobs' conditions and ``failedIndexes``, their pods' states, the
-runners' progress objects and the metrics summary to a phase, metav1.Conditions (lastTransitionTime
-only moves when a condition's status flips), shard counts, progress and results. No API calls here.
+``derive(Observed)`` maps the child Jobs' conditions, ``completedIndexes`` and ``failedIndexes``, their
+pods' states and what the pods reported in their termination messages (the pinned inputs, the metrics
+summary, errors) to a phase, metav1.Conditions (lastTransitionTime only moves when a condition's status
+flips), shard counts, progress and results. No API calls here.
 """
 
 from __future__ import annotations
@@ -206,22 +207,23 @@ def progress_of(inputs: dict[str, Any] | None, ppl: dict[str, Any] | None, ppl_d
 # ------------------------------------------------------------------------------------------- results
 
 
-def bounded_results(metrics: dict[str, Any], max_keys: int) -> dict[str, Any]:
-    """A small summary of metrics.json for status (the full metrics stay in the store)."""
-    summary = {k: round(float(v), 6) for k, v in sorted((metrics.get("summary") or {}).items())
-               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def results_of(report: dict[str, Any]) -> dict[str, Any]:
+    """status.results: the cmp pod's report as it is (``protocol.MetricsSummary`` bounds it, once), with the
+    headline as text for the printer column and only the values status can hold (finite numbers)."""
     out: dict[str, Any] = {}
-    if metrics.get("evaluator"):
-        out["evaluator"] = str(metrics["evaluator"])
-    headline = metrics.get("headline") or {}
-    value = headline.get("value")
-    if isinstance(value, int | float) and math.isfinite(float(value)):
-        out["headline"] = f"{float(value):.3f}"
+    if report.get("evaluator"):
+        out["evaluator"] = str(report["evaluator"])
+    headline = report.get("headline") or {}
+    if _number(headline.get("value")):
+        out["headline"] = f"{float(headline['value']):.3f}"
         out["headlineMetric"] = str(headline.get("name", ""))
-    keys = list(summary)[:max_keys]
-    out["summary"] = {k: summary[k] for k in keys}
-    if len(summary) > len(keys):
-        out["truncated"] = len(summary) - len(keys)
+    out["summary"] = {k: v for k, v in (report.get("summary") or {}).items() if _number(v)}
+    if report.get("truncated"):
+        out["truncated"] = int(report["truncated"])
     return out
 
 
@@ -267,7 +269,7 @@ def conditions_for(phase: str, reason: str, message: str, previous: list[dict[st
 
 @dataclass
 class Observed:
-    """Everything ``derive`` looks at, gathered by the handlers from Kubernetes objects only."""
+    """Everything ``derive`` looks at, gathered by ``plan`` from Kubernetes objects only."""
 
     name: str
     spec: JobSpec
@@ -280,11 +282,11 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     #: the pinned inputs, from status or from the resolve pod's termination message
     inputs: dict[str, Any] | None = None
-    #: the cmp pod's termination message (a bounded metrics summary)
+    #: the cmp pod's report (a ``protocol.MetricsSummary``, bounded by the pod)
     report: dict[str, Any] | None = None
     #: error lines from the termination messages of failed pods, by role
     errors: dict[str, str] = field(default_factory=dict)
-    #: a failure the handlers met: (reason, message), e.g. a name conflict or a Job the API refused
+    #: a failure the reconcile met: (reason, message), e.g. a policy refusal or a Job the API refused
     blocker: tuple[str, str] | None = None
     #: something outside the job holds it, for now: (reason, message), e.g. quota refusing a child Job
     hold: tuple[str, str] | None = None
@@ -301,7 +303,6 @@ class Observed:
     results_uri: str | None = None
     fail_fast_seconds: float = 60.0
     stall_seconds: float = 3600.0
-    max_result_keys: int = 32
 
 
 def _stage_done(o: Observed, role: str) -> bool:
@@ -486,7 +487,7 @@ def derive(o: Observed) -> tuple[dict[str, Any], str]:
     if progress is not None:
         out["progress"] = progress
     if o.report is not None and phase == SUCCEEDED:
-        out["results"] = bounded_results(o.report, o.max_result_keys)
+        out["results"] = results_of(o.report)
         if o.results_uri:
             out["resultsUri"] = o.results_uri
     if out["observedGeneration"] is None:

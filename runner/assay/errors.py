@@ -79,3 +79,11 @@ class EvaluationError(AssayError, RuntimeError):
     """The results do not match the dataset (missing or duplicated samples) or the evaluator failed."""
 
     default_hint = "rerun the job: finished shards are kept and missing ones are computed"
+
+
+class Stopped(SystemExit):
+    """The process was told to stop (SIGTERM from the kubelet, Ctrl-C): it unwinds with exit code 128 + the
+    signal's number, and does nothing on the way out that could wait on a store."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)

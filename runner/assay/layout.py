@@ -3,6 +3,7 @@
     <output>/run.json                       the run that owns the output (model, dataset, settings)
     <output>/lease.json                     the live run writing into it (see assay.runrecord)
     <output>/results/shard-000003.parquet   predictions of one shard, one row per sample
+    <output>/results/shard-000003.matches.parquet  the coco evaluator's match tables of that shard
     <output>/results/shard-000003.json      its sha256, size and versions: written last (the commit point)
     <output>/logs/ppl-0001.log              log of ppl worker 1, copied before the process ends
     <output>/metrics.json                   every metric, with the full arrays
@@ -72,6 +73,11 @@ def shard_name(index: int) -> str:
 
 def results_uri(output_uri: str, shard_index: int) -> str:
     return join(output_uri, "results", f"{shard_name(shard_index)}.parquet")
+
+
+def matches_uri(output_uri: str, shard_index: int) -> str:
+    """The coco evaluator's match tables of one shard (assay.metrics.coco_tables), beside its results."""
+    return join(output_uri, "results", f"{shard_name(shard_index)}.matches.parquet")
 
 
 def results_record_uri(output_uri: str, shard_index: int) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from assay import layout, storage
+from assay.errors import Stopped
 
 
 class JsonFormatter(logging.Formatter):
@@ -77,6 +78,9 @@ def setup_logging(ctx, role: str, worker: int | None, json_format: bool = False,
             _active = (path, layout.log_uri(ctx.output_uri, role, worker))
         try:
             yield path
+        except Stopped:
+            upload = False  # a stuck store must not hold up the exit past the kubelet's grace period
+            raise
         finally:
             _active = None
             for h in handlers:

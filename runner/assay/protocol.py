@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from assay.errors import EXIT_PERMANENT, EXIT_RETRYABLE, AssayError
 
@@ -39,6 +40,8 @@ ROLES = (RESOLVE, PPL, CMP)
 TERMINATION_LOG = "/dev/termination-log"
 #: Kubernetes keeps at most 4096 bytes of a termination message; a report stays below this.
 MAX_REPORT_BYTES = 4000
+#: At most this many summary metrics in a cmp report: the CRD's status.results.summary maxProperties.
+MAX_SUMMARY_KEYS = 256
 
 # ------------------------------------------------------------------------------------------ phases
 
@@ -135,24 +138,37 @@ class PplSummary(BaseModel):
 
 
 class MetricsSummary(BaseModel):
-    """What cmp reports: the headline first, then as many summary keys as fit in a report."""
+    """What cmp reports and the operator copies into status.results as it is: the headline, then the
+    summary keys in order as far as the bound allows; ``truncated`` counts the rest (metrics.json holds
+    them all). This model is the summary's one bound: at most MAX_SUMMARY_KEYS keys, however it is made
+    or parsed, and ``bounded`` fits the cmp pod's report in its termination message."""
 
     evaluator: str
     headline: dict[str, Any]
     summary: dict[str, float | None]
     truncated: int | None = None
 
+    @model_validator(mode="after")
+    def _at_most_max_keys(self) -> MetricsSummary:
+        extra = len(self.summary) - MAX_SUMMARY_KEYS
+        if extra > 0:
+            self.summary = dict(list(self.summary.items())[:MAX_SUMMARY_KEYS])
+            self.truncated = (self.truncated or 0) + extra
+        return self
+
     @classmethod
     def bounded(cls, report: Any, limit: int = MAX_REPORT_BYTES - 1000) -> MetricsSummary:
+        """``report``'s summary (values to 6 decimals, a non-finite one as null) in at most ``limit`` bytes."""
         doc = cls(evaluator=report.evaluator, headline={"name": report.headline[0], "value": report.headline[1]},
-                  summary={})
-        for key, value in report.summary.items():
-            doc.summary[key] = value
-            if len(doc.model_dump_json(exclude_none=True)) > limit:
-                del doc.summary[key]
-                doc.truncated = len(report.summary) - len(doc.summary)
-                break
+                  summary={key: _shown(value) for key, value in report.summary.items()})
+        while doc.summary and len(doc.model_dump_json(exclude_none=True)) > limit:
+            doc.summary.popitem()
+            doc.truncated = (doc.truncated or 0) + 1
         return doc
+
+
+def _shown(value: float | None) -> float | None:
+    return round(float(value), 6) if value is not None and math.isfinite(value) else None
 
 
 def result_message(result: BaseModel | None) -> str:

@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from assay import layout, storage
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
 from assay.handler import RLEMasks
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 META_KEY = b"assay"
 _SUFFIXES = (".shape", ".rle", ".size")
@@ -111,7 +114,7 @@ def read_local(path: str | Path) -> tuple[list[str], list[dict[str, Any]], dict[
                              "delete it; the ppl worker will recompute the shard") from exc
 
 
-def _decode(table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+def _decode(table: pa.Table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     ids = table.column("sample_id").to_pylist()
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("sample_id holds a null")
@@ -132,7 +135,7 @@ def _decode(table, meta: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]
     return ids, preds, meta
 
 
-def _restore_arrays(table, name: str, dtype: np.dtype, preds: list[dict[str, Any]]) -> None:
+def _restore_arrays(table: pa.Table, name: str, dtype: np.dtype, preds: list[dict[str, Any]]) -> None:
     col = table.column(name).combine_chunks()
     shapes = table.column(f"{name}.shape").to_pylist()
     flat = col.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
@@ -153,9 +156,15 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def publish(path: str | Path, output_uri: str, index: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """Upload a results file, then its record (the commit point); return the record."""
+def publish(path: str | Path, output_uri: str, index: int, meta: dict[str, Any],
+            matches: tuple[str | Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Upload a results file (and its match tables, given as (path, what the record says of them)), then
+    its record (the commit point); return the record."""
     record = {**meta, "sha256": _sha256(path), "bytes": Path(path).stat().st_size}
+    if matches is not None:
+        m_path, m_info = matches
+        record["matches"] = {**m_info, "sha256": _sha256(m_path), "bytes": Path(m_path).stat().st_size}
+        storage.upload(m_path, layout.matches_uri(output_uri, index))
     storage.upload(path, layout.results_uri(output_uri, index))
     storage.write_text(layout.results_record_uri(output_uri, index), json.dumps(record, sort_keys=True))
     return record
@@ -176,12 +185,17 @@ def read_record(output_uri: str, index: int) -> dict[str, Any] | None:
     return doc
 
 
-def fetch_verified(output_uri: str, index: int, record: dict[str, Any], dest: str | Path) -> None:
-    """Download shard ``index``'s results to ``dest`` and check them against ``record``; a mismatch
-    names the stored object, not the local copy."""
-    uri = layout.results_uri(output_uri, index)
+def fetch_verified(output_uri: str, index: int, record: dict[str, Any], dest: str | Path,
+                   matches: bool = False) -> None:
+    """Download shard ``index``'s results (``matches``: its match tables) to ``dest`` and check them against
+    ``record``; a mismatch names the stored object, not the local copy."""
+    uri = (layout.matches_uri if matches else layout.results_uri)(output_uri, index)
+    expected = record.get("matches") if matches else record
+    if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
+        raise IntegrityError(f"{layout.results_record_uri(output_uri, index)} names no match tables",
+                             "rerun the job: the shard is recomputed with them")
     storage.download(uri, dest)
     size = Path(dest).stat().st_size
-    if size != record.get("bytes") or _sha256(dest) != record["sha256"]:
+    if size != expected.get("bytes") or _sha256(dest) != expected["sha256"]:
         raise IntegrityError(f"{uri} is damaged: its bytes do not match the sha256 recorded when it was written",
                              "rerun the job: damaged results are recomputed")

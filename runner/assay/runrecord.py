@@ -140,7 +140,7 @@ def check_output(output_uri: str, manifest: str | os.PathLike | None = None) -> 
 #: The names a run gives its files (assay.layout, and the local runner's logs and exit records; progress/
 #: objects were written by runs before 0.1.0's step reports): only these are a run's, so --overwrite
 #: deletes only these, never a results/README.md beside them.
-_RUN_FILE = re.compile(r"results/shard-\d{6}\.(parquet|json)|progress/ppl-\d{4}\.json"
+_RUN_FILE = re.compile(r"results/shard-\d{6}\.(parquet|json|matches\.parquet)|progress/ppl-\d{4}\.json"
                        r"|logs/\.?[a-z]+(-\d{4})?(\.log|\.exit\.json)"
                        rf"|{re.escape(layout.METRICS)}|{re.escape(layout.METRICS_DIGEST)}|{re.escape(layout.SUMMARY)}|{re.escape(layout.RUN_RECORD)}")
 

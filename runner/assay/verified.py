@@ -8,6 +8,7 @@ report and the pipeline check (read a finished run): all of them apply the same 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,7 @@ def iter_records(dataset: shards.DatasetManifest, model: packages.ModelManifest,
     these settings) are read; each file is checked against the sha256 recorded when it was written, and
     its ids against the shard's labels. ``conditions`` collects each shard's run conditions.
     """
-    records = [results.read_record(output_uri, i) for i in range(len(dataset.shards))]
-    missing = [i for i, r in enumerate(records)
-               if r is None or not storage.exists(layout.results_uri(output_uri, i))]
-    if missing:
-        raise EvaluationError(f"{len(missing)} of {len(dataset.shards)} shards have no results "
-                              f"(first: {dataset.shards[missing[0]].name})",
-                              "run the ppl workers again; finished shards are skipped")
-    for index, record in enumerate(records):
-        _check_origin(index, record, dataset, model, output_uri, settings_hash)
+    records = _records(dataset, model, output_uri, settings_hash, layout.results_uri)
     with storage.scratch_dir("cmp") as tmp:
         for index, record in enumerate(records):
             labels = shards.read_labels(dataset, index)
@@ -63,8 +56,47 @@ def iter_records(dataset: shards.DatasetManifest, model: packages.ModelManifest,
                 yield label_record["id"], label_record["label"], by_id[label_record["id"]]
 
 
-def _check_origin(index: int, record: dict[str, Any], dataset, model, output_uri: str,
-                  settings_hash: str | None) -> None:
+def iter_matches(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,
+                 read_ids: Callable[[Path], list[str]], settings_hash: str | None = None,
+                 conditions: list[Any] | None = None) -> Iterator[tuple[int, Path]]:
+    """Yield (shard index, local path) of every shard's match tables (the coco evaluator's), checked as
+    ``iter_records`` checks results files: this run's record, the sha256 recorded beside it, and the
+    sample ids (``read_ids`` reads them from the file) against the shard's labels, in their order. The
+    path is valid until the next item."""
+    # the results files too: a shard without predictions is not finished, whatever else it has
+    records = _records(dataset, model, output_uri, settings_hash, layout.results_uri, layout.matches_uri)
+    with storage.scratch_dir("cmp") as tmp:
+        for index, record in enumerate(records):
+            path = Path(tmp) / "m.parquet"
+            results.fetch_verified(output_uri, index, record, path, matches=True)
+            if conditions is not None and record.get("conditions") not in conditions:
+                conditions.append(record.get("conditions"))
+            expected, got = [r["id"] for r in shards.read_labels(dataset, index)], read_ids(path)
+            _check_ids(index, expected, got)
+            if got != expected:  # the order is the run's image order, which COCOeval's ties follow
+                raise EvaluationError(f"shard {index}: match tables list the samples in another order than the "
+                                      f"dataset", "delete that shard's results record and rerun its ppl worker")
+            yield index, path
+
+
+def _records(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,
+             settings_hash: str | None, *uris_of: Callable[[str, int], str]) -> list[dict[str, Any]]:
+    """Every shard's results record, refused when a shard has none (or no object at one of ``uris_of``)
+    or another run's."""
+    records = [results.read_record(output_uri, i) for i in range(len(dataset.shards))]
+    missing = [i for i, r in enumerate(records)
+               if r is None or not all(storage.exists(uri_of(output_uri, i)) for uri_of in uris_of)]
+    if missing:
+        raise EvaluationError(f"{len(missing)} of {len(dataset.shards)} shards have no results "
+                              f"(first: {dataset.shards[missing[0]].name})",
+                              "run the ppl workers again; finished shards are skipped")
+    for index, record in enumerate(records):
+        _check_origin(index, record, dataset, model, output_uri, settings_hash)
+    return records
+
+
+def _check_origin(index: int, record: dict[str, Any], dataset: shards.DatasetManifest,
+                  model: packages.ModelManifest, output_uri: str, settings_hash: str | None) -> None:
     """Refuse results that another model, dataset version, shard or settings produced."""
     uri = layout.results_uri(output_uri, index)
     wrong = mismatch(record, dataset, model, index, settings_hash)

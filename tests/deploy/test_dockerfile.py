@@ -111,7 +111,7 @@ def test_operator_runs_with_only_the_operator_image_dependencies():
         "                                  'boto3','botocore','s3transfer'}:\n"
         "            raise ImportError('not in the operator image: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import assay_operator.__main__, assay_operator.main, assay_operator.handlers, assay_operator.metrics\n"
+        "import assay_operator.__main__, assay_operator.main, assay_operator.reconcile, assay_operator.metrics\n"
     )
     proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={"ASSAY_OPERATOR_API_SCANNING": "false", "PATH": "/usr/bin:/bin"})

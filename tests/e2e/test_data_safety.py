@@ -228,7 +228,8 @@ def test_overwrite_deletes_only_the_old_runs_files_and_says_which(tmp_path, test
     assert main(["run", str(manifest), "--no-progress", "--overwrite"]) == 0
     err = capsys.readouterr().err
     shards = len(test_split.shards)
-    assert "--overwrite: deleting the old run's " in err and f"results/ ({2 * shards} files)" in err, err
+    # per shard: results, coco match tables, record
+    assert "--overwrite: deleting the old run's " in err and f"results/ ({3 * shards} files)" in err, err
     assert "metrics.json, " in err and "logs/ (" in err and ", run.json;" in err
     assert "progress/ (" not in err, "a run writes no progress objects any more"
     assert "keeping 4 files no run writes: logs/my-notes.txt, progress/plan.txt, results/README.md, " \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from assay import layout, results, storage
+from assay import layout, packages, results, storage, verified
 from assay.errors import EvaluationError, HandlerError
+from assay.metrics import coco_tables
 from assay.runner import cmp, ppl
 from assay.runner.local import run_job
 from assay.spec import EvaluationJob, RunContext
@@ -132,7 +134,8 @@ class TestCmpRefusesIncompleteResults:
             cmp.run(finished)
 
     def test_duplicated_and_missing_sample(self, finished, test_split):
-        """A worker that wrote a consistent results file with a wrong id set (checksums cannot catch it)."""
+        """A worker that wrote a consistent results file with a wrong id set (checksums cannot catch it):
+        the readers of predictions (report, compare, check) refuse it."""
         uri = layout.results_uri(finished.output_uri, 0)
         ids, preds, meta = results.read_local(uri)
         ids[1] = ids[0]  # one sample twice, another missing
@@ -142,7 +145,33 @@ class TestCmpRefusesIncompleteResults:
         record = results.read_record(finished.output_uri, 0)
         results.publish(local, finished.output_uri, 0, {k: v for k, v in record.items()
                                                        if k not in ("sha256", "bytes")})
+        model = packages.load_manifest(finished.model_uri)
         with pytest.raises(EvaluationError, match="1 missing .* 1 duplicated"):
+            list(verified.iter_records(test_split, model, finished.output_uri))
+
+    @pytest.mark.parametrize("wrong", ["duplicated", "reordered"])
+    def test_match_tables_with_wrong_ids(self, finished, wrong):
+        """The same for the coco match tables cmp merges: a wrong id set, or the right one in another order."""
+        uri = layout.matches_uri(finished.output_uri, 0)
+        matches, meta = coco_tables.read(uri)
+        ids = list(matches.sample_ids)
+        if wrong == "duplicated":
+            ids[1] = ids[0]
+        else:
+            ids[0], ids[1] = ids[1], ids[0]
+        local = Path(finished.output_uri) / "rewritten.matches.parquet"
+        coco_tables.write(local, dataclasses.replace(matches, sample_ids=ids), meta)
+        record = results.read_record(finished.output_uri, 0)
+        results.publish(layout.results_uri(finished.output_uri, 0), finished.output_uri, 0,
+                        {k: v for k, v in record.items() if k not in ("sha256", "bytes", "matches")},
+                        (local, {"version": record["matches"]["version"]}))
+        with pytest.raises(EvaluationError, match="1 missing .* 1 duplicated" if wrong == "duplicated" else
+                           "another order"):
+            cmp.run(finished)
+
+    def test_missing_match_tables(self, finished):
+        os.remove(layout.matches_uri(finished.output_uri, 2))
+        with pytest.raises(EvaluationError, match="1 of 3 shards have no results"):
             cmp.run(finished)
 
     def test_wrong_prediction_count_from_handler(self):

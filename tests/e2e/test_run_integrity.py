@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assay import layout, packages, protocol, results
+from assay import layout, packages, protocol, results, verified
 from assay.errors import EXIT_PERMANENT, EvaluationError, IntegrityError
 from assay.runner import cmp, ppl
 from assay.spec import RunContext
@@ -198,18 +198,23 @@ class TestPinnedInputs:
 class TestResultsVerified:
     """192 of 8,010 single-bit flips in a results file were skipped as matching on rerun, and scored."""
 
-    def test_damaged_results_are_named_by_cmp_and_recomputed_on_rerun(self, test_split, store, tmp_path):
+    @pytest.mark.parametrize("damaged", ["results", "matches"])
+    def test_damaged_results_are_named_by_cmp_and_recomputed_on_rerun(self, test_split, store, tmp_path, damaged):
+        """cmp reads the coco match tables, the report and compare the predictions: each names its damage."""
         model = build_model(tmp_path, store)
         job = write_job(tmp_path, model.uri, test_split.uri)
         assert assay("run", str(job), "--no-progress").returncode == 0
-        target = Path(layout.results_uri(str(tmp_path / "out"), 1))
+        target = Path((layout.results_uri if damaged == "results" else layout.matches_uri)(str(tmp_path / "out"), 1))
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0x04  # one bit, mid-file
         target.write_bytes(bytes(data))
         ctx = RunContext(job_name="integrity", model_uri=model.uri, dataset_uri=test_split.uri,
                          output_uri=str(tmp_path / "out"), device="cpu")
         with pytest.raises(IntegrityError, match=f"{target} is damaged"):
-            cmp.run(ctx)
+            if damaged == "results":
+                list(verified.iter_records(test_split, model, str(tmp_path / "out")))
+            else:
+                cmp.run(ctx)
         rerun = assay("run", str(job), "--no-progress")
         assert rerun.returncode == 0, rerun.stderr
         assert target.read_bytes() != bytes(data), "the damaged shard was recomputed"

@@ -178,3 +178,82 @@ def test_a_ppl_pod_ends_what_its_handler_started(test_split, tmp_path, monkeypat
         for pid in pids:
             if _running(pid):
                 os.kill(pid, 9)
+
+
+
+def _as_pid1(role: str, env: dict) -> subprocess.Popen:
+    """``python -m assay.runner ROLE`` as PID 1 of a PID namespace of its own, as in a container."""
+    return subprocess.Popen(["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
+                             sys.executable, "-m", "assay.runner", role], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop_pid1(outer: subprocess.Popen, role: str) -> None:
+    """SIGTERM to the namespace's PID 1, as the kubelet sends it; it must end with 128 + 15 at once."""
+    import signal
+
+    children = Path(f"/proc/{outer.pid}/task/{outer.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    step = int(children[0])
+    nspid = next(line for line in Path(f"/proc/{step}/status").read_text().splitlines() if line.startswith("NSpid:"))
+    assert nspid.split()[-1] == "1", f"the step is not PID 1 of its namespace: {nspid}"
+    os.kill(step, signal.SIGTERM)
+    try:
+        code = outer.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{role} as PID 1 ignored SIGTERM for 15 s")
+    assert code == 128 + signal.SIGTERM, outer.stderr.read()
+
+
+@pytest.mark.parametrize("role", ["resolve", "cmp"])
+def test_a_pods_main_process_ends_on_the_kubelets_sigterm(role, tmp_path):
+    """A container's main process is PID 1 of its PID namespace, and the kernel drops every signal PID 1
+    has no handler for: resolve and cmp pods ignored SIGTERM, so each deletion or Kueue preemption waited
+    out the grace period (30 s by default) for the SIGKILL. Here the step is stuck on a store that accepts
+    connections and never answers, as a pod is on a hung S3: the log upload on the way out is skipped."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    ctx = RunContext(job_name="pods", model_uri="s3://bucket/models/m/0123456789abcdef",
+                     dataset_uri="s3://bucket/datasets/d/0123456789abcdef", output_uri="s3://bucket/out",
+                     model_version="0123456789abcdef", dataset_version="0123456789abcdef", shards_per_index=1,
+                     device="cpu")
+    env = {**os.environ, **ctx.to_env(), "ASSAY_TERMINATION_LOG": str(tmp_path / "message"),
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    outer = _as_pid1(role, env)
+    try:
+        silent.settimeout(120)
+        connection, _ = silent.accept()  # the step is at work: it asked the store
+        _stop_pid1(outer, role)
+        connection.close()
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait()
+        silent.close()
+
+
+def test_a_ppl_pods_main_process_passes_the_kubelets_sigterm_to_its_step(test_split, tmp_path):
+    """The ppl pod's PID 1 supervises the step (a child in a group of its own): SIGTERM reaches the step."""
+    model = _handler_model(tmp_path, "sleeper", "import os\nimport time\n\nfrom handler import OracleHandler\n\n\n"
+                           "class Sleeper(OracleHandler):\n    def load(self, model_dir, device):\n"
+                           "        open(os.environ['ASSAY_TEST_LOADING'], 'w').close()\n        time.sleep(300)\n",
+                           "Sleeper")
+    ctx = _resolved(model, test_split, tmp_path)
+    loading = tmp_path / "loading"
+    env = {**os.environ, **ctx.to_env(), "ASSAY_TERMINATION_LOG": str(tmp_path / "message"),
+           "JOB_COMPLETION_INDEX": "0", "ASSAY_TEST_LOADING": str(loading)}
+    outer = _as_pid1("ppl", env)
+    try:
+        import time
+
+        deadline = time.monotonic() + 120
+        while not loading.exists():
+            assert outer.poll() is None and time.monotonic() < deadline, outer.stderr.read() if outer.poll() else ""
+            time.sleep(0.05)
+        _stop_pid1(outer, "ppl")
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait()

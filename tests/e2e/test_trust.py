@@ -68,7 +68,7 @@ def test_debug_traceback_hides_credentials(monkeypatch, capsys, debug):
 def test_local_status_names_env_variables_without_their_values(tmp_path):
     import json
 
-    from assay.runner.local import _Status
+    from assay.runner.status_file import StatusFile
     from assay.spec import EvaluationJob
     from tests.conftest import job_manifest
 
@@ -76,7 +76,7 @@ def test_local_status_names_env_variables_without_their_values(tmp_path):
     manifest["spec"]["runtime"] = {"env": [{"name": "API_TOKEN", "value": "PLANTED-env-77aa"},
                                            {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {
                                                "name": "s", "key": "k"}}}]}
-    status = _Status(EvaluationJob.from_manifest(manifest), tmp_path)
+    status = StatusFile(EvaluationJob.from_manifest(manifest), tmp_path)
     status.update(phase="Running")
     text = (tmp_path / "status.json").read_text()
     assert "PLANTED-env-77aa" not in text

@@ -75,3 +75,32 @@ def test_a_long_failure_is_cut_to_fit_a_termination_message():
     assert len(text.encode()) <= protocol.MAX_REPORT_BYTES
     parsed = protocol.parse_failure(text)
     assert parsed.error.endswith("[...]") and parsed.hint and json.loads(text)["failure"]["retryable"] is False
+
+
+def test_the_metrics_summary_has_one_bound_and_the_crd_agrees():
+    """The summary was bounded twice, by two policies: by bytes in the pod, then to 32 sorted keys by the
+    operator. Now MetricsSummary is the one bound: bytes for the termination message and at most
+    MAX_SUMMARY_KEYS keys, the CRD's own limit on status.results.summary, made or parsed."""
+    import yaml
+
+    from assay.metrics import MetricsReport
+
+    crd = yaml.safe_load((REPO / "crds" / "evaluationjob.yaml").read_text())
+    results = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["results"]
+    assert results["properties"]["summary"]["maxProperties"] == protocol.MAX_SUMMARY_KEYS
+
+    tiny = MetricsReport("classification", {str(i): 0.0 for i in range(1000)}, ("accuracy", 0.5))
+    doc = json.loads(protocol.result_message(protocol.MetricsSummary.bounded(tiny)))["result"]
+    assert len(doc["summary"]) == protocol.MAX_SUMMARY_KEYS and doc["truncated"] == 1000 - protocol.MAX_SUMMARY_KEYS
+    assert list(doc["summary"]) == [str(i) for i in range(protocol.MAX_SUMMARY_KEYS)], "in the report's order"
+
+    odd = MetricsReport("coco", {"bbox/AP": 0.123456789, "nan": float("nan"), "inf": float("inf")}, ("bbox/AP", 0.1))
+    text = protocol.result_message(protocol.MetricsSummary.bounded(odd))
+    assert json.loads(text)["result"]["summary"] == {"bbox/AP": 0.123457, "nan": None, "inf": None}
+    assert "NaN" not in text and "Infinity" not in text, "a report is strict JSON"
+
+    # a report from another producer (an older runner image) is held to the same bound when parsed
+    foreign = json.dumps({"result": {"evaluator": "coco", "headline": {"name": "a", "value": 1.0},
+                                     "summary": {f"k{i}": 1.0 for i in range(300)}, "truncated": 5}})
+    parsed = protocol.parse_result(foreign, protocol.MetricsSummary)
+    assert len(parsed.summary) == protocol.MAX_SUMMARY_KEYS and parsed.truncated == 5 + 300 - protocol.MAX_SUMMARY_KEYS

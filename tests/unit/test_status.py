@@ -197,13 +197,15 @@ class TestCounts:
         cond = next(c for c in st["conditions"] if c["type"] == "ShardsProgressing")
         assert st["phase"] == "Running" and (cond["status"], cond["reason"]) == ("False", "NoShardCompleted")
 
-    def test_results_are_bounded(self) -> None:
-        metrics = {"evaluator": "coco", "headline": {"name": "bbox/AP", "value": 0.81234},
-                   "summary": {f"m{i:02d}": i / 10 for i in range(50)} | {"nan": float("nan"), "s": "x"},
-                   "full": {"huge": [0] * 1000}}
-        r = S.bounded_results(metrics, 32)
+    def test_results_are_the_pods_bounded_report_as_it_is(self) -> None:
+        """status.results trimmed the pod's already bounded summary again, to 32 sorted keys (a second
+        policy): now the report's own bound (protocol.MetricsSummary) is the only one."""
+        report = {"evaluator": "coco", "headline": {"name": "bbox/AP", "value": 0.81234}, "truncated": 7,
+                  "summary": {f"m{i:02d}": i / 10 for i in range(50, 0, -1)} | {"nan": float("nan"), "none": None}}
+        r = S.results_of(report)
         assert r["headline"] == "0.812" and r["headlineMetric"] == "bbox/AP" and r["evaluator"] == "coco"
-        assert len(r["summary"]) == 32 and r["truncated"] == 18 and "full" not in r
+        assert list(r["summary"]) == [f"m{i:02d}" for i in range(50, 0, -1)] and r["truncated"] == 7, \
+            "every key the pod reported, in its order; only what status cannot hold (non-numbers) is left out"
 
     @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (200, "3m20s"), (7500, "2h05m")])
     def test_durations(self, seconds: float, text: str) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from assay.errors import EvaluationError, SpecError
+from assay.metrics import coco_match
 from assay.metrics.registry import Evaluator, MetricsReport, register
 
 #: Names of COCOeval's 12 summary stats, in ``COCOeval.stats`` order.
@@ -164,29 +165,38 @@ class CocoEvaluator(Evaluator):
         iou_types = {"bbox": self._box_dets}
         if self._gt_segm.everywhere and self._pred_masks.everywhere:
             iou_types["segm"] = self._mask_dets
+        full = _full_header(engine.label, list(iou_types), list(self._sample_ids), len(self._gt),
+                            len(self._box_dets), self._unknown_category_dets, self.categories)
         summary: dict[str, float] = {}
-        full: dict[str, Any] = {
-            "engine": engine.label,
-            "iou_types": list(iou_types),
-            "sample_ids": list(self._sample_ids),
-            "num_images": len(self._images),
-            "num_ground_truth": len(self._gt),
-            "num_detections": len(self._box_dets),
-            "ignored_detections_unknown_category": self._unknown_category_dets,
-            "categories": [dict(c) for c in self.categories],
-            "stat_names": list(STAT_NAMES),
-            # COCOeval's 101 recall thresholds, the x axis of every precision curve below.
-            "recall_thresholds": np.linspace(0.0, 1.0, 101).round(2).tolist(),
-        }
         for iou_type, dets in iou_types.items():
             stats, per_category, curves = _evaluate(gt, dets, iou_type, self.categories, engine)
-            summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats, strict=True)})
-            full[f"{iou_type}/stats"] = stats
-            full[f"{iou_type}/per_category"] = per_category
-            # the precision-recall curves `assay report` draws: a few KB, so no run has to be re-scored
-            full[f"{iou_type}/precision_curves"] = curves
+            _add_iou_type(summary, full, iou_type, stats, per_category, curves)
         return MetricsReport(evaluator=self.name, summary=summary,
                              headline=("bbox/AP", summary["bbox/AP"]), full=full)
+
+    def match(self, image_offset: int = 0) -> coco_match.CocoMatches:
+        """The per-image matching of the samples added so far, as ``CocoMatches`` (a shard's match tables).
+
+        ``image_offset`` is the run-wide position of the first sample (the samples of the shards before
+        this one), so that tables of every shard merge in the run's image order.
+        """
+        engine = _Engine("pycocotools")  # the reference's own evaluateImg: what the tables hold is exact
+        images = [{**i, "id": i["id"] + image_offset} for i in self._images]
+        gt = _ground_truth(images, [{**a, "image_id": a["image_id"] + image_offset} for a in self._gt],
+                           self.categories, engine)
+        dets = {"bbox": self._box_dets}
+        # segm unless a sample of this shard rules it out; the run decides when the shards are merged
+        if self._gt_segm.first_without is None and self._pred_masks.first_without is None:
+            dets["segm"] = self._mask_dets
+        tables = {t: coco_match.match(gt, _load_results(gt, [{**d, "image_id": d["image_id"] + image_offset}
+                                                              for d in ds], engine, t), t)
+                  for t, ds in dets.items()}
+        return coco_match.CocoMatches(
+            image_offset=image_offset, sample_ids=list(self._sample_ids), tables=tables,
+            num_ground_truth=dict(Counter(a["category_id"] for a in self._gt)),
+            num_detections=len(self._box_dets), unknown_category_dets=self._unknown_category_dets,
+            presence={"gt_segmentation": [self._gt_segm.first_with, self._gt_segm.first_without],
+                      "pred_masks": [self._pred_masks.first_with, self._pred_masks.first_without]})
 
     def per_sample(self) -> dict[str, float]:
         """Each image's own bbox AP at IoU 0.50 (``PER_SAMPLE_SCORE``), from COCOeval's per-image matching.
@@ -205,29 +215,70 @@ class CocoEvaluator(Evaluator):
             ev.evaluate()
         per_image: list[list[float]] = [[] for _ in self._images]
         for e in ev.evalImgs:  # one per (category, image) that has ground truth or detections
-            ap = _image_ap(e) if e is not None else None
+            if e is None:
+                continue
+            keep = ~np.asarray(e["dtIgnore"], dtype=bool).reshape(1, -1)[0]
+            ap = coco_match.image_ap(int((~np.asarray(e["gtIgnore"], dtype=bool)).sum()),
+                                     (np.asarray(e["dtMatches"]).reshape(1, -1)[0] > 0)[keep],
+                                     np.asarray(e["dtScores"], dtype=np.float64)[keep])
             if ap is not None:
                 per_image[e["image_id"] - 1].append(ap)
         return {sid: float(np.mean(aps)) if aps else 1.0 for sid, aps in zip(self._sample_ids, per_image, strict=True)}
 
 
-def _image_ap(e: dict[str, Any]) -> float | None:
-    """AP of one (image, category) entry of COCOeval.evalImgs at its single IoU threshold, interpolated at
-    101 recall points as COCOeval.accumulate does; None when neither counts (all ignored)."""
-    gt_count = int((~np.asarray(e["gtIgnore"], dtype=bool)).sum())
-    keep = ~np.asarray(e["dtIgnore"], dtype=bool).reshape(1, -1)[0]
-    matched = (np.asarray(e["dtMatches"]).reshape(1, -1)[0] > 0)[keep]
-    if gt_count == 0:
-        return 0.0 if matched.size else None  # detections where there is nothing: all false positives
-    if not matched.size:
-        return 0.0  # objects and no detection of them
-    order = np.argsort(-np.asarray(e["dtScores"], dtype=np.float64)[keep], kind="mergesort")
-    tp, fp = np.cumsum(matched[order]), np.cumsum(~matched[order])
-    recall = tp / gt_count
-    precision = tp / np.maximum(tp + fp, np.spacing(1))
-    precision = np.maximum.accumulate(precision[::-1])[::-1]  # COCOeval's envelope: non-increasing
-    at = np.searchsorted(recall, np.linspace(0.0, 1.0, 101), side="left")
-    return float(np.where(at < precision.size, precision[np.minimum(at, precision.size - 1)], 0.0).mean())
+def report_from_matches(label_schema: dict[str, Any], shards: list[coco_match.CocoMatches]) -> MetricsReport:
+    """The coco evaluator's report from every shard's match tables (cmp): the same numbers and layout as
+    ``CocoEvaluator.compute`` with pycocotools, without the predictions. Shards may come in any order."""
+    categories = _parse_categories(label_schema)
+    shards, sample_ids = _in_image_order(shards)
+    gt_segm, pred_masks = _Presence("ground-truth segmentation"), _Presence("prediction 'masks'")
+    for m in shards:
+        for presence, (first_with, first_without) in ((gt_segm, m.presence["gt_segmentation"]),
+                                                      (pred_masks, m.presence["pred_masks"])):
+            for sid, present in ((first_with, True), (first_without, False)):
+                if sid is not None:
+                    presence.note(sid, present)
+    iou_types = ["bbox", "segm"] if gt_segm.everywhere and pred_masks.everywhere else ["bbox"]
+    num_gt: Counter[int] = Counter()
+    for m in shards:
+        num_gt.update(m.num_ground_truth)
+    full = _full_header(f"assay match tables (pycocotools {metadata.version('pycocotools')} evaluateImg)",
+                        iou_types, sample_ids, sum(num_gt.values()), sum(m.num_detections for m in shards),
+                        sum(m.unknown_category_dets for m in shards), categories)
+    summary: dict[str, float] = {}
+    cat_ids = sorted(c["id"] for c in categories)  # COCOeval's catIds: the schema's, sorted
+    for iou_type in iou_types:
+        table = coco_match.MatchTable.concat([m.tables[iou_type] for m in shards])
+        precision, recall = coco_match.accumulate(table, len(cat_ids))
+        stats = coco_match.summarize(precision, recall, iou_type)
+        _add_iou_type(summary, full, iou_type, stats, *_per_category(precision, recall, cat_ids, categories, num_gt))
+    return MetricsReport(evaluator=CocoEvaluator.name, summary=summary, headline=("bbox/AP", summary["bbox/AP"]),
+                         full=full)
+
+
+def per_sample_from_matches(shards: list[coco_match.CocoMatches]) -> dict[str, float]:
+    """``CocoEvaluator.per_sample`` from the shards' bbox match tables."""
+    shards, sample_ids = _in_image_order(shards)
+    per_image = coco_match.image_aps(coco_match.MatchTable.concat([m.tables["bbox"] for m in shards]),
+                                     len(sample_ids))
+    return {sid: float(np.mean(aps)) if aps else 1.0 for sid, aps in zip(sample_ids, per_image, strict=True)}
+
+
+def _in_image_order(shards: list[coco_match.CocoMatches]) -> tuple[list[coco_match.CocoMatches], list[str]]:
+    """The shards by image offset and the run's sample ids; each shard must start where the last ended."""
+    shards = sorted(shards, key=lambda m: m.image_offset)
+    sample_ids: list[str] = []
+    for m in shards:
+        if m.image_offset != len(sample_ids):
+            raise EvaluationError(f"match tables start at image {m.image_offset} after {len(sample_ids)} images",
+                                  hint="a shard's tables are missing or belong to another dataset version")
+        sample_ids.extend(m.sample_ids)
+    if not sample_ids:
+        raise EvaluationError("the coco evaluator got no samples", hint="check that the shards are not empty")
+    if len(set(sample_ids)) != len(sample_ids):
+        raise EvaluationError("a sample id appears twice in the match tables",
+                              hint="each sample must be scored once; look for overlapping shards")
+    return shards, sample_ids
 
 
 def _parse_categories(label_schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -384,24 +435,56 @@ def _evaluate(gt: Any, dets: list[dict[str, Any]], iou_type: str, categories: li
         ev.accumulate()
         ev.summarize()
     stats = [float(s) for s in ev.stats[:12]]
-    precision = ev.eval["precision"]  # [iou, recall, category, area, maxDets]; -1 where no ground truth
-    recall = ev.eval["recall"]  # [iou, category, area, maxDets]
-    t50, t75 = (int(np.flatnonzero(np.isclose(ev.params.iouThrs, t))[0]) for t in (0.5, 0.75))
-    names = {c["id"]: c["name"] for c in categories}
     num_gt = Counter(a["category_id"] for a in gt.dataset["annotations"])
+    # [iou, recall, category, area, maxDets] and [iou, category, area, maxDets]; -1 where no ground truth
+    return (stats, *_per_category(ev.eval["precision"], ev.eval["recall"], list(ev.params.catIds),
+                                  categories, num_gt))
+
+
+def _per_category(precision: np.ndarray, recall: np.ndarray, cat_ids: list[int], categories: list[dict[str, Any]],
+                  num_gt: dict[int, int]) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """Per-category AP/AR and precision curves by ``CURVE_IOUS`` from COCOeval.accumulate's arrays."""
+    t50, t75 = (int(np.flatnonzero(np.isclose(coco_match.IOU_THRESHOLDS, t))[0]) for t in (0.5, 0.75))
+    names = {c["id"]: c["name"] for c in categories}
     per_category: dict[str, Any] = {}
     curves: dict[str, dict[str, list[float]]] = {t: {} for t in CURVE_IOUS}
-    for k, cid in enumerate(ev.params.catIds):
+    for k, cid in enumerate(cat_ids):
         # Area "all" (index 0) and the largest maxDets (index -1), as COCOeval's AP and AR100.
         per_category[names[cid]] = {
             "AP": _mean_valid(precision[:, :, k, 0, -1]), "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
             "AP75": _mean_valid(precision[t75, :, k, 0, -1]), "AR100": _mean_valid(recall[:, k, 0, -1]),
-            "num_ground_truth": num_gt[cid]}
+            "num_ground_truth": num_gt.get(cid, 0)}
         by_iou = {"0.50": precision[t50, :, k, 0, -1], "0.75": precision[t75, :, k, 0, -1],
                   "0.50:0.95": _mean_curve(precision[:, :, k, 0, -1])}
         for t in CURVE_IOUS:
             curves[t][names[cid]] = by_iou[t].round(6).tolist()
-    return stats, per_category, curves
+    return per_category, curves
+
+
+def _full_header(engine: str, iou_types: list[str], sample_ids: list[str], num_gt: int, num_dets: int,
+                 unknown: int, categories: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "engine": engine,
+        "iou_types": iou_types,
+        "sample_ids": sample_ids,
+        "num_images": len(sample_ids),
+        "num_ground_truth": num_gt,
+        "num_detections": num_dets,
+        "ignored_detections_unknown_category": unknown,
+        "categories": [dict(c) for c in categories],
+        "stat_names": list(STAT_NAMES),
+        # COCOeval's 101 recall thresholds, the x axis of every precision curve below.
+        "recall_thresholds": np.linspace(0.0, 1.0, 101).round(2).tolist(),
+    }
+
+
+def _add_iou_type(summary: dict[str, float], full: dict[str, Any], iou_type: str, stats: list[float],
+                  per_category: dict[str, Any], curves: dict[str, dict[str, list[float]]]) -> None:
+    summary.update({f"{iou_type}/{n}": v for n, v in zip(STAT_NAMES, stats, strict=True)})
+    full[f"{iou_type}/stats"] = stats
+    full[f"{iou_type}/per_category"] = per_category
+    # the precision-recall curves `assay report` draws: a few KB, so no run has to be re-scored
+    full[f"{iou_type}/precision_curves"] = curves
 
 
 def _mean_valid(values: np.ndarray) -> float:

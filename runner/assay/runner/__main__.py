@@ -16,18 +16,40 @@ started ends with the step.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 
-from pydantic import BaseModel
+from assay.errors import Stopped
 
-from assay import logs, protocol
-from assay.errors import EXIT_RETRYABLE, AssayError
-from assay.logs import setup_logging
-from assay.runner import groups
-from assay.spec import RunContext
+#: The signals a pod is stopped with (the kubelet's SIGTERM) or a run by hand (Ctrl-C, a closed terminal).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_step_group = 0  # the ppl step's process group, once forked
+
+
+def _on_stop(signum: int, _frame: object) -> None:
+    """A pod's main process is PID 1 of its container, and the kernel drops a signal PID 1 has no handler
+    for: without this, SIGTERM did nothing and every deletion or Kueue preemption of a resolve or cmp pod
+    waited out the whole grace period for the SIGKILL. Installed before anything slow is imported."""
+    if _step_group:
+        groups.signal_group(_step_group, signum)  # the ppl step ends its own way (exit code 128 + signum)
+    else:
+        raise Stopped(signum)  # unwinds the step: its finally blocks remove what it half-wrote
+
+
+if __name__ == "__main__":  # not when a test imports this module
+    for _signum in STOP_SIGNALS:
+        signal.signal(_signum, _on_stop)
+
+import logging  # noqa: E402 - after the handlers: importing pydantic and torch takes seconds
+
+from pydantic import BaseModel  # noqa: E402
+
+from assay import logs, protocol  # noqa: E402
+from assay.errors import EXIT_RETRYABLE, AssayError  # noqa: E402
+from assay.logs import setup_logging  # noqa: E402
+from assay.runner import groups  # noqa: E402
+from assay.spec import RunContext  # noqa: E402
 
 
 def write_termination_message(text: str) -> None:
@@ -106,16 +128,24 @@ GROUP_GRACE_SECONDS = 5.0
 
 def _supervised(role: str, ctx: RunContext) -> int:
     """Run the step in a forked child leading its own process group; turn its end into the step's exit code."""
+    global _step_group
     returned_r, returned_w = os.pipe()  # not inherited by what the handler starts (O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
+    # Blocked across the fork, so that a stop signal arriving meanwhile waits for the parent to know the
+    # child's group (and is then passed on to it) instead of being lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid == 0:  # the child: the step itself, then one byte saying that it returned
         code = EXIT_RETRYABLE
         try:
             os.close(returned_r)
             groups.lead_group_and_die_with(parent)
+            # the child is no PID 1: the defaults end it (and Ctrl-C raises KeyboardInterrupt) as before
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             code = _step(role, ctx)
             os.write(returned_w, b"1")
         finally:
@@ -125,8 +155,8 @@ def _supervised(role: str, ctx: RunContext) -> int:
     os.close(returned_w)
     # the parent: pass the kubelet's SIGTERM (and Ctrl-C, the child being in a group of its own) on to the
     # whole group, then wait for the step
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda n, _f: groups.signal_group(pid, n))
+    _step_group = pid
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _, status = os.waitpid(pid, 0)
     os.set_blocking(returned_r, False)  # a process the handler forked may still hold the write end
     try:

@@ -2,7 +2,9 @@
 
 cmp refuses to score an incomplete run: every sample id of every shard's labels must appear exactly
 once in that shard's results, and nothing else may. It reads one shard at a time, so memory holds the
-evaluator's state, not all results files at once.
+evaluator's state, not all results files at once. For the coco evaluator it reads neither labels nor
+predictions: the ppl workers matched each shard's images already (match tables, assay.metrics.coco_match),
+and cmp merges their tables and accumulates.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from assay import layout, packages, runrecord, storage, verified
-from assay.errors import AssayError, EvaluationError, HandlerError, SpecError
-from assay.metrics import MetricsReport, get_evaluator
+from assay import layout, packages, runrecord, shards, storage, verified
+from assay.errors import AssayError, EvaluationError, HandlerError, IntegrityError, SpecError
+from assay.metrics import MetricsReport, coco_tables, get_evaluator
+from assay.metrics.coco import report_from_matches
 from assay.runner.inputs import load_pinned
 from assay.spec import RunContext
 
@@ -30,6 +35,10 @@ def run(ctx: RunContext) -> MetricsReport:
         raise SpecError("no evaluator: model.yaml has no run.evaluator and the job sets no spec.evaluator",
                         "set run.evaluator: coco (or classification, or handler) in model.yaml")
     conditions: list = []
+    if name == "coco":
+        report = _coco_evaluate(ctx, dataset, model, ident, conditions)
+        write_report(ctx, dataset, model, report, ident, conditions)
+        return report
     records = verified.iter_records(dataset, model, ctx.output_uri, ident.settings_hash, conditions)
     if name == "handler":
         report = _handler_evaluate(model, records)
@@ -42,7 +51,33 @@ def run(ctx: RunContext) -> MetricsReport:
     return report
 
 
-def _handler_evaluate(model, records) -> MetricsReport:
+def _coco_evaluate(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
+                   ident: runrecord.RunIdentity, conditions: list[Any]) -> MetricsReport:
+    """Merge and accumulate the match tables the ppl workers wrote; the predictions are not read."""
+    tables = []
+    for index, path in verified.iter_matches(dataset, model, ctx.output_uri, lambda p: _readable(ctx, p, ids=True),
+                                             ident.settings_hash, conditions):
+        info = dataset.shards[index]
+        matches, meta = _readable(ctx, path)
+        expected_offset = sum(s.samples for s in dataset.shards[:index])
+        if (meta.get("shard_sha256"), matches.image_offset) != (info.sha256, expected_offset):
+            raise IntegrityError(f"{layout.matches_uri(ctx.output_uri, index)} is not shard {info.name}'s "
+                                 f"match tables", "rerun the job: the shard is recomputed")
+        tables.append(matches)
+    return report_from_matches(dataset.label_schema, tables)
+
+
+def _readable(ctx: RunContext, path: Path, ids: bool = False) -> Any:
+    """A match-table file (or only its sample ids), any damage the sha256 did not catch refused."""
+    try:
+        return coco_tables.read_ids(path) if ids else coco_tables.read(path)
+    except Exception as exc:  # pyarrow, JSON, shapes: whatever the bytes are, they are not match tables
+        raise IntegrityError(f"match tables under {layout.matches_uri(ctx.output_uri, 0).rsplit('/', 1)[0]} are "
+                             f"not readable ({exc!r})", "rerun the job: the shard is recomputed") from exc
+
+
+def _handler_evaluate(model: packages.ModelManifest,
+                      records: Iterable[tuple[str, dict[str, Any], dict[str, Any]]]) -> MetricsReport:
     package_dir = packages.unpack(model)
     handler = packages.load_handler_class(model, package_dir)()
     try:
@@ -58,8 +93,8 @@ def _handler_evaluate(model, records) -> MetricsReport:
     return MetricsReport(evaluator="handler", summary=summary, headline=first, full={"summary": summary})
 
 
-def write_report(ctx: RunContext, dataset, model, report: MetricsReport, ident: runrecord.RunIdentity,
-                 conditions: list) -> dict[str, Any]:
+def write_report(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
+                 report: MetricsReport, ident: runrecord.RunIdentity, conditions: list) -> dict[str, Any]:
     doc = {
         "evaluator": report.evaluator,
         "summary": report.summary,

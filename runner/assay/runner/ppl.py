@@ -19,12 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assay import layout, logs, packages, results, runrecord, shards, storage, verified
 from assay.errors import HandlerError, IntegrityError, ObjectNotFound
+from assay.metrics import coco_match, coco_tables, get_evaluator
 from assay.runner.inputs import load_pinned, run_conditions
 from assay.spec import RunContext, env_seconds
+
+if TYPE_CHECKING:
+    import torch
+
+    from assay.handler import Handler
+
 
 log = logging.getLogger("assay.ppl")
 
@@ -62,13 +69,24 @@ def results_match(ctx: RunContext, dataset: shards.DatasetManifest, model: packa
         return False
     if record is None or verified.mismatch(record, dataset, model, index, settings_hash):
         return False
+    if _needs_matches(ctx, model) and (record.get("matches") or {}).get("version") != coco_match.TABLE_VERSION:
+        log.info("shard %d: results have no match tables of version %d; recomputing", index,
+                 coco_match.TABLE_VERSION)
+        return False
     with storage.scratch_dir("check") as tmp:
         try:
             results.fetch_verified(ctx.output_uri, index, record, Path(tmp) / "r.parquet")
+            if _needs_matches(ctx, model):
+                results.fetch_verified(ctx.output_uri, index, record, Path(tmp) / "m.parquet", matches=True)
         except (IntegrityError, ObjectNotFound) as exc:
             log.warning("shard %d: %s; recomputing", index, exc.message)
             return False
     return True
+
+
+def _needs_matches(ctx: RunContext, model: packages.ModelManifest) -> bool:
+    """The coco evaluator's per-image matching runs here, beside the predictions (cmp only merges)."""
+    return (ctx.evaluator or model.evaluator) == "coco"
 
 
 class _Progress:
@@ -98,7 +116,7 @@ class _Progress:
 _END = object()
 
 
-def _map_tensors(value: Any, fn) -> Any:
+def _map_tensors(value: Any, fn: Callable[[Any], Any]) -> Any:
     """Apply ``fn`` to every torch tensor in nested lists, tuples and dicts; other values pass through."""
     if hasattr(value, "pin_memory") and hasattr(value, "record_stream"):
         return fn(value)
@@ -118,7 +136,7 @@ class _DeviceStager:
     ``.to(device)`` then finds the tensors already there (a no-op).
     """
 
-    def __init__(self, device):
+    def __init__(self, device: torch.device):
         import torch
 
         self.torch, self.device = torch, device
@@ -141,8 +159,9 @@ class _DeviceStager:
         return moved
 
 
-def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queue, stop: threading.Event,
-             decode_threads: int, stager: _DeviceStager | None = None) -> None:
+def _produce(dataset: shards.DatasetManifest, todo: list[int], handler: Handler, batch_size: int,
+             out: queue.Queue, stop: threading.Event, decode_threads: int,
+             stager: _DeviceStager | None = None) -> None:
     """Background thread: fetch each shard, decode its samples, put ("batch", shard, ids, inputs) items."""
 
     def decode(index: int, sample: shards.Sample):
@@ -157,7 +176,7 @@ def _produce(dataset, todo: list[int], handler, batch_size: int, out: queue.Queu
                                "fix or drop that sample in the source data and build the dataset again (`assay "
                                "dataset check` lists every such sample), or fix the handler's decode()") from exc
 
-    def decoded(pool, index, chunk):
+    def decoded(pool: ThreadPoolExecutor, index: int, chunk: list[shards.Sample]):
         batch = list(pool.map(lambda sample: decode(index, sample), chunk))
         return stager.stage(batch) if stager is not None else batch
 
@@ -231,8 +250,8 @@ def _load_handler(ctx: RunContext, model: packages.ModelManifest, loaded: dict):
     return handler, device
 
 
-def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: list[int],
-                    progress: _Progress, loaded: dict) -> None:
+def _predict_shards(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
+                    ident: runrecord.RunIdentity, todo: list[int], progress: _Progress, loaded: dict) -> None:
     handler, device = _load_handler(ctx, model, loaded)
     import torch
 
@@ -258,7 +277,7 @@ def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: lis
             if kind == "error":
                 raise payload
             if kind == "end":
-                _write_shard(ctx, dataset, meta, index, ids, preds)
+                _write_shard(ctx, dataset, meta, index, ids, preds, _needs_matches(ctx, model))
                 progress.shards_done += 1
                 progress.write(force=True)
                 log.info("shard %d: %d samples written (%.2f samples/s)", index, len(ids), progress.rate())
@@ -281,7 +300,7 @@ def _predict_shards(ctx, dataset, model, ident: runrecord.RunIdentity, todo: lis
         stop.set()
 
 
-def _apply_model_options(handler, device, ctx: RunContext) -> None:
+def _apply_model_options(handler: Handler, device: torch.device, ctx: RunContext) -> None:
     """spec.ppl.channelsLast and spec.ppl.compile act on ``handler.model`` when it is a torch module."""
     if not (ctx.channels_last or ctx.compile):
         if ctx.pin_memory and device.type != "cuda":
@@ -303,7 +322,7 @@ def _apply_model_options(handler, device, ctx: RunContext) -> None:
     log.info("model options: channels_last=%s compile=%s", ctx.channels_last, ctx.compile)
 
 
-def _predict(handler, batch):
+def _predict(handler: Handler, batch: list[Any]):
     try:
         out = handler.predict(batch)
     except (Exception, SystemExit) as exc:
@@ -313,7 +332,7 @@ def _predict(handler, batch):
     return out
 
 
-def _autocast(device, precision: str):
+def _autocast(device: torch.device, precision: str):
     import contextlib
 
     import torch
@@ -324,8 +343,8 @@ def _autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _write_shard(ctx, dataset, meta: dict[str, Any], index: int, ids: list[str],
-                 preds: list[dict[str, Any]]) -> None:
+def _write_shard(ctx: RunContext, dataset: shards.DatasetManifest, meta: dict[str, Any], index: int,
+                 ids: list[str], preds: list[dict[str, Any]], needs_matches: bool) -> None:
     info = dataset.shards[index]
     if len(ids) != info.samples or len(set(ids)) != len(ids):
         raise IntegrityError(f"shard {index}: read {len(ids)} samples ({len(set(ids))} distinct), "
@@ -334,4 +353,22 @@ def _write_shard(ctx, dataset, meta: dict[str, Any], index: int, ids: list[str],
     with storage.scratch_dir("results") as tmp:
         path = Path(tmp) / f"{info.name}.parquet"
         results.write_local(path, ids, preds, meta)
-        results.publish(path, ctx.output_uri, index, {**meta, "samples": len(ids)})
+        matches = None
+        if needs_matches:
+            matches = Path(tmp) / f"{info.name}.matches.parquet", {"version": coco_match.TABLE_VERSION}
+            _write_matches(matches[0], dataset, index, ids, preds, meta)
+        results.publish(path, ctx.output_uri, index, {**meta, "samples": len(ids)}, matches)
+
+
+def _write_matches(path: Path, dataset, index: int, ids: list[str], preds: list[dict[str, Any]],
+                   meta: dict[str, Any]) -> None:
+    """The shard's coco match tables: COCOeval's per-image matching of its labels and predictions, with
+    run-wide image positions (the samples of the shards before this one come first)."""
+    t0 = time.monotonic()
+    evaluator = get_evaluator("coco", dataset.label_schema)
+    by_id = dict(zip(ids, preds, strict=True))
+    for record in shards.read_labels(dataset, index):
+        evaluator.update(record["id"], record["label"], by_id[record["id"]])
+    offset = sum(s.samples for s in dataset.shards[:index])
+    coco_tables.write(path, evaluator.match(offset), meta)
+    log.info("shard %d: coco matching in %.2fs", index, time.monotonic() - t0)

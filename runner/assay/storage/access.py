@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,14 @@ class S3Access:
         return replace(base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)})
 
 
+class SpecStorage(Protocol):
+    """What ``using_spec`` reads of a job's spec.storage (``assay.spec.Storage``; storage and spec are
+    independent layers, neither imports the other)."""
+
+    endpoint: str | None
+    region: str | None
+
+
 _access: contextvars.ContextVar[S3Access | None] = contextvars.ContextVar("assay_s3_access", default=None)
 
 
@@ -44,7 +53,7 @@ def current_access() -> S3Access | None:
     return _access.get()
 
 
-def using_spec(spec_storage) -> contextlib.AbstractContextManager:
+def using_spec(spec_storage: SpecStorage) -> contextlib.AbstractContextManager:
     """A job's spec.storage (endpoint, region) for the storage calls of a block, over AWS_ENDPOINT_URL and
     AWS_REGION, as pods get them: `assay run` and the report read a job's outputs with it."""
     return using(endpoint_url=spec_storage.endpoint, region=spec_storage.region)
