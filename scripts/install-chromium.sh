@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Put headless Chromium on the machine for the report tests (tests/unit/test_report.py renders
+# Put headless Chromium on the machine for the report tests (tests/e2e/test_report.py renders
 # `assay report` pages in it): Debian's chromium package, installed with apt-get as root or through sudo.
 # Idempotent: does nothing when chromium (or chromium-browser) already runs.
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build gofakes3 (an S3 server in Go, MIT) into .tools/bin/gofakes3 from the
 # github.com/johannesboyne/gofakes3 Go module at a pinned release, fetched through the Go module proxy.
-# tests/unit/test_lease.py runs the S3 lease tests against it as well as moto: its conditional writes
+# tests/e2e/test_lease.py runs the S3 lease tests against it as well as moto: its conditional writes
 # (If-None-Match / If-Match on PUT) are atomic, moto's are not, so only it can referee racing writers.
 #
 # Idempotent: a stamp file names the version built; with it and the binary present this does nothing.

@@ -1,16 +1,41 @@
-"""Shared fixtures: the real PennFudanPed copy, a built test split, the oracle model, a moto S3 server."""
+"""Shared fixtures: PennFudanPed (the real copy, else the demo's synthetic stand-in), a built test split,
+the oracle model, a moto S3 server."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 PENNFUDAN = REPO.parent / "shared" / "data" / "PennFudanPed"
+#: PennFudanPed's image names: 74 from Fudan, 96 from Penn
+PENNFUDAN_NAMES = [f"FudanPed{i:05d}" for i in range(1, 75)] + [f"PennPed{i:05d}" for i in range(1, 97)]
+SYNTHETIC_SCALE = 1.6  # the stand-in's test split in 3 shards at 2M, as the real one's
+
+
+def example_module(name: str):
+    """A module of examples/pennfudan, loaded from its file: that folder on sys.path would make its
+    handler.py importable as `handler` for the rest of the session."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "pennfudan" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def real_pennfudan() -> bool:
+    """Whether the tests see the real PennFudanPed: ASSAY_TEST_SYNTHETIC=1 hides it, as a clean clone
+    without ../shared/data does not have it."""
+    return (PENNFUDAN / "PNGImages").is_dir() and os.environ.get("ASSAY_TEST_SYNTHETIC", "") in ("", "0")
 
 
 def write_dataset_yaml(folder: Path, data_dir: Path, volume: str = "2M", name: str = "pennfudan",
@@ -21,11 +46,46 @@ def write_dataset_yaml(folder: Path, data_dir: Path, volume: str = "2M", name: s
     return path
 
 
+def build_dataset(folder: Path, store: str, name: str, process: str, data_filter: str, label_filter: str = "",
+                  source: Path | None = None):
+    """A dataset of ``folder``/data by the source ``process``, in 64K shards; ``source``: its module, copied beside."""
+    from assay import datasets
+
+    if source:
+        shutil.copy(source, folder / source.name)
+    (folder / "dataset.yaml").write_text(f"name: {name}\ndata_dir: {folder / 'data'}\ndata_filter: '{data_filter}'\n"
+                                         + (f"label_filter: '{label_filter}'\n" if label_filter else "")
+                                         + f"process: {process}\nattr: {{volume_size: 64K}}\n")
+    return datasets.build(datasets.load_config(folder / "dataset.yaml"), store, log=lambda s: None)
+
+
 @pytest.fixture(scope="session")
-def pennfudan_dir() -> Path:
-    if not (PENNFUDAN / "PNGImages").is_dir():
-        pytest.skip(f"the PennFudanPed copy is not at {PENNFUDAN}")
-    return PENNFUDAN
+def pennfudan_dir(tmp_path_factory) -> Path:
+    """The real PennFudanPed at ../shared/data beside the repository; without it, the demo's synthetic
+    set under PennFudanPed's file names (the same 17-image test split and sample ids; other pixels)."""
+    if real_pennfudan():
+        return PENNFUDAN
+    root = example_module("pennfudan_data").synthesize(tmp_path_factory.mktemp("data"), names=PENNFUDAN_NAMES,
+                                                       scale=SYNTHETIC_SCALE)
+    return root.rename(root.with_name("PennFudanPed"))  # the folder's name as a download unpacks it
+
+
+@pytest.fixture(scope="session")
+def trained_example(pennfudan_dir, tmp_path_factory) -> SimpleNamespace:
+    """`make demo`, the README's first command, offline with a 2-step model: the one training of the
+    example model in a test run, shared by the tests that need a trained example (its install step is
+    skipped: this venv is the one under test). ``proc``: the finished make; ``store`` holds what it
+    built; ``model_dir``: train.py's output beside the example's handler.py, model_def.py, model.yaml;
+    ``job_dir``: the output of the demo's `assay run` of that model."""
+    base = tmp_path_factory.mktemp("demo")
+    store, work = base / "store", base / "work"
+    args = f"--offline --steps 2 --store {store} --workdir {work}"
+    if not real_pennfudan():  # the demo finds ../shared/data itself; the stand-in it must be given
+        args += f" --data {pennfudan_dir}"
+    proc = subprocess.run(["make", "-o", "install", "demo", f"PY={sys.executable}", f"DEMO_ARGS={args}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(proc=proc, store=store, model_dir=work / "model", job_dir=work / "jobs" / "pennfudan-demo")
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +114,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ASSAY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``assay ARGS`` in a process of its own (without ASSAY_DEBUG: tracebacks are what tests look for)."""
+    full = {**os.environ, **(env or {})}
+    full.pop("ASSAY_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "assay.cli.main", *args], capture_output=True, text=True,
+                          env=full, timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +143,6 @@ def moto_endpoint():
 @pytest.fixture(scope="session")
 def gofakes3_endpoint(tmp_path_factory):
     """A gofakes3 server (scripts/install-gofakes3.sh) over real HTTP on loopback: atomic conditional writes."""
-    import subprocess
     import time
     import urllib.request
 

@@ -9,6 +9,7 @@ import io
 import os
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,14 @@ def _safe_unzip(data: bytes, dest: Path) -> None:
             target.write_bytes(zf.read(info))
 
 
-def synthesize(dest: Path, count: int = 60, seed: int = 0) -> Path:
+def synthesize(dest: Path, count: int = 60, seed: int = 0, names: Sequence[str] | None = None,
+               scale: float = 1.0) -> Path:
     """A small synthetic set in the PennFudanPed layout: upright textured 'pedestrians' on noisy ground.
 
     For machines with neither the real data nor internet; its metrics say nothing about real pedestrians.
+    ``names`` are the images' file stems (default SynthPed00001, ...: ``count`` of them); the tests pass
+    PennFudanPed's own, so that its 17-image test split and sample ids hold without the real files, and
+    ``scale`` about 1.6 for images of about its size (the same shards at a given volume_size).
     """
     from PIL import Image
 
@@ -87,8 +92,8 @@ def synthesize(dest: Path, count: int = 60, seed: int = 0) -> Path:
     root = Path(dest) / "PennFudanSynthetic"
     for sub in ("PNGImages", "PedMasks", "Annotation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(1, count + 1):
-        h, w = int(rng.integers(180, 260)), int(rng.integers(240, 340))
+    for name in names or [f"SynthPed{i:05d}" for i in range(1, count + 1)]:
+        h, w = int(scale * rng.integers(180, 260)), int(scale * rng.integers(240, 340))
         image = (rng.normal(120, 25, (h, w, 3))).clip(0, 255)
         mask = np.zeros((h, w), np.uint8)
         boxes = []
@@ -104,7 +109,6 @@ def synthesize(dest: Path, count: int = 60, seed: int = 0) -> Path:
             color = rng.integers(0, 255, 3)
             image[y0:y0 + ph, x0:x0 + pw][body] = color
             boxes.append((x0 + 1, y0 + 1, x0 + pw, y0 + ph))
-        name = f"SynthPed{i:05d}"
         Image.fromarray(image.astype(np.uint8)).save(root / "PNGImages" / f"{name}.png")
         Image.fromarray(mask).save(root / "PedMasks" / f"{name}_mask.png")
         lines = [f"Image size (X x Y x C) : {w} x {h} x 3"] + [

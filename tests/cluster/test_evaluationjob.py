@@ -73,6 +73,13 @@ def no_forbidden(operator) -> None:
     assert not denied, denied[:3]
 
 
+@pytest.fixture(autouse=True)
+def _rbac_sufficed(operator):
+    """After each test of this module, whatever order they run in: none of the operator's calls was denied."""
+    yield
+    no_forbidden(operator)
+
+
 # ---------------------------------------------------------------------------------------- success
 
 
@@ -392,6 +399,7 @@ def test_assay_job_cli(operator, control_plane, api: Api, ns, inputs, s3_env, tm
 
 
 def test_operator_log_has_no_rbac_denials(operator):
-    """Last in this module: every call the operator made under the chart's RBAC was allowed."""
+    """The operator logged in, and no call it made so far under the chart's RBAC was denied; it needs no
+    place in the order: every test here checks its own calls after it (_rbac_sufficed)."""
     assert "Activity 'login_via_client' succeeded" in operator.log()
     no_forbidden(operator)

@@ -1,4 +1,4 @@
-"""The coco evaluator against pycocotools run directly, on real PennFudanPed instance masks.
+"""The coco evaluator against pycocotools run directly, on PennFudanPed instance masks.
 
 Ground truth is built from the dataset's instance masks (one RLE, box and area per pedestrian).
 The reference run is the standard pycocotools flow: COCO(gt.json), loadRes(results.json),
@@ -23,13 +23,9 @@ from assay.handler import RLEMasks
 from assay.metrics import MetricsReport, get_evaluator
 from assay.metrics.coco import STAT_NAMES
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "PennFudanPed"
 NUM_IMAGES = 20
 # Category 2 has no ground truth (COCOeval must skip it); label 99 is outside the schema (ignored).
 SCHEMA = {"task": "detection", "categories": [{"id": 1, "name": "pedestrian"}, {"id": 2, "name": "bicycle"}]}
-
-pytestmark = pytest.mark.skipif(not (DATA / "PedMasks").is_dir(),
-                                reason=f"PennFudanPed not found at {DATA} (shared test data)")
 
 
 # ---------------------------------------------------------------- fixtures: real data and predictions
@@ -45,10 +41,10 @@ def _encode(mask: np.ndarray) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def dataset() -> list[dict[str, Any]]:
+def dataset(pennfudan_dir) -> list[dict[str, Any]]:
     """[{sample_id, label, masks}] for the first NUM_IMAGES images, labels in the manifest's format."""
     out = []
-    for png in sorted((DATA / "PedMasks").glob("*_mask.png"))[:NUM_IMAGES]:
+    for png in sorted((pennfudan_dir / "PedMasks").glob("*_mask.png"))[:NUM_IMAGES]:
         masks = _instances(png)
         height, width = masks[0].shape
         objects = []
@@ -265,7 +261,8 @@ def test_masks_for_some_samples_only_raise(dataset):
 
 def test_malformed_prediction_names_the_sample(dataset):
     ev = get_evaluator("coco", SCHEMA)
-    bad = {**_gt_as_prediction(dataset[0]), "scores": np.ones(1, np.float32)}
+    one_too_many = len(dataset[0]["label"]["objects"]) + 1
+    bad = {**_gt_as_prediction(dataset[0]), "scores": np.ones(one_too_many, np.float32)}
     with pytest.raises(EvaluationError, match=dataset[0]["sample_id"]):
         ev.update(dataset[0]["sample_id"], dataset[0]["label"], bad)
 

@@ -1,4 +1,4 @@
-"""The coco evaluator's engine (faster-coco-eval) against the reference (pycocotools), on real
+"""The coco evaluator's engine (faster-coco-eval) against the reference (pycocotools), on
 PennFudanPed instance masks: the same evaluator run with each engine gives the same 12 stats per IoU
 type to 1e-9, with perturbed masks, shifted false positives and tied scores."""
 
@@ -15,20 +15,17 @@ from pycocotools import mask as mask_utils
 from assay.handler import RLEMasks
 from assay.metrics import get_evaluator
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "PennFudanPed"
 SCHEMA = {"categories": [{"id": 1, "name": "pedestrian"}]}
-
-pytestmark = pytest.mark.skipif(not (DATA / "PedMasks").is_dir(), reason=f"PennFudanPed not found at {DATA}")
 
 
 def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
 
 
-def _records(n_images: int = 40) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def _records(data: Path, n_images: int = 40) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     rng = np.random.default_rng(0)
     out = []
-    for png in sorted((DATA / "PedMasks").glob("*_mask.png"))[:n_images]:
+    for png in sorted((data / "PedMasks").glob("*_mask.png"))[:n_images]:
         pixels = np.asarray(Image.open(png))
         masks = [(pixels == k).astype(np.uint8) for k in range(1, int(pixels.max()) + 1)]
         h, w = pixels.shape
@@ -60,9 +57,9 @@ def _stats(records, engine: str, monkeypatch) -> tuple[dict[str, list[float]], s
     return {k: report.full[f"{k}/stats"] for k in ("bbox", "segm")}, report.full["engine"]
 
 
-def test_engine_stats_equal_pycocotools(monkeypatch):
+def test_engine_stats_equal_pycocotools(pennfudan_dir, monkeypatch):
     pytest.importorskip("faster_coco_eval")
-    records = _records()
+    records = _records(pennfudan_dir)
     ref, ref_engine = _stats(records, "pycocotools", monkeypatch)
     got, engine = _stats(records, "faster-coco-eval", monkeypatch)
     assert ref_engine.startswith("pycocotools") and engine.startswith("faster-coco-eval")

@@ -12,21 +12,9 @@ import pytest
 from assay import datasets
 from assay.errors import IntegrityError, UnsafeArchiveError
 from assay.sources import pennfudan
-from tests.conftest import REPO, write_dataset_yaml
+from tests.conftest import example_module, real_pennfudan, write_dataset_yaml
 
-
-def _demo_module(name: str):
-    """A module of examples/pennfudan, loaded from its file: that folder on sys.path would make its
-    handler.py importable as `handler` for the rest of the session."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "pennfudan" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pennfudan_data = _demo_module("pennfudan_data")
+pennfudan_data = example_module("pennfudan_data")
 
 
 def _zip_of(root: Path, path: Path, drop: str | None = None, extra: dict | None = None) -> str:
@@ -40,14 +28,25 @@ def _zip_of(root: Path, path: Path, drop: str | None = None, extra: dict | None 
     return path.as_uri()
 
 
-def test_download_checks_every_file(pennfudan_dir, tmp_path):
-    url = _zip_of(pennfudan_dir, tmp_path / "PennFudanPed.zip")
+@pytest.fixture
+def known_tree(pennfudan_dir, monkeypatch):
+    """The known digest is the real set's; the synthetic stand-in is made the known tree instead."""
+    if real_pennfudan():
+        assert pennfudan_data.tree_digest(pennfudan_dir) == pennfudan_data.TREE_SHA256
+    else:
+        monkeypatch.setattr(pennfudan_data, "TREE_SHA256", pennfudan_data.tree_digest(pennfudan_dir))
+    return pennfudan_dir
+
+
+def test_download_checks_every_file(known_tree, tmp_path):
+    url = _zip_of(known_tree, tmp_path / "PennFudanPed.zip")
     got = pennfudan_data.download(tmp_path / "cache", url=url)
     assert pennfudan_data.tree_digest(got) == pennfudan_data.TREE_SHA256
     assert len(list((got / "PNGImages").glob("*.png"))) == 170
 
 
-def test_download_with_a_changed_file_is_refused(pennfudan_dir, tmp_path):
+def test_download_with_a_changed_file_is_refused(known_tree, tmp_path):
+    pennfudan_dir = known_tree
     url = _zip_of(pennfudan_dir, tmp_path / "bad.zip", drop="PedMasks/FudanPed00001_mask.png")
     with pytest.raises(IntegrityError, match="does not match the known PennFudanPed files"):
         pennfudan_data.download(tmp_path / "cache", url=url)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assay import layout, packages, results, verified
+from assay import layout, packages, protocol, results, verified
 from assay.errors import EXIT_PERMANENT, EvaluationError, IntegrityError
 from assay.runner import cmp, ppl
 from assay.spec import RunContext
@@ -265,14 +265,26 @@ class TestProcessLifecycle:
             assert status["phase"] == "Failed" and status["reason"] == "Interrupted"
             assert "run `assay run" in stderr and "again to resume" in stderr
 
-    def test_deadline_stops_a_hanging_handler(self, test_split, store, tmp_path):
+    def test_deadline_stops_a_hanging_handler(self, test_split, store, tmp_path, monkeypatch):
+        """The run's clock, not a real hour: it reads an hour later once the run has started."""
+        from assay.runner.local import run_job
+        from assay.spec import load_job
+
         model = build_model(tmp_path, store)
-        job = write_job(tmp_path, model.uri, test_split.uri, activeDeadlineSeconds=8)
+        job = load_job(write_job(tmp_path, model.uri, test_split.uri, activeDeadlineSeconds=3600))
+        readings = []
+
+        def clock() -> float:  # the first reading starts the deadline; every later one is an hour on
+            readings.append(time.monotonic())
+            return readings[-1] + (3601 if len(readings) > 1 else 0)
+
+        monkeypatch.setenv("ASSAY_TEST_PREDICT_DELAY", "3600")  # the handler hangs in predict()
+        monkeypatch.chdir(tmp_path)
         t0 = time.monotonic()
-        proc = assay("run", str(job), "--no-progress", env={"ASSAY_TEST_PREDICT_DELAY": "3600"}, timeout=120)
-        assert time.monotonic() - t0 < 60
-        assert proc.returncode == EXIT_PERMANENT
-        assert "ran past spec.activeDeadlineSeconds=8" in proc.stderr and "hint:" in proc.stderr
+        with pytest.raises(EvaluationError, match="ran past spec.activeDeadlineSeconds=3600") as stopped:
+            run_job(job, progress=False, clock=clock)
+        assert time.monotonic() - t0 < 60 and len(readings) >= 2
+        assert stopped.value.hint and protocol.failure_of(stopped.value).exit_code == EXIT_PERMANENT
         status = json.loads((tmp_path / "out" / "status.json").read_text())
         assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
 

@@ -8,26 +8,15 @@ deliberately mislabelled set.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from assay import datasets
 from assay.check import check
 from assay.cli.main import main
 from assay.runner.local import evaluate
+from tests.conftest import build_dataset
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def _build(folder: Path, store: str, name: str, process: str, data_filter: str, label_filter: str = "",
-           source: Path | None = None):
-    if source:
-        shutil.copy(source, folder / source.name)
-    (folder / "dataset.yaml").write_text(f"name: {name}\ndata_dir: {folder / 'data'}\ndata_filter: '{data_filter}'\n"
-                                         + (f"label_filter: '{label_filter}'\n" if label_filter else "")
-                                         + f"process: {process}\nattr: {{volume_size: 64K}}\n")
-    return datasets.build(datasets.load_config(folder / "dataset.yaml"), store, log=lambda s: None)
 
 
 def test_pennfudan_scores_one(test_split, capsys):
@@ -41,8 +30,8 @@ def test_classification_digits_scores_one(tmp_path, capsys):
     from digits_source import write_digits
 
     write_digits(tmp_path / "data", count=120)
-    ds = _build(tmp_path, str(tmp_path / "store"), "digits", "digits_source:DigitsSource", "*.png", "labels.json",
-                FIXTURES / "digits" / "digits_source.py")
+    ds = build_dataset(tmp_path, str(tmp_path / "store"), "digits", "digits_source:DigitsSource", "*.png",
+                       "labels.json", FIXTURES / "digits" / "digits_source.py")
     assert len(ds.shards) > 1, "several shards, so ids from every shard must round-trip"
     # by name in the store, the way the README shows it
     assert main(["dataset", "check", "digits", "--store", str(tmp_path / "store")]) == 0
@@ -53,8 +42,8 @@ def test_classification_digits_scores_one(tmp_path, capsys):
 def test_mislabelled_dataset_names_faults_and_samples(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.txt").write_text("the source makes its own images")
-    ds = _build(tmp_path, str(tmp_path / "store"), "boxes", "boxes_source:BoxesSource", "*.txt",
-                source=FIXTURES / "mislabelled" / "boxes_source.py")
+    ds = build_dataset(tmp_path, str(tmp_path / "store"), "boxes", "boxes_source:BoxesSource", "*.txt",
+                       source=FIXTURES / "mislabelled" / "boxes_source.py")
     result = check(ds.uri, evaluate)
     assert not result.ok and result.scores["bbox/AP"] < 1.0 and result.scores["segm/AP"] < 1.0
     assert {k: sorted({s for s, _ in v}) for k, v in result.faults.items()} == {

@@ -11,7 +11,7 @@ import pytest
 from assay import datasets, layout, packages, results, storage
 from assay.runner.local import run_job
 from assay.spec import EvaluationJob
-from tests.conftest import FIXTURES, PENNFUDAN, job_manifest, write_dataset_yaml
+from tests.conftest import FIXTURES, job_manifest, write_dataset_yaml
 from tests.faultproxy import FaultProxy
 
 
@@ -20,8 +20,8 @@ def jitter(monkeypatch):
     monkeypatch.setenv("ASSAY_TEST_JITTER", "1")
 
 
-def _publish(tmp_path, store: str):
-    cfg = datasets.load_config(write_dataset_yaml(tmp_path, PENNFUDAN))
+def _publish(tmp_path, data, store: str):
+    cfg = datasets.load_config(write_dataset_yaml(tmp_path, data))
     ds = datasets.build(cfg, store, log=lambda s: None)
     if not (tmp_path / "oracle").exists():
         shutil.copytree(FIXTURES / "oracle", tmp_path / "oracle")
@@ -38,14 +38,14 @@ def _run(name: str, ds, model, output: str, tmp_path, monkeypatch):
 def test_job_survives_store_faults_with_identical_metrics(s3, moto_endpoint, tmp_path, monkeypatch, jitter,
                                                          pennfudan_dir):
     s3.create_bucket(Bucket="faulty")
-    clean_ds, clean_model = _publish(tmp_path, "s3://faulty/clean")
+    clean_ds, clean_model = _publish(tmp_path, pennfudan_dir, "s3://faulty/clean")
     clean = _run("clean", clean_ds, clean_model, "s3://faulty/clean-out", tmp_path, monkeypatch)
     assert 0.2 < clean.report.summary["bbox/AP"] < 0.95, "the jittered oracle must not be trivially perfect"
 
     with FaultProxy(moto_endpoint, rate=0.2, seed=7) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         storage.reset_clients()
-        ds, model = _publish(tmp_path, "s3://faulty/store")      # build through the faults too
+        ds, model = _publish(tmp_path, pennfudan_dir, "s3://faulty/store")    # build through the faults too
         faulted = _run("faulted", ds, model, "s3://faulty/out", tmp_path, monkeypatch)
         print(f"\nstore faults: {proxy.requests} requests through the proxy, injected {dict(proxy.injected)}")
         injected = sum(proxy.injected.values())

@@ -163,7 +163,7 @@ def test_a_ppl_pod_whose_handler_calls_os_exit_0_fails_instead_of_passing(test_s
 def test_a_ppl_pod_ends_what_its_handler_started(test_split, tmp_path, monkeypatch):
     """Issue 19.6 in a pod: a process started in load() outlived the step (on a real node it keeps the
     container's cgroup busy until the kubelet kills it; run by hand it runs on for ever)."""
-    from tests.unit.test_data_safety import _SPAWNER, _running
+    from tests.e2e.test_data_safety import _SPAWNER, _running
 
     model = _handler_model(tmp_path, "spawner", _SPAWNER, "Spawner")
     pids_file = tmp_path / "pids"

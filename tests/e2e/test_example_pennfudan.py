@@ -8,39 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from assay import packages
-from assay.runner import cmp, ppl
-from assay.spec import RunContext
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pennfudan"
 
 
-def test_train_package_and_evaluate(pennfudan_dir, test_split, tmp_path):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    for name in ("handler.py", "model_def.py", "model.yaml"):
-        shutil.copy(EXAMPLE / name, pkg / name)
-    proc = subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--data", str(pennfudan_dir), "--out", str(pkg),
-                           "--min-size", "128", "--test-size", "128", "--max-size", "192", "--steps", "2",
-                           "--warmup", "1", "--batch-size", "2"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "153 images" in proc.stdout, "training uses every image outside the 17-image test split"
-    config = json.loads((pkg / "config.json").read_text())
-    assert config["arch"] == "resnet18_gn_fpn" and config["trained_steps"] == 2 and config["min_size"] == 128
-    model = packages.build(packages.load_config(pkg / "model.yaml"), str(tmp_path / "store"), log=lambda s: None)
-    ctx = RunContext(job_name="example", model_uri=model.uri, dataset_uri=test_split.uri,
-                     output_uri=str(tmp_path / "out"), batch_size=4, device="cpu")
-    summary = ppl.run(ctx)
-    assert summary.samples_done == 17
-    report = cmp.run(ctx)
+def test_train_package_and_evaluate(trained_example):
+    """train.py's export (the demo's step 2), the example's handler and model.yaml, packaged and run
+    through ppl and cmp (the demo's step 5): valid metrics of that model on the 17-image split."""
+    assert "on 153 images" in trained_example.proc.stdout, "training uses every image outside the test split"
+    config = json.loads((trained_example.model_dir / "config.json").read_text())
+    assert config["arch"] == "resnet18_gn_fpn" and config["trained_steps"] == 2
+    metrics = json.loads((trained_example.job_dir / "metrics.json").read_text())
+    assert metrics["model"]["name"] == "pennfudan-maskrcnn" and metrics["dataset"]["samples"] == 17
     for iou in ("bbox", "segm"):
         for stat in ("AP", "AP50", "AR100"):
-            assert 0.0 <= report.summary[f"{iou}/{stat}"] <= 1.0
+            assert 0.0 <= metrics["summary"][f"{iou}/{stat}"] <= 1.0
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -77,14 +62,10 @@ def test_demo_weights_missing_file_is_one_line(tmp_path):
                                                 "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth)"]
 
 
-def test_make_demo_runs_the_whole_demo(tmp_path):
-    """The README's first command (its install step skipped: this venv is the one under test), with a
-    2-step model: data, training, build into the store, the pipeline check's line, the tables."""
-    store, work = tmp_path / "store", tmp_path / "work"
-    proc = _run(["make", "-o", "install", "demo", f"PY={sys.executable}",
-                 f"DEMO_ARGS=--offline --steps 2 --store {store} --workdir {work}"], cwd=EXAMPLE.parents[1])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+def test_make_demo_runs_the_whole_demo(trained_example):
+    """The README's first command, with a 2-step model (the run's one training, in the fixture): data,
+    training, build into the store, the pipeline check's line, the tables."""
+    store, out = trained_example.store, trained_example.proc.stdout
     assert "training resnet18_gn_fpn for 2 steps" in out
     assert "bbox AP 1.000, segm AP 1.000: the pipeline scores exactly" in out
     assert "COCO bbox (17 images)" in out and "COCO segm (17 images)" in out and "\nmodel:          bbox AP " in out

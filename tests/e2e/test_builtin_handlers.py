@@ -29,8 +29,7 @@ from assay.errors import SpecError
 from assay.runner import cmp, ppl
 from assay.runner.inputs import preflight
 from assay.spec import RunContext
-from tests.conftest import FIXTURES, REPO, job_manifest, write_dataset_yaml
-from tests.unit.test_pipeline_check import _build as build_dataset
+from tests.conftest import FIXTURES, REPO, build_dataset, job_manifest, write_dataset_yaml
 
 #: Mask R-CNN settings small enough for 2 CPU cores (the pennfudan handler takes the same, as config.json).
 MASKRCNN_INPUT = {"min_size": 256, "max_size": 512}

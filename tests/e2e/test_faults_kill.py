@@ -1,7 +1,7 @@
 """ppl workers killed with SIGKILL at random points: each rerun computes only unfinished shards, every
 sample ends up counted exactly once, and the metrics equal an unfaulted run's exactly.
 
-The default run kills 4 times; `python -m pytest -m slow tests/unit/test_faults_kill.py` is the soak
+The default run kills 4 times; `python -m pytest -m slow tests/e2e/test_faults_kill.py` is the soak
 (30 kills over 2 workers)."""
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def _start(ctx: RunContext, delay: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
+def _finished(out: str, shards: int) -> dict[int, tuple[int, int]]:
+    """The shards with results, each with its file's identity: a shard computed again gets a new file."""
+    files = {i: Path(layout.results_uri(out, i)) for i in range(shards)}
+    return {i: (f.stat().st_ino, f.stat().st_mtime_ns) for i, f in files.items() if f.exists()}
+
+
 def _kill_and_resume(test_split, oracle_model, tmp_path, kills: int, workers: int, seed: int):
     rng = random.Random(seed)
     out = str(tmp_path / "out")
@@ -37,26 +43,27 @@ def _kill_and_resume(test_split, oracle_model, tmp_path, kills: int, workers: in
                        worker_index=i, worker_count=workers, shards_per_index=per_index, batch_size=2,
                        device="cpu") for i in range(workers)]
     killed = 0
-    recomputed: Counter[int] = Counter()
     while killed < kills:
-        before = {i for i in range(len(test_split.shards)) if Path(layout.results_uri(out, i)).exists()}
+        before = _finished(out, len(test_split.shards))
         if len(before) == len(test_split.shards):
             for i in range(len(test_split.shards)):  # all done: start over on fresh output to keep killing
                 os.remove(layout.results_uri(out, i))
-            before = set()
+            before = {}
         procs = [_start(c, "0.15") for c in ctxs]
         time.sleep(rng.uniform(0.5, 4.0))  # a random point: model load, mid-shard, between shards, upload
         for p in procs:
             p.send_signal(signal.SIGKILL)
             p.wait()
         killed += 1
-        after = {i for i in range(len(test_split.shards)) if Path(layout.results_uri(out, i)).exists()}
-        assert before <= after, "a finished shard never disappears"
-        for i in after - before:
-            recomputed[i] += 1
+        after = _finished(out, len(test_split.shards))
+        assert before.items() <= after.items(), "a finished shard is neither lost nor computed again"
         assert not list(Path(out).rglob(".tmp-*")), "no half-written object is visible after a kill"
-    for c in ctxs:  # the final, unkilled run finishes what is left
-        ppl.run(c)
+    before = _finished(out, len(test_split.shards))
+    final = [ppl.run(c) for c in ctxs]  # the final, unkilled run finishes what is left
+    assert sum(r.shards_skipped for r in final) == len(before), "it skips exactly the finished shards"
+    assert before.items() <= _finished(out, len(test_split.shards)).items(), "the final run recomputed a shard"
+    again = [ppl.run(c) for c in ctxs]  # and a rerun of a finished output computes nothing
+    assert sum(r.shards_skipped for r in again) == len(test_split.shards) and not any(r.shards_done for r in again)
     faulted = cmp.run(ctxs[0])
     ids = Counter()
     for i in range(len(test_split.shards)):

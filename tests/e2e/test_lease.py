@@ -194,10 +194,20 @@ def test_lost_answer_to_our_own_renewal_is_not_lost(proxied, bucket):
     assert storage.replace_if(uri, b'{"v": 3}', tag) is None
 
 
+def renewed(lease: Lease, times: int, timeout: float = 30) -> None:
+    """Wait until the heartbeat has renewed ``times`` times (each renewal writes a new ETag) or lost."""
+    tags, deadline = [lease._tag], time.monotonic() + timeout
+    while len(tags) <= times and not lease.lost:
+        assert time.monotonic() < deadline, f"{len(tags) - 1} of {times} renewals in {timeout} s"
+        if lease._tag != tags[-1]:
+            tags.append(lease._tag)
+        time.sleep(0.01)
+
+
 def test_heartbeat_survives_a_lost_answer(proxied, bucket):
     proxied.when = once("lost", "PUT", "If-Match")
     with Lease(OUT, ttl=1.5) as lease:
-        time.sleep(1.5)  # about three renewals, the first with its answer lost
+        renewed(lease, 3)  # three renewals, the first with its answer lost
         assert not lease.lost and proxied.injected["lost"] == 1
         assert holder_of(bucket) == lease.holder["runId"]
 
