@@ -179,6 +179,6 @@ def _write(body: dict[str, Any], previous: dict[str, Any], new: dict[str, Any], 
 
 def _conditions_same(stored: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether every condition keeps its status and reason (a flip is always written at once)."""
-    def key(conds):
+    def key(conds: list[dict[str, Any]] | None) -> dict[Any, tuple[Any, Any]]:
         return {c.get("type"): (c.get("status"), c.get("reason")) for c in conds or []}
     return key(stored.get("conditions")) == key(new.get("conditions"))
