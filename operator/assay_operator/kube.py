@@ -3,8 +3,9 @@
 Objects go in and out as plain dicts (camelCase, as in YAML), so the pure modules never see client
 models. Creates are create-if-absent (409 returns the existing object), deletes tolerate 404 and carry
 the uid they mean: every call is safe to repeat after a restart, and none touches a namesake.
-The operator reads EvaluationJobs, Jobs, pods and Events and writes status, Jobs and Events: never a
-Secret, never the object store.
+Reads here are few: reconciles read from ``cache`` (fed by kopf's watches); a job is read here after a
+status write conflicted, a Job after a create conflicted, Workloads of a child that may wait for Kueue.
+The operator writes status, Jobs and Events: never a Secret, never the object store.
 """
 
 from __future__ import annotations
@@ -64,11 +65,27 @@ def get_evaluationjob(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource (null removes a field)."""
-    _custom().patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
-        _content_type=MERGE_PATCH)
+class Conflict(Exception):
+    """The object changed since the resourceVersion a write was derived from (409)."""
+
+
+def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any],
+                               resource_version: str | None) -> dict[str, Any]:
+    """Merge-patch the status subresource (null removes a field); returns the job as written.
+
+    With ``resource_version`` the write applies only to that version of the job (optimistic concurrency:
+    a status derived from an older job, or written beside a second operator, is refused as Conflict).
+    """
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    try:
+        return _json(_custom().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False, _content_type=MERGE_PATCH))
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(_api_message(exc)) from exc
+        raise
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -134,11 +151,6 @@ def delete_job(namespace: str, name: str, uid: str) -> bool:
         raise
 
 
-def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    resp = _core().list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
-    return list(_json(resp).get("items") or [])
-
-
 #: Kueue's API group and the versions that serve Workloads (v1beta2 from Kueue 0.15, v1beta1 before).
 KUEUE_GROUP, KUEUE_VERSIONS = "kueue.x-k8s.io", ("v1beta2", "v1beta1")
 
@@ -158,14 +170,6 @@ def list_workloads(namespace: str, job_uid: str) -> list[dict[str, Any]]:
             raise
         return list(_json(resp).get("items") or [])
     return []
-
-
-def list_job_events(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    """Events about one Job (the Job controller's FailedCreate when quota, a LimitRange or admission
-    refuses its pods)."""
-    selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
-    resp = _core().list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
-    return list(_json(resp).get("items") or [])
 
 
 def post_event(owner: dict[str, Any], event_type: str, reason: str, message: str, when: str) -> None:
