@@ -11,8 +11,9 @@ Every figure comes from the API server's audit log, where the operator is its ow
   of its resolve Job, and to its first status write (median and p99);
 - API requests per job: every request the operator sent from the first create until every job had its
   resolve Job and status, divided by N (watches count once, when they start);
-- idle resync: requests per job per second afterwards, with nothing changing (the resync loop visits
-  unfinished jobs every ASSAY_OPERATOR_RESYNC_SECONDS, 10 s by default).
+- idle: requests per job per second afterwards, with nothing changing (issue 23's target: at most
+  IDLE_TARGET; the operator reads from watch-fed memory and has no resync loop, so only watch renewals
+  and the jobs' own timers may send anything).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from bench.common import REPO, Row
 NS = "evals"
 GROUP, VERSION, PLURAL = "assay.dev", "v1alpha1", "evaluationjobs"
 OPERATOR_USER, HARNESS_USER = "assay-bench-operator", "assay-test-admin"
+#: Requests per job per second an idle operator may send (issue 23: watch renewals only).
+IDLE_TARGET = 0.01
 BIN = REPO / ".tools" / "bin"
 #: The harness's creates (for their times) and everything the operator sends; nothing else.
 AUDIT_POLICY = {
@@ -52,7 +55,7 @@ def _manifest(name: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EvaluationJob", "metadata": {"name": name},
             "spec": {"model": {"uri": "s3://bench/models/m"}, "dataset": {"uri": "s3://bench/datasets/d"},
                      "output": {"uri": f"s3://bench/jobs/{name}"}, "ppl": {"workers": 2, "batchSize": 4},
-                     "runtime": {"image": "registry.example/assay-runner:bench"}}}
+                     "runtime": {"image": "ghcr.io/assay-dev/assay-runner:bench"}}}
 
 
 def _hwm_mb(pid: int) -> float:
@@ -226,7 +229,7 @@ def _wait(predicate: Any, what: str, timeout: float, interval: float = 0.25) -> 
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def run(work: Path, sizes=(50, 200), idle_seconds: float = 30, deadline: float = 300) -> tuple[list[Row], dict]:
+def run(work: Path, sizes=(500, 2000), idle_seconds: float = 30, deadline: float = 600) -> tuple[list[Row], dict]:
     missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
                if not (BIN / b).is_file()]
     if missing:
@@ -248,9 +251,10 @@ def run(work: Path, sizes=(50, 200), idle_seconds: float = 30, deadline: float =
             f"until its resolve Job and status exist; per job at {sizes[-1]}: {top}"),
         Row("7 operator: memory", f"peak RSS MB at {big['jobs']} jobs", big["hwm_idle_mb"], "(recorded)", None,
             f"idle {big['idle_hwm_mb']:.0f} MB; {sizes[0]} jobs {small['hwm_idle_mb']:.0f} MB"),
-        Row("7 operator: idle resync", "requests per job per s", big["idle_requests_per_job_s"], "(recorded)", None,
-            f"{sizes[0]} jobs: {small['idle_requests_per_job_s']:.2f}/s over {big['idle_window_s']:.0f}s; "
-            + ", ".join(f"{k} {v}" for k, v in list(big["idle_by_kind"].items())[:4])),
+        Row(f"7 operator: idle at {big['jobs']} jobs", "requests per job per s", big["idle_requests_per_job_s"],
+            f"<= {IDLE_TARGET}", big["idle_requests_per_job_s"] <= IDLE_TARGET,
+            f"{sizes[0]} jobs: {small['idle_requests_per_job_s']:.4f}/s over {big['idle_window_s']:.0f}s; "
+            + (", ".join(f"{k} {v}" for k, v in list(big["idle_by_kind"].items())[:4]) or "no request")),
     ]
     return rows, got
 

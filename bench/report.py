@@ -70,8 +70,8 @@ GAPS = {
   (RLE, boxes, areas), hashes and writes tars; a plain copy of the same 54 MB from the page cache is a
   single memory-bound pass, so the label work dominates.""",
     "7 operator: API requests": """**7, operator scale.** Requests per job grew with the number of jobs: see the
-  per-kind counts in the row's detail (the resync loop revisits every unfinished job every 10 s, so
-  a burst that takes longer to settle gets more resync visits per job).""",
+  per-kind counts in the row's detail (a job reconciled more often while the burst settles, e.g. by its
+  pods' watch events, writes more).""",
 }
 NOTES = """- **3, cmp memory.** Flat in the number of shards (the target), but a cmp process peaks at about 1.9 GB
   RSS for 2,000 images while Python's heap peaks at 43 MB: the native COCO objects dominate; not yet

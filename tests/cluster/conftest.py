@@ -289,6 +289,21 @@ class Operator:
             self.kubectl("rollout", "status", "deployment/assay", "-n", OPERATOR_NS, "--timeout=120s")
 
 
+    @contextlib.contextmanager
+    def env(self, **variables: str) -> Iterator[None]:
+        """The operator restarted with these ASSAY_OPERATOR_* variables for the duration of the block."""
+        self.past.append(self._current_logs())
+        deployment = ("deployment/assay", "-n", OPERATOR_NS)
+        self.kubectl("set", "env", *deployment, *[f"{k}={v}" for k, v in variables.items()])
+        try:
+            self.kubectl("rollout", "status", *deployment, "--timeout=120s")
+            yield
+        finally:
+            self.past.append(self._current_logs())
+            self.kubectl("set", "env", *deployment, *[f"{k}-" for k in variables])
+            self.kubectl("rollout", "status", *deployment, "--timeout=120s")
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
 
