@@ -10,10 +10,12 @@ The operator writes status, Jobs and Events: never a Secret, never the object st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -51,22 +53,42 @@ def _custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client())
 
 
+def _coordination() -> client.CoordinationV1Api:
+    return client.CoordinationV1Api(api_client())
+
+
 def _json(resp: Any) -> dict[str, Any]:
     return json.loads(resp.data or b"{}")
 
 
-def get_evaluationjob(namespace: str, name: str) -> dict[str, Any] | None:
+def _found(read: Callable[[], Any]) -> dict[str, Any] | None:
+    """The object ``read`` returns, None when it does not exist (404)."""
     try:
-        return _json(_custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                            _preload_content=False))
+        return _json(read())
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
 
 
+def get_evaluationjob(namespace: str, name: str) -> dict[str, Any] | None:
+    return _found(lambda: _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                                 _preload_content=False))
+
+
 class Conflict(Exception):
-    """The object changed since the resourceVersion a write was derived from (409)."""
+    """The object changed since the resourceVersion a write was derived from, or exists already (409)."""
+
+
+@contextlib.contextmanager
+def _conflicts() -> Iterator[None]:
+    """A 409 of the calls inside as Conflict, with the API server's message."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(_api_message(exc)) from exc
+        raise
 
 
 def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any],
@@ -79,22 +101,13 @@ def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any]
     body: dict[str, Any] = {"status": status}
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
-    try:
+    with _conflicts():
         return _json(_custom().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False, _content_type=MERGE_PATCH))
-    except ApiException as exc:
-        if exc.status == 409:
-            raise Conflict(_api_message(exc)) from exc
-        raise
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _json(_batch().read_namespaced_job(name, namespace, _preload_content=False))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return _found(lambda: _batch().read_namespaced_job(name, namespace, _preload_content=False))
 
 
 class Refused(Exception):
@@ -194,3 +207,21 @@ def post_event(owner: dict[str, Any], event_type: str, reason: str, message: str
         "count": 1,
     }
     _core().create_namespaced_event(namespace, body, _preload_content=False)
+
+
+def get_lease(namespace: str, name: str) -> dict[str, Any] | None:
+    """The coordination.k8s.io Lease of leader election (``leader``), None if absent."""
+    return _found(lambda: _coordination().read_namespaced_lease(name, namespace, _preload_content=False))
+
+
+def create_lease(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create the Lease; Conflict when another replica created it first."""
+    with _conflicts():
+        return _json(_coordination().create_namespaced_lease(namespace, body, _preload_content=False))
+
+
+def replace_lease(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Replace the Lease at the resourceVersion in ``body``; Conflict when another replica wrote since."""
+    with _conflicts():
+        return _json(_coordination().replace_namespaced_lease(body["metadata"]["name"], namespace, body,
+                                                              _preload_content=False))

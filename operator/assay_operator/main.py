@@ -14,19 +14,30 @@ server-side field selector). Every watch event goes into ``cache`` and queues th
 and failures are retried with backoff. What no watch shows (a pending deadline, a stall, a TTL) is a
 timer per job at the moment ``due`` names. Nothing polls: an idle operator sends no requests beyond its
 open watches.
+
+With ASSAY_OPERATOR_LEASE_NAMESPACE set (the chart's two replicas), only the holder of the Lease
+(``leader``) reconciles; a follower watches and queues too, so on taking over its workers start from a
+warm cache with every job queued. A leader that cannot renew stops the process (SIGTERM: kopf shuts
+down, the pod restarts as a follower), as controller-runtime's managers exit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import socket
+import threading
 import time
+import uuid
 from typing import Any
 
 import kopf
 
 from assay import protocol
 from assay.protocol import GROUP, PLURAL, VERSION
-from assay_operator import cache, kube, metrics, reconcile, status, workqueue
+from assay_operator import cache, kube, leader, metrics, reconcile, status, workqueue
 from assay_operator import settings as operator_settings
 
 #: Read once when kopf loads this module; a bad variable stops the operator here, naming it.
@@ -36,6 +47,8 @@ LOG = logging.getLogger("assay_operator")
 EVENT_FIELDS = "involvedObject.kind=Job,reason=FailedCreate"
 #: Started with the operator (it needs kopf's event loop); None until then.
 QUEUE: workqueue.WorkQueue | None = None
+#: This replica's name in the Lease: the pod's, and a suffix that a restarted container does not share.
+IDENTITY = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 Key = tuple[str, str]
 
@@ -64,18 +77,46 @@ def serve_metrics(logger: kopf.Logger, **_: Any) -> None:
 
 
 @kopf.on.startup()
-async def start_workers(**_: Any) -> None:
-    """ASSAY_OPERATOR_WORKERS reconcile workers, before the watches deliver anything."""
+async def start_workers(memo: kopf.Memo, **_: Any) -> None:
+    """ASSAY_OPERATOR_WORKERS reconcile workers, before the watches deliver anything; they take work
+    once this replica leads (at once without leader election)."""
     global QUEUE
+    leading = asyncio.Event()
     QUEUE = workqueue.WorkQueue(_work, workers=SETTINGS.workers, retry_min=SETTINGS.retry_min_seconds,
-                                retry_max=SETTINGS.retry_max_seconds)
+                                retry_max=SETTINGS.retry_max_seconds, gate=leading)
     QUEUE.start()
+    metrics.LEADER.labels(IDENTITY).set(0)
+    if not SETTINGS.lease_namespace:
+        _lead(leading)
+        return
+    loop, stop = asyncio.get_running_loop(), threading.Event()
+    elector = leader.Elector(SETTINGS.lease_namespace, SETTINGS.lease_name, IDENTITY, LOG)
+    memo["election"] = stop, threading.Thread(
+        target=elector.run, name="leader-election", daemon=True,
+        args=(lambda: loop.call_soon_threadsafe(_lead, leading), _abdicate, stop))
+    memo["election"][1].start()
+
+
+def _lead(leading: asyncio.Event) -> None:
+    metrics.LEADER.labels(IDENTITY).set(1)
+    leading.set()
+
+
+def _abdicate() -> None:
+    """The Lease could not be renewed: another replica may lead now, so this one stops acting at once."""
+    metrics.LEADER.labels(IDENTITY).set(0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @kopf.on.cleanup()
-async def stop_workers(**_: Any) -> None:
+async def stop_workers(memo: kopf.Memo, **_: Any) -> None:
     if QUEUE is not None:
-        await QUEUE.stop()
+        await QUEUE.stop()  # before the Lease goes: no reconcile of this replica overlaps the next leader's
+    election = memo.get("election")
+    if election is not None:
+        stop, thread = election
+        stop.set()  # the elector gives the Lease up
+        await asyncio.to_thread(thread.join, leader.RETRY_SECONDS + 10)
 
 
 def _work(key: Key) -> float | None:

@@ -10,6 +10,9 @@ Names (all prefixed ``assay_operator_``):
 ``assay_operator_reconcile_errors_total{exception}``                   counter
     Reconciles that raised, by exception class (logged, posted as a Warning Event, retried with
     exponential backoff or at the next change).
+``assay_operator_leader{identity}``                                     gauge
+    1 while this replica holds the leader-election Lease and reconciles, 0 while it follows (1 without
+    election).
 ``assay_operator_evaluationjob_shard_retries{namespace, name}``        gauge
     ppl pods of the job's current attempt that failed and were retried (the ppl Job's ``status.failed``).
 ``assay_operator_evaluationjob_samples_per_second{namespace, name}``   gauge
@@ -28,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -39,6 +42,7 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 RECONCILE_ERRORS = Counter(
     f"{PREFIX}reconcile_errors", "Reconciles that raised an exception (retried with backoff).", ["exception"])
+LEADER = Gauge(f"{PREFIX}leader", "1 while this replica leads (reconciles), 0 while it follows.", ["identity"])
 
 
 class _JobState:

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     #: Seconds before a child Job the API server refused for now (quota, a forbidden create) is tried again:
     #: a quota that frees changes nothing the operator watches.
     hold_retry_seconds: float = Field(10.0, gt=0)
+    #: Namespace of the coordination.k8s.io Lease of leader election (the chart: the operator's own).
+    #: Empty: no election, this process acts alone (one replica, ``kopf run``, tests).
+    lease_namespace: str = ""
+    #: Name of that Lease: replicas of one release share it.
+    lease_name: str = "assay-operator"
     #: First and longest delay before a reconcile that raised is retried (doubling in between, per job).
     retry_min_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(300.0, gt=0)

@@ -20,8 +20,11 @@ Work = Callable[[Key], float | None]
 
 
 class WorkQueue:
-    def __init__(self, work: Work, *, workers: int, retry_min: float, retry_max: float) -> None:
+    def __init__(self, work: Work, *, workers: int, retry_min: float, retry_max: float,
+                 gate: asyncio.Event | None = None) -> None:
         self._work = work
+        #: workers take keys only while it is set (a follower of leader election queues, and waits)
+        self._gate = gate
         self._workers, self._retry_min, self._retry_max = workers, retry_min, retry_max
         self._ready: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()  # in _ready, or to go there once its work ends
@@ -40,7 +43,8 @@ class WorkQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for handle in self._timers.values():
             handle.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # a reconcile in progress finishes (a next leader must not overlap it); queued ones are dropped
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
     def add(self, key: Key) -> None:
         """Work on ``key`` soon (once, however often it is added before a worker takes it)."""
@@ -77,6 +81,8 @@ class WorkQueue:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._gate is not None:
+                await self._gate.wait()
             key = await self._ready.get()
             self._queued.discard(key)
             self._working.add(key)

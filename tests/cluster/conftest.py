@@ -235,6 +235,9 @@ class Operator:
     VALUES = ("watch.clusterWide=true", "operator.logFormat=text",
               "jobDefaults.failFastSeconds=5")
 
+    #: The chart's default: one leads on the Lease, one follows.
+    REPLICAS = 2
+
     def __init__(self, kubectl: Kubectl, admin: client.ApiClient) -> None:
         self.kubectl, self.core = kubectl, client.CoreV1Api(admin)
         self.past: list[str] = []  # the logs of operator pods deleted since the install
@@ -285,9 +288,15 @@ class Operator:
             wait_for(lambda: not self.pods(), "the operator pod to go", timeout=90)
             yield
         finally:
-            self.kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, "--replicas=1")
+            self.kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, f"--replicas={self.REPLICAS}")
             self.kubectl("rollout", "status", "deployment/assay", "-n", OPERATOR_NS, "--timeout=120s")
 
+
+    def leader(self) -> str | None:
+        """The name of the pod holding the leader-election Lease (None while none does)."""
+        raw = self.kubectl("get", "lease", RELEASE, "-n", OPERATOR_NS, "-o", "json", check=False)
+        holder = (json.loads(raw.stdout or "{}").get("spec") or {}).get("holderIdentity") if raw.returncode == 0 else None
+        return holder.rsplit("_", 1)[0] if holder else None
 
     @contextlib.contextmanager
     def env(self, **variables: str) -> Iterator[None]:

@@ -126,3 +126,25 @@ def test_a_forgotten_key_loses_its_timer():
 
     run(work, body)
     assert len(work.runs) == 1
+
+
+def test_a_follower_queues_but_works_only_once_it_leads():
+    """Leader election's follower keeps its watches: what they queue runs when it takes over."""
+    work = Recorder()
+
+    async def main() -> None:
+        leading = asyncio.Event()
+        queue = WorkQueue(work, workers=2, retry_min=0.05, retry_max=0.2, gate=leading)
+        queue.start()
+        try:
+            for key in ("a", "b", "a"):
+                queue.add(key)
+            await asyncio.sleep(0.1)
+            assert work.runs == []
+            leading.set()
+            await asyncio.sleep(0.1)
+        finally:
+            await queue.stop()
+
+    asyncio.run(main())
+    assert sorted(k for k, _ in work.runs) == ["a", "b"]
