@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> list[Row]:
             from bench import operator_scale
 
             # a real control plane (no kubelet) in this process's children: see bench/operator_scale.py
-            sizes = (10, 25) if args.quick else (50, 200)
+            sizes = (10, 25) if args.quick else (500, 2000)
             print(f"operator: {sizes} EvaluationJobs on a real API server ...", flush=True)
             got, facts["operator"] = operator_scale.run(work / "operator", sizes=sizes,
                                                         idle_seconds=15 if args.quick else 30)

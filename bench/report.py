@@ -72,8 +72,8 @@ GAPS = {
     "22 ppl matching": """**22, matching in ppl.** pycocotools' evaluateImg per image and category in the ppl worker;
   the share is of the CPU bench model's ppl time per image measured in the same run.""",
     "7 operator: API requests": """**7, operator scale.** Requests per job grew with the number of jobs: see the
-  per-kind counts in the row's detail (the resync loop revisits every unfinished job every 10 s, so
-  a burst that takes longer to settle gets more resync visits per job).""",
+  per-kind counts in the row's detail (a job reconciled more often while the burst settles, e.g. by its
+  pods' watch events, writes more).""",
 }
 NOTES = """- **3, cmp memory.** Flat in the number of shards (the target). cmp reads the ppl workers' match tables
   (issue 22), not the predictions: its memory is the merged tables, about 180 bytes per detection per

@@ -1,8 +1,9 @@
 """``python -m assay_operator``: run the operator on ASSAY_OPERATOR_NAMESPACES (default: all).
 
 This is the container's entrypoint (the Helm chart's Deployment): kopf's liveness endpoint on
-``:ASSAY_OPERATOR_HEALTH_PORT/healthz``, standalone (one replica, no peering objects, so no RBAC for
-them), and logs as text or JSON lines (ASSAY_OPERATOR_LOG_FORMAT).
+``:ASSAY_OPERATOR_HEALTH_PORT/healthz``, kopf standalone (no peering objects, so no RBAC for them: the
+replicas elect a leader on a Lease instead, ``assay_operator.leader``), and logs as text or JSON lines
+(ASSAY_OPERATOR_LOG_FORMAT).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A create the API server refuses stops the rest (the caller decides whether the job waits or fails); a
 Job of the child's name that appears with another owner counts as refused. Every action is safe to
-repeat: creates are create-if-absent, deletes carry the uid they mean.
+repeat: creates are create-if-absent, deletes carry the uid they mean. A Job as a create or patch left it
+goes into ``cache`` at once (its watch event comes later), so the next reconcile does not act again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from assay_operator import kube, manifests
+from assay_operator import cache, kube, manifests
 from assay_operator.plan import Action, Create, Delete, Patch
 
 Done = list[tuple[Action, dict[str, Any] | None]]
@@ -23,9 +24,12 @@ def perform(namespace: str, actions: Iterable[Action], logger: logging.Logger) -
     done: Done = []
     for action in actions:
         try:
-            done.append((action, _perform(namespace, action, logger)))
+            result = _perform(namespace, action, logger)
         except kube.Refused as exc:
             return done, (exc.status, str(exc))
+        if result is not None:
+            cache.put(cache.JOBS, result)
+        done.append((action, result))
     return done, None
 
 

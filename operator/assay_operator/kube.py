@@ -3,16 +3,19 @@
 Objects go in and out as plain dicts (camelCase, as in YAML), so the pure modules never see client
 models. Creates are create-if-absent (409 returns the existing object), deletes tolerate 404 and carry
 the uid they mean: every call is safe to repeat after a restart, and none touches a namesake.
-The operator reads EvaluationJobs, Jobs, pods and Events and writes status, Jobs and Events: never a
-Secret, never the object store.
+Reads here are few: reconciles read from ``cache`` (fed by kopf's watches); a job is read here after a
+status write conflicted, a Job after a create conflicted, Workloads of a child that may wait for Kueue.
+The operator writes status, Jobs and Events: never a Secret, never the object store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -50,34 +53,61 @@ def _custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client())
 
 
+def _coordination() -> client.CoordinationV1Api:
+    return client.CoordinationV1Api(api_client())
+
+
 def _json(resp: Any) -> dict[str, Any]:
     return json.loads(resp.data or b"{}")
 
 
-def get_evaluationjob(namespace: str, name: str) -> dict[str, Any] | None:
+def _found(read: Callable[[], Any]) -> dict[str, Any] | None:
+    """The object ``read`` returns, None when it does not exist (404)."""
     try:
-        return _json(_custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                            _preload_content=False))
+        return _json(read())
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
 
 
-def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource (null removes a field)."""
-    _custom().patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
-        _content_type=MERGE_PATCH)
+def get_evaluationjob(namespace: str, name: str) -> dict[str, Any] | None:
+    return _found(lambda: _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                                 _preload_content=False))
+
+
+class Conflict(Exception):
+    """The object changed since the resourceVersion a write was derived from, or exists already (409)."""
+
+
+@contextlib.contextmanager
+def _conflicts() -> Iterator[None]:
+    """A 409 of the calls inside as Conflict, with the API server's message."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(_api_message(exc)) from exc
+        raise
+
+
+def patch_evaluationjob_status(namespace: str, name: str, status: dict[str, Any],
+                               resource_version: str | None) -> dict[str, Any]:
+    """Merge-patch the status subresource (null removes a field); returns the job as written.
+
+    With ``resource_version`` the write applies only to that version of the job (optimistic concurrency:
+    a status derived from an older job, or written beside a second operator, is refused as Conflict).
+    """
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    with _conflicts():
+        return _json(_custom().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False, _content_type=MERGE_PATCH))
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _json(_batch().read_namespaced_job(name, namespace, _preload_content=False))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return _found(lambda: _batch().read_namespaced_job(name, namespace, _preload_content=False))
 
 
 class Refused(Exception):
@@ -134,11 +164,6 @@ def delete_job(namespace: str, name: str, uid: str) -> bool:
         raise
 
 
-def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    resp = _core().list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
-    return list(_json(resp).get("items") or [])
-
-
 #: Kueue's API group and the versions that serve Workloads (v1beta2 from Kueue 0.15, v1beta1 before).
 KUEUE_GROUP, KUEUE_VERSIONS = "kueue.x-k8s.io", ("v1beta2", "v1beta1")
 
@@ -158,14 +183,6 @@ def list_workloads(namespace: str, job_uid: str) -> list[dict[str, Any]]:
             raise
         return list(_json(resp).get("items") or [])
     return []
-
-
-def list_job_events(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    """Events about one Job (the Job controller's FailedCreate when quota, a LimitRange or admission
-    refuses its pods)."""
-    selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
-    resp = _core().list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
-    return list(_json(resp).get("items") or [])
 
 
 def post_event(owner: dict[str, Any], event_type: str, reason: str, message: str, when: str) -> None:
@@ -190,3 +207,21 @@ def post_event(owner: dict[str, Any], event_type: str, reason: str, message: str
         "count": 1,
     }
     _core().create_namespaced_event(namespace, body, _preload_content=False)
+
+
+def get_lease(namespace: str, name: str) -> dict[str, Any] | None:
+    """The coordination.k8s.io Lease of leader election (``leader``), None if absent."""
+    return _found(lambda: _coordination().read_namespaced_lease(name, namespace, _preload_content=False))
+
+
+def create_lease(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create the Lease; Conflict when another replica created it first."""
+    with _conflicts():
+        return _json(_coordination().create_namespaced_lease(namespace, body, _preload_content=False))
+
+
+def replace_lease(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Replace the Lease at the resourceVersion in ``body``; Conflict when another replica wrote since."""
+    with _conflicts():
+        return _json(_coordination().replace_namespaced_lease(body["metadata"]["name"], namespace, body,
+                                                              _preload_content=False))

@@ -5,11 +5,14 @@ Names (all prefixed ``assay_operator_``):
 ``assay_operator_evaluationjobs{namespace, phase}``                    gauge
     EvaluationJobs by phase, as of their last reconcile by this process (deleted jobs drop out).
 ``assay_operator_reconcile_duration_seconds``                          histogram
-    Time of one reconcile (on a change of the EvaluationJob or a child Job, or at the periodic resync);
-    ``_count`` counts reconciles.
+    Time of one reconcile (on a watched change of the job, its child Jobs, their pods or Events, or when
+    the job's timer is due); ``_count`` counts reconciles.
 ``assay_operator_reconcile_errors_total{exception}``                   counter
-    Reconciles that raised, by exception class (logged, posted as a Warning Event, retried at the next
-    change or resync).
+    Reconciles that raised, by exception class (logged, posted as a Warning Event, retried with
+    exponential backoff or at the next change).
+``assay_operator_leader{identity}``                                     gauge
+    1 while this replica holds the leader-election Lease and reconciles, 0 while it follows (1 without
+    election).
 ``assay_operator_evaluationjob_shard_retries{namespace, name}``        gauge
     ppl pods of the job's current attempt that failed and were retried (the ppl Job's ``status.failed``).
 ``assay_operator_evaluationjob_samples_per_second{namespace, name}``   gauge
@@ -28,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -38,7 +41,8 @@ RECONCILE_SECONDS = Histogram(
     f"{PREFIX}reconcile_duration_seconds", "Time of one reconcile of an EvaluationJob.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 RECONCILE_ERRORS = Counter(
-    f"{PREFIX}reconcile_errors", "Reconciles that raised an exception (retried at the next change or resync).", ["exception"])
+    f"{PREFIX}reconcile_errors", "Reconciles that raised an exception (retried with backoff).", ["exception"])
+LEADER = Gauge(f"{PREFIX}leader", "1 while this replica leads (reconciles), 0 while it follows.", ["identity"])
 
 
 class _JobState:

@@ -2,8 +2,9 @@
 controller say of them, as plain dicts (``Snapshot``). Reads only: nothing here writes to the API
 (``act`` does, as ``plan`` decides).
 
-It reads what ``plan`` may look at and little more: Workloads only of children that may wait for Kueue,
-Events only of active children without pods.
+Jobs, pods and Events come from ``cache`` (watch-fed; no request). Kueue's Workloads are the one read
+from the API server, and only of children that may wait for Kueue, at a reconcile (never while idle):
+Kueue admits a Job by resuming it, which the Job watch sees.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from typing import Any
 
 from assay import protocol
 from assay.spec import EvaluationJob
-from assay_operator import kube, manifests, plan
+from assay_operator import cache, kube, manifests, plan
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the API server showed one reconcile, before it acted."""
+    """What the watches (and Kueue) showed one reconcile, before it acted."""
 
     #: role -> the Job named ``<name>-<role>`` (whoever owns it), or None
     jobs: dict[str, dict[str, Any] | None]
-    #: pods of the job's label selector (none are listed while no child Job exists)
+    #: pods of the job's label (none are read while no child Job exists)
     pods: list[dict[str, Any]] = field(default_factory=list)
     #: child Job uid -> Kueue's Workloads of it
     workloads: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -32,15 +33,16 @@ class Snapshot:
 
 def children(job: EvaluationJob) -> dict[str, dict[str, Any] | None]:
     """The Jobs of the child names, by role, whoever owns them."""
-    return {role: kube.get_job(job.namespace, manifests.child_name(job.name, role)) for role in protocol.ROLES}
+    return {role: cache.get(cache.JOBS, job.namespace, manifests.child_name(job.name, role))
+            for role in protocol.ROLES}
 
 
 def snapshot(job: EvaluationJob) -> Snapshot:
     jobs = children(job)
     present = [child for child in jobs.values() if child is not None]
-    pods = kube.list_pods(job.namespace, manifests.pod_selector(job.name)) if present else []
+    pods = cache.pods_of(job.namespace, job.name) if present else []
     workloads = {plan.uid_of(child): kube.list_workloads(job.namespace, plan.uid_of(child))
                  for child in present if plan.may_wait_for_kueue(job, child)}
-    events = {child["metadata"]["name"]: kube.list_job_events(job.namespace, child["metadata"]["name"])
+    events = {child["metadata"]["name"]: cache.events_of(job.namespace, child["metadata"]["name"])
               for child in present if plan.active_without_pods(child, pods)}
     return Snapshot(jobs=jobs, pods=pods, workloads=workloads, events=events)

@@ -1,7 +1,9 @@
 """One level-triggered reconcile per call, in four steps as JobSet splits calculating from acting:
-``observe`` reads the child Jobs, their pods, Workloads and Events (reads only); ``plan`` decides the
-actions from that and the spec (pure); ``act`` performs them; ``status.derive`` makes the status (pure),
-written here in one merge patch. The operator reads Kubernetes objects only: what the pods learn from
+``observe`` reads the child Jobs, their pods, Workloads and Events (reads only, from ``cache``); ``plan``
+decides the actions from that and the spec (pure); ``act`` performs them; ``status.derive`` makes the
+status (pure), written here in one merge patch that carries the resourceVersion of the job it was derived
+from: a conflict (the cache was behind, or a second operator wrote) reads the job again and derives anew.
+``due`` says when time alone changes the decision: the caller's timer for the job. The operator reads Kubernetes objects only: what the pods learn from
 the store (pinned inputs, metrics) reaches it through their termination messages.
 
 A finished job is never rerun unless its retryToken changes; every step is idempotent (``plan``).
@@ -11,16 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from assay.spec import EvaluationJob, JobSpec
-from assay_operator import act, kube, observe, plan, status
+from assay_operator import act, cache, due, kube, observe, plan, status
 from assay_operator import metrics as op_metrics
 from assay_operator.settings import Settings
 
@@ -36,6 +40,15 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 #: uid -> monotonic time of the last status write (progress-only writes are rate-limited).
 _last_write: dict[str, float] = {}
+#: How often one reconcile derives anew after its status write conflicted before it gives up (and is retried).
+CONFLICT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    phase: str
+    #: when to reconcile again although nothing the watches see changes; None: only at the next change
+    due: dt.datetime | None = None
 
 
 def _lock(key: str) -> threading.Lock:
@@ -52,16 +65,26 @@ def forget(namespace: str, name: str, uid: str | None) -> None:
 
 
 def reconcile(namespace: str, name: str, logger: logging.Logger, settings: Settings,
-              now: dt.datetime | None = None) -> str | None:
-    """Bring one EvaluationJob's children in line and write its status; returns the phase (None if gone)."""
+              now: dt.datetime | None = None) -> Outcome | None:
+    """Bring one EvaluationJob's children in line and write its status (None if the job is gone)."""
     with _lock(f"{namespace}/{name}"):  # read inside the lock: what the last holder wrote
-        body = kube.get_evaluationjob(namespace, name)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None  # the garbage collector removes the children with their owner
-        return _reconcile(body, logger, settings, now or status.now_utc())
+        body = cache.get(cache.EVALUATIONJOBS, namespace, name)
+        for attempt in range(CONFLICT_ATTEMPTS):
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return None  # the garbage collector removes the children with their owner
+            try:
+                return _reconcile(body, logger, settings, now or status.now_utc())
+            except kube.Conflict:
+                if attempt == CONFLICT_ATTEMPTS - 1:
+                    raise
+                logger.info("the job changed since it was read; reading it again")
+                body = kube.get_evaluationjob(namespace, name)
+                if body is not None:
+                    cache.put(cache.EVALUATIONJOBS, body)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
-def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings, now: dt.datetime) -> str:
+def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings, now: dt.datetime) -> Outcome:
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta.get("namespace") or "default", meta.get("generation")
     previous = dict(body.get("status") or {})
@@ -71,7 +94,7 @@ def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings,
         job = EvaluationJob(name=name, namespace=namespace, spec=spec)
     except (ValidationError, TypeError) as exc:
         if previous.get("phase") in status.TERMINAL:
-            return previous["phase"]
+            return Outcome(previous["phase"])
         new = status.failed_status(previous, (body.get("spec") or {}).get("retryToken"), "InvalidSpec",
                                    f"spec does not match the EvaluationJob schema: {exc}", generation, now)
         return _write(body, previous, new, logger, now, settings)
@@ -82,13 +105,14 @@ def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings,
         # A terminal phase never moves back; only the TTL still acts. A Succeeded job has observed a new
         # generation (only control fields without effect on a finished job may change); a Failed one has
         # not: its edited spec runs only when spec.retryToken starts a rerun, so kstatus keeps saying so.
+        children = observe.children(job)
         if plan.expired(job, previous, now):
-            act.perform(namespace, plan.expire(job, meta["uid"], observe.children(job)), logger)
+            act.perform(namespace, plan.expire(job, meta["uid"], children), logger)
         if (previous["phase"] == status.SUCCEEDED and generation is not None
                 and previous.get("observedGeneration") != generation):
-            kube.patch_evaluationjob_status(namespace, name, {"observedGeneration": generation})
+            _patch_status(body, {"observedGeneration": generation})
         op_metrics.observe(namespace, name, previous["phase"], {})
-        return previous["phase"]
+        return Outcome(previous["phase"], due.finished(job, previous, children.values(), now))
     if rerun:
         logger.info("spec.retryToken changed to %r: rerunning; finished shards are reused", token)
         previous = {k: v for k, v in previous.items() if k not in PER_ATTEMPT}
@@ -101,7 +125,8 @@ def _reconcile(body: dict[str, Any], logger: logging.Logger, settings: Settings,
     op_metrics.observe(namespace, name, new["phase"], new, observed.ppl)
     if new["phase"] == status.FAILED:
         act.perform(namespace, plan.stop(observed, reason), logger)
-    return _write(body, previous, new, logger, now, settings)
+    written = _write(body, previous, new, logger, now, settings)
+    return Outcome(written.phase, due.earlier(written.due, due.running(observed, new, settings.hold_retry_seconds)))
 
 
 def known_fields(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +167,19 @@ def _replacing(old: Any, new: Any) -> Any:
 _PROGRESS_ONLY = {"progress", "shards", "conditions"}
 
 
+def _patch_status(body: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Write ``patch`` to the status of the job ``body`` was read as (kube.Conflict if it changed since);
+    the job as written goes into the cache."""
+    meta = body["metadata"]
+    written = kube.patch_evaluationjob_status(meta.get("namespace") or "default", meta["name"], patch,
+                                              meta.get("resourceVersion"))
+    cache.put(cache.EVALUATIONJOBS, written)
+
+
 def _write(body: dict[str, Any], previous: dict[str, Any], new: dict[str, Any], logger: logging.Logger,
-           now: dt.datetime, settings: Settings) -> str:
-    """Write the whole status in one merge patch (null removes stale fields); announce a phase change."""
+           now: dt.datetime, settings: Settings) -> Outcome:
+    """Write the whole status in one merge patch (null removes stale fields); announce a phase change.
+    A progress-only change held back by progress_write_seconds is due when that has passed."""
     meta = body["metadata"]
     stored = dict(body.get("status") or {})
     patch = {}
@@ -155,13 +190,13 @@ def _write(body: dict[str, Any], previous: dict[str, Any], new: dict[str, Any], 
             patch[key] = None
     phase = new["phase"]
     if not patch:
-        return phase
+        return Outcome(phase)
     changed = set(patch) - _PROGRESS_ONLY
     if not changed and _conditions_same(stored, new):
-        last = _last_write.get(meta["uid"], 0.0)
-        if time.monotonic() - last < settings.progress_write_seconds:
-            return phase
-    kube.patch_evaluationjob_status(meta.get("namespace") or "default", meta["name"], patch)
+        wait = settings.progress_write_seconds - (time.monotonic() - _last_write.get(meta["uid"], -math.inf))
+        if wait > 0:
+            return Outcome(phase, now + dt.timedelta(seconds=wait))
+    _patch_status(body, patch)
     _last_write[meta["uid"]] = time.monotonic()
     old_phase, reason = previous.get("phase"), new.get("reason")
     warning = phase == status.FAILED or reason in status.WARNING_REASONS
@@ -174,7 +209,7 @@ def _write(body: dict[str, Any], previous: dict[str, Any], new: dict[str, Any], 
             kube.post_event(body, event_type, new.get("reason") or phase, message, status.fmt_time(now))
         except Exception as exc:  # noqa: BLE001 - an Event is best effort; status is the record
             logger.warning("could not post an Event: %s", exc)
-    return phase
+    return Outcome(phase)
 
 
 def _conditions_same(stored: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -23,9 +23,20 @@ class Settings(BaseSettings):
     #: assumed to exist and a CRD installed later needs an operator restart (for RBAC that may not list
     #: namespaces or CRDs).
     api_scanning: bool = True
-    #: Seconds between two periodic reconciles of each unfinished EvaluationJob (and each finished one whose
-    #: TTL has yet to act): pods' states, e.g. an image that cannot be pulled, change without any event.
-    resync_seconds: float = Field(10.0, gt=0)
+    #: Reconciles of different jobs that run at once (one job's never overlap). Reconciles read from
+    #: watch-fed memory; the workers wait on writes only.
+    workers: int = Field(8, ge=1, le=256)
+    #: Seconds before a child Job the API server refused for now (quota, a forbidden create) is tried again:
+    #: a quota that frees changes nothing the operator watches.
+    hold_retry_seconds: float = Field(10.0, gt=0)
+    #: Namespace of the coordination.k8s.io Lease of leader election (the chart: the operator's own).
+    #: Empty: no election, this process acts alone (one replica, ``kopf run``, tests).
+    lease_namespace: str = ""
+    #: Name of that Lease: replicas of one release share it.
+    lease_name: str = "assay-operator"
+    #: First and longest delay before a reconcile that raised is retried (doubling in between, per job).
+    retry_min_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
     #: Seconds a pod may sit in ImagePullBackOff, ErrImagePull or CreateContainerConfigError before the
     #: job fails (short: these rarely heal, and the user wants the reason now, not after the pending deadline).
     fail_fast_seconds: float = Field(60.0, ge=0)

@@ -231,9 +231,12 @@ def operator(control_plane, node, kubectl, admin):
 
 
 class Operator:
-    #: The test install: every namespace, a fast resync, plain log lines, pull failures fail jobs at once.
-    VALUES = ("watch.clusterWide=true", "operator.resyncSeconds=1", "operator.logFormat=text",
+    #: The test install: every namespace (no resync: watches and timers only), plain log lines, pull failures fail jobs at once.
+    VALUES = ("watch.clusterWide=true", "operator.logFormat=text",
               "jobDefaults.failFastSeconds=5")
+
+    #: The chart's default: one leads on the Lease, one follows.
+    REPLICAS = 2
 
     def __init__(self, kubectl: Kubectl, admin: client.ApiClient) -> None:
         self.kubectl, self.core = kubectl, client.CoreV1Api(admin)
@@ -285,8 +288,29 @@ class Operator:
             wait_for(lambda: not self.pods(), "the operator pod to go", timeout=90)
             yield
         finally:
-            self.kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, "--replicas=1")
+            self.kubectl("scale", "deployment/assay", "-n", OPERATOR_NS, f"--replicas={self.REPLICAS}")
             self.kubectl("rollout", "status", "deployment/assay", "-n", OPERATOR_NS, "--timeout=120s")
+
+
+    def leader(self) -> str | None:
+        """The name of the pod holding the leader-election Lease (None while none does)."""
+        raw = self.kubectl("get", "lease", RELEASE, "-n", OPERATOR_NS, "-o", "json", check=False)
+        holder = (json.loads(raw.stdout or "{}").get("spec") or {}).get("holderIdentity") if raw.returncode == 0 else None
+        return holder.rsplit("_", 1)[0] if holder else None
+
+    @contextlib.contextmanager
+    def env(self, **variables: str) -> Iterator[None]:
+        """The operator restarted with these ASSAY_OPERATOR_* variables for the duration of the block."""
+        self.past.append(self._current_logs())
+        deployment = ("deployment/assay", "-n", OPERATOR_NS)
+        self.kubectl("set", "env", *deployment, *[f"{k}={v}" for k, v in variables.items()])
+        try:
+            self.kubectl("rollout", "status", *deployment, "--timeout=120s")
+            yield
+        finally:
+            self.past.append(self._current_logs())
+            self.kubectl("set", "env", *deployment, *[f"{k}-" for k in variables])
+            self.kubectl("rollout", "status", *deployment, "--timeout=120s")
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -31,7 +31,7 @@ def test_default_install_watches_its_namespace_with_a_role_only(operator, kubect
     with operator.down():
         try:
             kubectl.helm("install", "second", str(CHART), "-n", ns, "--wait", "--timeout", "120s",
-                         "--set", "crds.install=false", "--set", "operator.resyncSeconds=1",
+                         "--set", "crds.install=false",
                          "--set", "operator.logFormat=text")
             roles = json.loads(kubectl("get", "clusterrole,clusterrolebinding", "-o", "json",
                                        "-l", "app.kubernetes.io/instance=second").stdout)["items"]

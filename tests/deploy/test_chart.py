@@ -85,8 +85,9 @@ def test_rendered_crd_equals_the_source_and_is_kept_on_uninstall():
 def test_watch_mode_sets_rbac_scope_and_operator_namespaces(variant, kind, namespaces, watched):
     objs = render(VARIANTS[variant])
     binding_kind = "RoleBinding" if kind == "Role" else "ClusterRoleBinding"
-    roles = [r for r in by_kind(objs, kind) if not r["metadata"]["name"].endswith("-scanning")]
-    bindings = [b for b in by_kind(objs, binding_kind) if not b["metadata"]["name"].endswith("-scanning")]
+    extra = ("-scanning", "-leader-election")  # kopf's observers; the Lease (tests/deploy/test_rbac.py)
+    roles = [r for r in by_kind(objs, kind) if not r["metadata"]["name"].endswith(extra)]
+    bindings = [b for b in by_kind(objs, binding_kind) if not b["metadata"]["name"].endswith(extra)]
     assert [r["metadata"].get("namespace") for r in roles] == namespaces
     assert [b["metadata"].get("namespace") for b in bindings] == namespaces
     for b in bindings:
@@ -103,7 +104,8 @@ def test_namespaces_setting_parses_what_the_chart_renders():
     for variant, expected in (("several-namespaces", ["team-a", "team-b", "team-c"]), ("cluster-wide", [])):
         env = env_of(render(VARIANTS[variant]))
         settings = Settings(**{k.removeprefix("ASSAY_OPERATOR_").lower(): v for k, v in env.items()
-                               if k.startswith("ASSAY_OPERATOR_") and k != "ASSAY_OPERATOR_NAMESPACES"},
+                               if k.startswith("ASSAY_OPERATOR_") and k != "ASSAY_OPERATOR_NAMESPACES"
+                               and v is not None},  # valueFrom (the Lease's namespace) is the kubelet's
                             namespaces=env["ASSAY_OPERATOR_NAMESPACES"])
         assert settings.namespaces == expected
 
@@ -201,3 +203,24 @@ def test_notes_say_how_to_submit_watch_and_read_results():
     for text in ("kubectl -n assay-system apply -f examples/minio/evaluationjob.yaml", "assay job watch",
                  "--for=jsonpath='{.status.completionTime}'", "assay job results", "create secret generic"):
         assert text in notes
+
+
+def test_two_replicas_with_a_disruption_budget_spread_over_nodes_and_one_lease():
+    """Issue 23: one replica was the only operator, standalone; now two, one leading on a Lease."""
+    objs = render()
+    (dep,) = by_kind(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 2 and "strategy" not in dep["spec"], "a rolling update keeps one running"
+    pod = dep["spec"]["template"]["spec"]
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    (pdb,) = by_kind(objs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": dep["spec"]["selector"]}
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["ASSAY_OPERATOR_LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["ASSAY_OPERATOR_LEASE_NAME"]["value"] == "rel-assay"
+
+    single = render({"operator": {"replicas": 1}})
+    assert not by_kind(single, "PodDisruptionBudget")
+    assert "affinity" not in by_kind(single, "Deployment")[0]["spec"]["template"]["spec"]

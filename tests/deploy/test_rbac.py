@@ -63,7 +63,7 @@ def rule_of(api: type, method: str) -> tuple[str, str, str]:
 def kube_module_rules() -> set[tuple[str, str, str]]:
     tree = ast.parse((OPERATOR / "kube.py").read_text())
     apis = _api_classes(tree)
-    assert set(apis) == {"_batch", "_core", "_custom"}, apis
+    assert set(apis) == {"_batch", "_core", "_custom", "_coordination"}, apis
     src = (OPERATOR / "kube.py").read_text()
     assert "from assay.protocol import GROUP, PLURAL, VERSION" in src  # the paths below are of these
     out = set()
@@ -99,7 +99,7 @@ def kopf_rules() -> set[tuple[str, str, str]]:
                     group, _, plural = (getattr(main, a.id) if isinstance(a, ast.Name) else a.value
                                         for a in deco.args[:3])
                     resources.add((group, plural))
-    assert resources == {("assay.dev", "evaluationjobs"), ("batch", "jobs")}
+    assert resources == {("assay.dev", "evaluationjobs"), ("batch", "jobs"), ("", "pods"), ("", "events")}
     out = set()
     for group, plural in resources:
         out |= {(group, plural, "list"), (group, plural, "watch")}
@@ -108,14 +108,22 @@ def kopf_rules() -> set[tuple[str, str, str]]:
     return out
 
 
+#: Leader election's Lease: granted by a Role in the release namespace only, not where jobs are watched.
+LEASE_RULES = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+
+
 def needed_rules() -> set[tuple[str, str, str]]:
-    return kube_module_rules() | kopf_rules()
+    return (kube_module_rules() - LEASE_RULES) | kopf_rules()
 
 
-def chart_rules(objs, kind: str, scanning: bool = False) -> list[set[tuple[str, str, str]]]:
+def chart_rules(objs, kind: str, scanning: bool = False, suffix: str = "-scanning") -> list[set[tuple[str, str, str]]]:
+    """The rules of each role of ``kind``: those named ``*-scanning`` (or ``suffix``) when ``scanning``,
+    else the others but the leader-election Role."""
     out = []
     for role in by_kind(objs, kind):
-        if role["metadata"]["name"].endswith("-scanning") != scanning:
+        name = role["metadata"]["name"]
+        wanted = name.endswith(suffix) if scanning else not name.endswith(("-scanning", "-leader-election"))
+        if not wanted:
             continue
         rules = set()
         for rule in role["rules"]:
@@ -142,8 +150,8 @@ def test_derivation_reads_kube_py_calls():
     assert kube_module_rules() == {
         ("assay.dev", "evaluationjobs", "get"), ("assay.dev", "evaluationjobs/status", "patch"),
         ("batch", "jobs", "get"), ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
-        ("batch", "jobs", "delete"), ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
-        ("kueue.x-k8s.io", "workloads", "list")}
+        ("batch", "jobs", "delete"), ("", "events", "create"), ("kueue.x-k8s.io", "workloads", "list"),
+        *LEASE_RULES}
 
 
 def test_the_operator_reads_no_secret_and_no_store():
@@ -182,3 +190,15 @@ def test_scanning_role_only_when_enabled_and_only_for_kopf_observers():
     assert chart_rules(render(VARIANTS["cluster-wide"]), "ClusterRole", scanning=True) == [crds]
     assert chart_rules(render(VARIANTS["scanning-namespaced"]), "ClusterRole", scanning=True) == [crds | namespaces]
     assert chart_rules(render(), "ClusterRole", scanning=True) == []
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_lease_is_granted_in_the_release_namespace_only(variant):
+    """Leader election's Lease rules are in one Role of the operator's own namespace, nowhere else."""
+    objs = render(VARIANTS[variant])
+    (role,) = [r for r in by_kind(objs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == "assay-system"
+    assert chart_rules(objs, "Role", scanning=True, suffix="-leader-election") == [LEASE_RULES]
+    for kind in ("Role", "ClusterRole"):
+        for rules in chart_rules(objs, kind) + chart_rules(objs, kind, scanning=True):
+            assert not rules & LEASE_RULES, kind

@@ -1,23 +1,26 @@
 """The reconcile flow (assay_operator.reconcile) against an in-memory stand-in for ``assay_operator.kube``:
-fast and deterministic, the test plays the Job controller and the kubelet. What only a real API server,
+fast and deterministic, the test plays the Job controller and the kubelet, and the watches: before each
+reconcile ``FakeAPI.feed`` puts the world into ``assay_operator.cache`` as kopf's watches would. What only a real API server,
 Job controller and garbage collector can show is tested in tests/cluster/.
 
 Each test's docstring names the bug it pins (issue 11's review of the operator)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from assay import protocol
 from assay.spec import EvaluationJob, JobSpec
-from assay_operator import act, kube, observe, plan
+from assay_operator import act, cache, kube, observe, plan
 from assay_operator import reconcile as rec
 from assay_operator.settings import Settings
 
@@ -43,7 +46,8 @@ def _merge(target: dict, patch: dict) -> dict:
 
 
 class FakeAPI:
-    """Just enough of an API server: uids, 409 on create, uid preconditions on delete, merge patches."""
+    """Just enough of an API server: uids, 409 on create, uid preconditions on delete, merge patches of
+    status that carry a resourceVersion (409 when it is not the job's)."""
 
     def __init__(self) -> None:
         self.evaljobs: dict[str, dict] = {}
@@ -58,16 +62,34 @@ class FakeAPI:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for fn in ("get_evaluationjob", "patch_evaluationjob_status", "get_job", "create_job", "patch_job",
-                   "delete_job", "list_pods", "list_job_events", "post_event", "list_workloads"):
+                   "delete_job", "post_event", "list_workloads"):
             monkeypatch.setattr(kube, fn, getattr(self, fn))
+
+    def feed(self) -> None:
+        """The watches caught up: the cache holds the world as it is now."""
+        cache.clear()
+        for obj in self.evaljobs.values():
+            cache.put(cache.EVALUATIONJOBS, obj)
+        for obj in self.jobs.values():
+            cache.put(cache.JOBS, _merge(copy.deepcopy(obj), {"metadata": {"namespace": NS}}))
+        for pod in self.pods:
+            cache.put(cache.PODS, _merge(copy.deepcopy(pod), {"metadata": {"namespace": NS}}))
+        for i, event in enumerate(self.events):
+            if event["involvedObject"]["name"] in self.jobs:
+                cache.put(cache.EVENTS, {**event, "metadata": {"name": f"event-{i}", "namespace": NS}})
 
     # ---- kube's functions
     def get_evaluationjob(self, ns, name):
         return copy.deepcopy(self.evaljobs.get(name))
 
-    def patch_evaluationjob_status(self, ns, name, st):
+    def patch_evaluationjob_status(self, ns, name, st, resource_version):
+        meta = self.evaljobs[name]["metadata"]
+        if resource_version is not None and resource_version != meta["resourceVersion"]:
+            raise kube.Conflict(f"the object has been modified (at {meta['resourceVersion']})")
         self.status_writes += 1
         _merge(self.evaljobs[name].setdefault("status", {}), st)
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return copy.deepcopy(self.evaljobs[name])
 
     def get_job(self, ns, name):
         return copy.deepcopy(self.jobs.get(name))
@@ -94,14 +116,8 @@ class FakeAPI:
         del self.jobs[name]
         return True
 
-    def list_pods(self, ns, selector):
-        return copy.deepcopy(self.pods)
-
     def list_workloads(self, ns, uid):
         return copy.deepcopy(self.workloads.get(uid, []))
-
-    def list_job_events(self, ns, job_name):
-        return [e for e in self.events if e["involvedObject"]["name"] == job_name]
 
     def post_event(self, owner, event_type, reason, message, when):
         self.events.append({"type": event_type, "reason": reason, "message": message,
@@ -114,13 +130,16 @@ class FakeAPI:
                 "output": {"uri": "s3://b/out"}, "ppl": {"workers": 2, "maxRetriesPerShard": 2}}
         base.update(spec)
         self.evaljobs[NAME] = {"apiVersion": "assay.dev/v1alpha1", "kind": "EvaluationJob",
-                               "metadata": {"name": NAME, "namespace": NS, "uid": "ej-uid", "generation": 1},
+                               "metadata": {"name": NAME, "namespace": NS, "uid": "ej-uid", "generation": 1,
+                                            "resourceVersion": "1"},
                                "spec": base}
         return self.evaljobs[NAME]
 
     def set_spec(self, **spec: Any) -> None:
         self.evaljobs[NAME]["spec"].update(spec)
-        self.evaljobs[NAME]["metadata"]["generation"] += 1
+        meta = self.evaljobs[NAME]["metadata"]
+        meta["generation"] += 1
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
     def status(self) -> dict:
         return self.evaljobs[NAME].get("status") or {}
@@ -139,12 +158,19 @@ class FakeAPI:
                                                            "finishedAt": finished}}}]}})
 
 
+#: The fixture's world, fed to the cache by ``reconcile()``.
+WORLD: FakeAPI | None = None
+
+
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPI]:
+    global WORLD
     fake = FakeAPI()
     fake.install(monkeypatch)
     monkeypatch.setattr(rec, "_last_write", {})
-    return fake
+    WORLD = fake
+    yield fake
+    cache.clear()
 
 
 def untouchable(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
@@ -156,7 +182,15 @@ def untouchable(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
 
 
 def reconcile(now: dt.datetime = NOW) -> str | None:
-    return rec.reconcile(NS, NAME, LOG, SETTINGS, now=now)
+    return outcome(now).phase
+
+
+def outcome(now: dt.datetime = NOW, settings: Settings = SETTINGS) -> rec.Outcome:
+    assert WORLD is not None
+    WORLD.feed()
+    result = rec.reconcile(NS, NAME, LOG, settings, now=now)
+    assert result is not None
+    return result
 
 
 def resolve_ok(api: FakeAPI) -> None:
@@ -206,7 +240,7 @@ def test_full_run_reports_through_termination_messages_and_never_moves_back(api,
     assert st["results"]["headline"] == "0.812" and st["stages"] == {"resolve": "Complete", "ppl": "Complete",
                                                                      "cmp": "Complete"}
     api.jobs.clear()  # children garbage-collected or deleted by hand
-    untouchable(monkeypatch, "get_job", "create_job", "patch_job", "delete_job", "list_pods")
+    untouchable(monkeypatch, "get_job", "create_job", "patch_job", "delete_job")
     assert reconcile() == "Succeeded" and api.jobs == {}, "a finished job is never rerun, nor looked at"
     assert [e["reason"] for e in api.events][-1] == "Succeeded"
 
@@ -417,7 +451,8 @@ def test_no_finalizer_is_ever_added():
     ours = {kind: [h.id for h in getattr(registry, kind).get_all_handlers()
                    if getattr(h.fn, "__module__", None) == main.__name__]
             for kind in ("_watching", "_spawning", "_changing")}
-    assert ours == {"_watching": ["evaluationjob_changed", "child_job_changed"], "_spawning": [], "_changing": []}
+    assert ours == {"_watching": ["evaluationjob_changed", "child_job_changed", "pod_changed", "job_event"],
+                    "_spawning": [], "_changing": []}
 
 
 def test_an_unexpected_reconcile_error_is_an_event_on_the_job_once(api, monkeypatch):
@@ -428,25 +463,30 @@ def test_an_unexpected_reconcile_error_is_an_event_on_the_job_once(api, monkeypa
     monkeypatch.setattr(main, "SETTINGS", SETTINGS)
     monkeypatch.setattr(main, "_REPORTED", {})
     api.apply()
-    real_get_job = kube.get_job
+    api.feed()
+    real_create_job = kube.create_job
 
-    def broken(ns, name):
+    def broken(ns, body):
         raise RuntimeError("boom: the API answered nonsense")
 
-    monkeypatch.setattr(kube, "get_job", broken)
-    main._reconcile_logged(NS, NAME, LOG)
-    main._reconcile_logged(NS, NAME, LOG)
+    monkeypatch.setattr(kube, "create_job", broken)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="boom"):  # raised on: the work queue retries with backoff
+            main.reconcile_logged(NS, NAME, LOG)
     errors = [e for e in api.events if e["reason"] == "ReconcileError"]
     assert len(errors) == 1 and errors[0]["type"] == "Warning"
     assert "RuntimeError: boom: the API answered nonsense" in errors[0]["message"]
     assert errors[0]["involvedObject"]["name"] == NAME
     assert errors[0]["involvedObject"]["uid"] == "ej-uid", "kubectl describe lists a job's events by its uid"
 
-    monkeypatch.setattr(kube, "get_job", real_get_job)
-    main._reconcile_logged(NS, NAME, LOG)
+    monkeypatch.setattr(kube, "create_job", real_create_job)
+    main.reconcile_logged(NS, NAME, LOG)
     assert (api.status()["phase"], api.status()["reason"]) == ("Pending", "Resolving")
-    monkeypatch.setattr(kube, "get_job", broken)
-    main._reconcile_logged(NS, NAME, LOG)
+    api.jobs.clear()
+    api.feed()
+    monkeypatch.setattr(kube, "create_job", broken)
+    with pytest.raises(RuntimeError):
+        main.reconcile_logged(NS, NAME, LOG)
     assert len([e for e in api.events if e["reason"] == "ReconcileError"]) == 2, "a new failure is reported again"
 
 
@@ -652,8 +692,7 @@ def test_a_job_borrowing_a_foreign_secret_fails_before_any_child(api):
 
 def test_a_running_job_refused_by_a_tightened_policy_is_stopped(api):
     api.apply(runtime={"runtimeClassName": "nvidia"})
-    assert rec.reconcile(NS, NAME, LOG, Settings(runner_image="runner:test",
-                                                      allowed_runtime_class_names=["nvidia"]), NOW) == "Pending"
+    assert outcome(settings=Settings(runner_image="runner:test", allowed_runtime_class_names=["nvidia"])).phase == "Pending"
     assert "eval-resolve" in api.jobs
     assert reconcile() == "Failed"  # SETTINGS allows no RuntimeClass
     assert api.status()["reason"] == "PolicyViolation" and "eval-resolve" not in api.jobs
@@ -716,6 +755,7 @@ def test_observe_only_reads(api, monkeypatch, world, planned):
     body = api.evaljobs[NAME]
     job = EvaluationJob(name=NAME, namespace=NS, spec=JobSpec(**body["spec"]))
     untouchable(monkeypatch, *WRITES)
+    api.feed()
     seen = observe.snapshot(job)
     todo = plan.plan(job, body, dict(body.get("status") or {}), seen, SETTINGS, NOW)
     assert any(isinstance(a, planned) for a in todo.actions), todo.actions
@@ -730,9 +770,11 @@ def test_observe_reads_what_the_plan_needs(api, monkeypatch):
     job = EvaluationJob(name=NAME, namespace=NS, spec=JobSpec(**api.evaljobs[NAME]["spec"]))
     uid = api.jobs["eval-resolve"]["metadata"]["uid"]
     untouchable(monkeypatch, *WRITES)
+    api.feed()
     seen = observe.snapshot(job)
     assert (seen.workloads, list(seen.events), seen.pods) == ({}, ["eval-resolve"], [])
     _queued_and_failing_to_create(api)
+    api.feed()
     seen = observe.snapshot(job)
     assert seen.workloads == {uid: api.workloads[uid]} and seen.events == {}
     assert seen.jobs["resolve"] == api.jobs["eval-resolve"] and seen.jobs["ppl"] is None
@@ -747,5 +789,110 @@ def test_a_deleted_job_leaves_no_lock_and_no_write_time(api):
     assert reconcile() == "Pending"
     key, uid = f"{NS}/{NAME}", api.evaljobs[NAME]["metadata"]["uid"]
     assert key in rec._locks and uid in rec._last_write
-    main.evaluationjob_changed(event={"type": "DELETED", "object": api.evaljobs.pop(NAME)}, logger=LOG)
+    asyncio.run(main.evaluationjob_changed(event={"type": "DELETED", "object": api.evaljobs.pop(NAME)}))
     assert key not in rec._locks and uid not in rec._last_write
+    assert cache.get(cache.EVALUATIONJOBS, NS, NAME) is None
+
+
+# ------------------------------------------------------------------ optimistic concurrency, timers
+
+
+def test_a_status_derived_from_a_stale_job_is_refused_and_derived_again(api):
+    """Status was merge-patched without a resourceVersion: a reconcile working from an older copy of the
+    job (a cache behind its watch, a second operator) overwrote a newer status, even a terminal one."""
+    api.apply()
+    reconcile()
+    resolve_ok(api)
+    api.feed()  # the cache sees the inputs pinned: this reconcile has a status to write
+    # written elsewhere since the cache was fed: the job finished
+    api.evaljobs[NAME]["status"] = {**api.status(), "phase": "Succeeded", "reason": "Succeeded"}
+    api.evaljobs[NAME]["metadata"]["resourceVersion"] = "99"
+    result = rec.reconcile(NS, NAME, LOG, SETTINGS, now=NOW)  # the cache still says Pending
+    assert result is not None and result.phase == "Succeeded"
+    assert api.status()["phase"] == "Succeeded", "a terminal phase never moves back"
+    assert cache.get(cache.EVALUATIONJOBS, NS, NAME)["metadata"]["resourceVersion"] == "99", "read again"
+
+
+def test_a_conflict_that_persists_is_raised_for_the_queue_to_retry(api, monkeypatch):
+    api.apply()
+    api.feed()
+
+    def always_conflicts(ns, name, st, resource_version):
+        raise kube.Conflict("the object has been modified")
+
+    monkeypatch.setattr(kube, "patch_evaluationjob_status", always_conflicts)
+    with pytest.raises(kube.Conflict):
+        rec.reconcile(NS, NAME, LOG, SETTINGS, now=NOW)
+
+
+def _pod(phase: str, created: str, waiting: str | None = None) -> dict:
+    uid = WORLD.jobs[f"{NAME}-ppl"]["metadata"]["uid"]
+    statuses = [{"name": "runner", "state": {"waiting": {"reason": waiting}}}] if waiting else []
+    return {"metadata": {"name": f"ppl-{len(WORLD.pods)}", "creationTimestamp": created, "labels": {
+        "assay.dev/job": NAME, "assay.dev/role": "ppl", "batch.kubernetes.io/controller-uid": uid}},
+        "status": {"phase": phase, "containerStatuses": statuses}}
+
+
+def _started(api: FakeAPI, **spec: Any) -> None:
+    api.apply(**spec)
+    reconcile()
+    resolve_ok(api)
+    reconcile()
+
+
+def test_a_pending_pod_is_due_at_its_pending_deadline(api):
+    """Without the resync loop nothing would look at a pod that stays Pending: its deadline is a timer."""
+    _started(api, pendingDeadlineSeconds=600)
+    api.pods.append(_pod("Pending", "2026-01-01T11:58:00Z"))
+    assert outcome().due == dt.datetime(2026, 1, 1, 12, 8, tzinfo=dt.UTC)
+    assert reconcile(dt.datetime(2026, 1, 1, 12, 8, tzinfo=dt.UTC)) == "Failed"
+    assert api.status()["reason"] == "PendingDeadlineExceeded"
+
+
+def test_an_image_that_cannot_be_pulled_is_due_at_the_fail_fast_grace(api):
+    _started(api)
+    api.pods.append(_pod("Pending", "2026-01-01T11:59:30Z", waiting="ImagePullBackOff"))
+    assert outcome().due == dt.datetime(2026, 1, 1, 12, 0, 30, tzinfo=dt.UTC)  # fail_fast_seconds=60
+    assert reconcile(dt.datetime(2026, 1, 1, 12, 0, 30, tzinfo=dt.UTC)) == "Failed"
+    assert api.status()["reason"] == "ImagePullBackOff"
+
+
+def test_a_running_job_is_due_when_it_would_stall(api):
+    """ShardsProgressing turned False only when a resync happened to look after stall_seconds."""
+    _started(api)
+    api.job_status("ppl", startTime="2026-01-01T11:50:00Z", ready=1)
+    result = outcome()
+    assert result.phase == "Running"
+    stall = NOW + dt.timedelta(seconds=SETTINGS.stall_seconds + 1)
+    assert result.due == stall
+    reconcile(stall)
+    cond = next(c for c in api.status()["conditions"] if c["type"] == "ShardsProgressing")
+    assert (cond["status"], cond["reason"]) == ("False", "NoShardCompleted")
+    assert outcome(stall).due is None, "a stalled job waits for a change"
+
+
+def test_a_held_back_progress_write_is_due_when_it_may_be_written(api):
+    _started(api)
+    api.job_status("ppl", completedIndexes="0", startTime="2026-01-01T11:50:00Z", ready=1)
+    reconcile()
+    api.job_status("ppl", completedIndexes="0-1", startTime="2026-01-01T11:50:00Z", ready=1)
+    held = outcome(NOW + dt.timedelta(seconds=5))
+    assert held.due is not None and held.due <= NOW + dt.timedelta(seconds=5 + SETTINGS.progress_write_seconds)
+
+
+def test_a_quota_refusal_is_retried_by_a_timer(api):
+    api.apply()
+    api.refuse, api.refuse_status = "exceeded quota: jobs", 403
+    result = outcome()
+    assert result.phase == "Pending" and result.due == NOW + dt.timedelta(seconds=SETTINGS.hold_retry_seconds)
+
+
+def test_a_finished_job_is_due_only_until_its_ttl_removed_its_children(api):
+    """A finished job with ttlSecondsAfterFinished was reconciled every resync for ever, even with its
+    children gone; now it is due once, at its TTL, and then costs nothing."""
+    api.apply(ttlSecondsAfterFinished=60)
+    reconcile()
+    api.evaljobs[NAME]["status"].update(phase="Succeeded", completionTime="2026-01-01T12:00:00Z")
+    assert outcome().due == NOW + dt.timedelta(seconds=60)
+    assert outcome(NOW + dt.timedelta(seconds=60)).phase == "Succeeded" and api.jobs == {}
+    assert outcome(NOW + dt.timedelta(seconds=61)).due is None

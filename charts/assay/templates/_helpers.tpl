@@ -66,8 +66,8 @@ and kopf's own for the resources main.py registers; tests/deploy/test_rbac.py de
 code and compares.
 */}}
 {{- define "assay.rbacRules" -}}
-# kopf watches EvaluationJobs; kube.get_evaluationjob reads one, kube.patch_evaluationjob_status writes
-# its status through the subresource (the operator never writes spec or metadata).
+# kopf watches EvaluationJobs; kube.patch_evaluationjob_status writes its status through the subresource
+# (the operator never writes spec or metadata) and kube.get_evaluationjob reads one after a conflict.
 - apiGroups: ["assay.dev"]
   resources: ["evaluationjobs"]
   verbs: ["get", "list", "watch"]
@@ -79,19 +79,21 @@ code and compares.
 - apiGroups: ["assay.dev"]
   resources: ["evaluationjobs/finalizers"]
   verbs: ["update"]
-# kopf watches the child Jobs (label assay.dev/job); kube.get_job / create_job / patch_job (suspend) /
-# delete_job act on the resolve, ppl and cmp Jobs.
+# kopf watches the child Jobs (server-side selector on the label assay.dev/job); kube.create_job /
+# patch_job (suspend) / delete_job act on the resolve, ppl and cmp Jobs, kube.get_job after a create conflict.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# kube.list_pods: the job pods' states and termination messages (pinned inputs, metrics, errors).
+# kopf watches the job pods (label assay.dev/job): their states and termination messages (pinned inputs,
+# metrics, errors).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
-# kube.post_event: one Event per phase transition; kube.list_job_events: the Job controller's FailedCreate.
+  verbs: ["list", "watch"]
+# kube.post_event: one Event per phase transition; kopf watches the Job controller's FailedCreate Events
+# (field selector involvedObject.kind=Job,reason=FailedCreate).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "list"]
+  verbs: ["create", "list", "watch"]
 # kube.list_workloads: Kueue's Workload of a queued child Job, whose message says why it is not admitted
 # (harmless where Kueue is not installed).
 - apiGroups: ["kueue.x-k8s.io"]
