@@ -1,8 +1,8 @@
 """The write step of a reconcile: perform ``plan``'s actions on the child Jobs through ``kube``, in order.
 
 A create the API server refuses stops the rest (the caller decides whether the job waits or fails); a
-Job of the child's name that appears with another owner counts as refused. Every action is safe to
-repeat: creates are create-if-absent, deletes carry the uid they mean. A Job as a create or patch left it
+Job of the child's name with another owner counts as refused (409, ``plan.name_conflict``). Every action
+is safe to repeat: creates are create-if-absent, deletes carry the uid they mean. A Job as a create or patch left it
 goes into ``cache`` at once (its watch event comes later), so the next reconcile does not act again.
 """
 
@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from assay_operator import cache, kube, manifests
+from assay_operator import cache, kube, manifests, plan
 from assay_operator.plan import Action, Create, Delete, Patch
 
 Done = list[tuple[Action, dict[str, Any] | None]]
@@ -50,5 +50,6 @@ def _create(namespace: str, child: dict[str, Any], logger: logging.Logger) -> di
     if new:
         logger.info("created Job %s", child["metadata"]["name"])
     elif manifests.controller_uid(created) != manifests.controller_uid(child):
-        raise kube.Refused(409, f"Job {child['metadata']['name']} appeared with another owner")
+        # the cache holds only Jobs of our label, so a foreign namesake shows itself only here
+        raise kube.Refused(409, plan.name_conflict(child["metadata"]["name"], created))
     return created

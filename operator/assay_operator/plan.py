@@ -139,6 +139,8 @@ def settle(p: Plan, done: Iterable[tuple[Action, Child]], refused: tuple[int, st
         code, text = refused
         if code in (400, 422):
             o.blocker = ("InvalidSpec", f"the API server refused a child Job ({code}): {text}")
+        elif code == 409:  # act found a Job of the child's name with another owner (the cache never shows it)
+            o.hold = ("ChildNameConflict", text)
         else:
             o.hold = _refusal_hold(code, text)
     o.attempt = _attempt_token(job, o.previous, (o.resolve, o.ppl, o.cmp))
@@ -223,10 +225,7 @@ def _children(job: EvaluationJob, uid: str, o: status.Observed, jobs: Mapping[st
                 o.hold = ("WaitingForPredecessor", f"Job {child_name} of an earlier EvaluationJob named "
                                                    f"{job.name} is being garbage-collected; waiting for it to go")
             else:
-                owner = manifests.controller_uid(child) or "no controller"
-                o.hold = ("ChildNameConflict", f"Job {child_name} exists and is not this EvaluationJob's (its "
-                                               f"controller: {owner}); delete or rename that Job, or give the "
-                                               "EvaluationJob another name")
+                o.hold = ("ChildNameConflict", name_conflict(child_name, child))
             return {r: None for r in protocol.ROLES}, True
         elif child is not None and _token_of(child) != token and not recorded[role]:
             actions.append(Delete(role, child_name, child["metadata"]["uid"],
@@ -234,6 +233,13 @@ def _children(job: EvaluationJob, uid: str, o: status.Observed, jobs: Mapping[st
             child, waiting = None, True
         out[role] = child
     return out, waiting
+
+
+def name_conflict(child_name: str, child: Mapping[str, Any]) -> str:
+    """Why a Job of the child's name that this EvaluationJob does not control stops it."""
+    owner = manifests.controller_uid(dict(child)) or "no controller"
+    return (f"Job {child_name} exists and is not this EvaluationJob's (its controller: {owner}); delete or "
+            "rename that Job, or give the EvaluationJob another name")
 
 
 def _attempt_token(job: EvaluationJob, previous: dict[str, Any], children: Iterable[Child]) -> str:

@@ -70,8 +70,9 @@ class FakeAPI:
         cache.clear()
         for obj in self.evaljobs.values():
             cache.put(cache.EVALUATIONJOBS, obj)
-        for obj in self.jobs.values():
-            cache.put(cache.JOBS, _merge(copy.deepcopy(obj), {"metadata": {"namespace": NS}}))
+        for obj in self.jobs.values():  # the Job watch's server-side selector: our label only
+            if protocol.JOB_LABEL in (obj["metadata"].get("labels") or {}):
+                cache.put(cache.JOBS, _merge(copy.deepcopy(obj), {"metadata": {"namespace": NS}}))
         for pod in self.pods:
             cache.put(cache.PODS, _merge(copy.deepcopy(pod), {"metadata": {"namespace": NS}}))
         for i, event in enumerate(self.events):
@@ -246,20 +247,24 @@ def test_full_run_reports_through_termination_messages_and_never_moves_back(api,
 
 
 def test_a_namesake_job_is_never_adopted_or_touched(api):
-    """A leftover <name>-ppl Job of another owner was adopted: inference skipped, cmp created at once.
-    Then the conflict froze the job as Failed for good although the foreign Job could be deleted."""
+    """A leftover <name>-resolve Job of another owner was adopted: inference skipped, cmp created at once.
+    Then the conflict froze the job as Failed for good although the foreign Job could be deleted. The
+    watch-fed cache never shows a Job without our label: the create's 409 is where the conflict shows."""
     api.apply()
-    api.jobs["eval-ppl"] = {"metadata": {"name": "eval-ppl", "uid": "other", "ownerReferences": [
+    api.jobs["eval-resolve"] = {"metadata": {"name": "eval-resolve", "uid": "other", "ownerReferences": [
         {"kind": "Workflow", "apiVersion": "argoproj.io/v1alpha1", "name": "eval", "uid": "a-workflow",
          "controller": True}]},
         "spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    assert reconcile() == "Pending"
+    out = outcome()
     st = api.status()
-    assert st["reason"] == "ChildNameConflict" and "a-workflow" in st["message"]
-    assert set(api.jobs) == {"eval-ppl"} and api.jobs["eval-ppl"]["metadata"]["uid"] == "other"
+    assert out.phase == "Pending" and st["reason"] == "ChildNameConflict" and "a-workflow" in st["message"], st
+    assert set(api.jobs) == {"eval-resolve"} and api.jobs["eval-resolve"]["metadata"]["uid"] == "other"
     assert api.events[-1]["type"] == "Warning" and api.events[-1]["reason"] == "ChildNameConflict"
-    del api.jobs["eval-ppl"]  # the user deletes it: the job goes on, nothing to retry
-    assert reconcile() == "Pending" and api.status()["reason"] == "Resolving" and "eval-resolve" in api.jobs
+    assert out.due is not None and out.due <= NOW + dt.timedelta(seconds=SETTINGS.hold_retry_seconds), \
+        "no watch shows the foreign Job go: the conflict is looked at again"
+    del api.jobs["eval-resolve"]  # the user deletes it: the job goes on
+    assert reconcile() == "Pending" and api.status()["reason"] == "Resolving"
+    assert api.jobs["eval-resolve"]["metadata"]["ownerReferences"][0]["uid"] == "ej-uid"
 
 
 def test_a_recreated_job_waits_for_its_predecessors_children(api):
@@ -268,10 +273,11 @@ def test_a_recreated_job_waits_for_its_predecessors_children(api):
     api.apply()
     predecessor = {"kind": "EvaluationJob", "apiVersion": "assay.dev/v1alpha1", "name": NAME, "uid": "old-uid",
                    "controller": True}
-    api.jobs["eval-resolve"] = {"metadata": {"name": "eval-resolve", "uid": "r0", "ownerReferences": [predecessor]},
-                                "spec": {}, "status": {}}
+    ours = {protocol.JOB_LABEL: NAME}
+    api.jobs["eval-resolve"] = {"metadata": {"name": "eval-resolve", "uid": "r0", "ownerReferences": [predecessor],
+                                             "labels": ours}, "spec": {}, "status": {}}
     api.jobs["eval-ppl"] = {"metadata": {"name": "eval-ppl", "uid": "p0", "deletionTimestamp": "2026-01-01T11:59:00Z",
-                                         "ownerReferences": [predecessor]}, "spec": {}, "status": {}}
+                                         "ownerReferences": [predecessor], "labels": ours}, "spec": {}, "status": {}}
     assert reconcile() == "Pending" and api.status()["reason"] == "WaitingForPredecessor"
     assert api.jobs["eval-resolve"]["metadata"]["uid"] == "r0", "the predecessor's Job is the collector's"
     api.jobs.clear()  # collected
@@ -396,6 +402,26 @@ def test_a_suspend_set_by_kueue_is_not_fought_over(api):
     reconcile()
     assert api.jobs["eval-resolve"]["spec"]["suspend"] is True
     assert api.jobs["eval-resolve"]["metadata"]["annotations"]["assay.dev/suspend"] == "false"
+
+
+def test_a_job_suspended_by_kueue_before_its_workload_exists_is_looked_at_again(api):
+    """Kueue's webhook suspends a Job at creation and its Workload comes a moment later; no watch of the
+    operator shows the Workload, so without a timer the status said Resuming for ever (the cluster test
+    under manageJobsWithoutQueueName caught this once the resync loop was gone)."""
+    api.apply()
+    reconcile()
+    child = api.jobs["eval-resolve"]
+    child["metadata"]["creationTimestamp"] = "2026-01-01T11:59:59Z"
+    child["spec"]["suspend"] = True
+    child["status"] = {"conditions": [{"type": "Suspended", "status": "True"}]}
+    out = outcome()
+    assert api.status()["reason"] == "Resuming" and child["spec"]["suspend"] is True, "not fought over"
+    assert out.due == dt.datetime(2026, 1, 1, 12, 0, 2, tzinfo=dt.UTC), "first look soon after creation"
+    assert outcome(out.due).due == out.due + dt.timedelta(seconds=SETTINGS.hold_retry_seconds), "then a retry"
+    api.workloads[child["metadata"]["uid"]] = [{"metadata": {"name": "job-eval-resolve-1"}, "status": {}}]
+    out = outcome(out.due)
+    assert api.status()["reason"] == "WaitingForAdmission" and out.due is None, \
+        "Kueue resumes an admitted Job, which the Job watch shows: nothing left to look at"
 
 
 def test_kueue_ownership_follows_the_childs_label_not_the_live_spec(api):
