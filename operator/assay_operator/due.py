@@ -8,7 +8,7 @@ alone changes what ``status.derive`` or ``plan`` decide. Pure; ``reconcile`` ret
   and a refused create is retried every hold_retry_seconds (a quota frees without any watched change);
 - a Running job's ShardsProgressing turns False stall_seconds after its lastProgressTime;
 - a progress-only status change held back by progress_write_seconds is written when that has passed;
-- a child suspended by someone else (Kueue) is looked at again until its Workload shows why;
+- a child Kueue suspended is looked at a few times more while its Workload has not said why;
 - a finished job's children are deleted spec.ttlSecondsAfterFinished after completionTime.
 
 A finished job whose TTL acted (or that has none) has nothing due: it costs nothing until it changes.
@@ -45,8 +45,8 @@ def running(o: status.Observed, new: dict[str, Any], hold_retry_seconds: float) 
         moments.append(blocked + dt.timedelta(seconds=spec.pending_deadline_seconds))
     if o.hold is not None:
         moments.append(o.now + dt.timedelta(seconds=hold_retry_seconds))
-    if new.get("reason") == "Resuming":
-        moments.extend(_held_by_another(o, hold_retry_seconds))
+    if new.get("reason") == "Resuming" or (new.get("reason") == "WaitingForAdmission" and not o.admission):
+        moments.extend(_held_by_another(o))
     last = status.parse_time((new.get("progress") or {}).get("lastProgressTime"))
     if new.get("phase") == status.RUNNING and last is not None and _progressing(new):
         # derive compares with '>': one second past the bound
@@ -54,23 +54,26 @@ def running(o: status.Observed, new: dict[str, Any], hold_retry_seconds: float) 
     return _earliest(moments, o.now)
 
 
-def _held_by_another(o: status.Observed, hold_retry_seconds: float) -> list[dt.datetime]:
-    """A child that stays suspended although the operator resumed it is held by someone else: Kueue under
-    manageJobsWithoutQueueName suspends it at creation and adds its Workload a moment later, which no
-    watch of ours shows. Look again soon after the child's creation, then every hold_retry_seconds."""
+def _held_by_another(o: status.Observed) -> list[dt.datetime]:
+    """Kueue's word on a suspended child that no watch of ours shows: under manageJobsWithoutQueueName
+    Kueue suspends a Job at creation and adds its Workload a moment later (status said Resuming for ever),
+    and a Workload's message (what the queue lacks) comes with Kueue's next scheduling attempt. Look again
+    a few times after the child was suspended, then no more: a job that waits in a queue costs nothing."""
     moments = []
     for child in (o.resolve, o.ppl, o.cmp):
         if child is None or status.job_state(child) != "Suspended":
             continue
-        moments.append(o.now + dt.timedelta(seconds=hold_retry_seconds))
-        created = status.parse_time((child.get("metadata") or {}).get("creationTimestamp"))
-        if created is not None:
-            moments.append(created + dt.timedelta(seconds=_FIRST_LOOK_SECONDS))
+        conds = {c.get("type"): c for c in (child.get("status") or {}).get("conditions") or []}
+        since = status.parse_time((conds.get("Suspended") or {}).get("lastTransitionTime")
+                                  or (child.get("metadata") or {}).get("creationTimestamp"))
+        if since is not None:
+            moments.extend(since + dt.timedelta(seconds=s) for s in LOOKS_AT_A_SUSPENDED_CHILD)
     return moments
 
 
-#: Kueue's job reconciler creates a Workload within about a second of the Job.
-_FIRST_LOOK_SECONDS = 3
+#: Seconds after a child was suspended at which Kueue's Workload is read again (Kueue creates one within
+#: about a second of the Job, and retries scheduling with a backoff of its own).
+LOOKS_AT_A_SUSPENDED_CHILD = (3, 10, 30, 90, 300)
 
 
 def finished(job: EvaluationJob, previous: dict[str, Any], children: Iterable[Any],

@@ -417,11 +417,18 @@ def test_a_job_suspended_by_kueue_before_its_workload_exists_is_looked_at_again(
     out = outcome()
     assert api.status()["reason"] == "Resuming" and child["spec"]["suspend"] is True, "not fought over"
     assert out.due == dt.datetime(2026, 1, 1, 12, 0, 2, tzinfo=dt.UTC), "first look soon after creation"
-    assert outcome(out.due).due == out.due + dt.timedelta(seconds=SETTINGS.hold_retry_seconds), "then a retry"
+    assert outcome(out.due).due == dt.datetime(2026, 1, 1, 12, 0, 9, tzinfo=dt.UTC), "then a few more"
     api.workloads[child["metadata"]["uid"]] = [{"metadata": {"name": "job-eval-resolve-1"}, "status": {}}]
     out = outcome(out.due)
-    assert api.status()["reason"] == "WaitingForAdmission" and out.due is None, \
+    assert api.status()["reason"] == "WaitingForAdmission" and out.due is not None, "no word from Kueue yet"
+    api.workloads[child["metadata"]["uid"]][0]["status"] = {"conditions": [
+        {"type": "QuotaReserved", "status": "False", "message": "couldn't assign flavors to pod set main"}]}
+    out = outcome(out.due)
+    assert "couldn't assign flavors" in api.status()["message"] and out.due is None, \
         "Kueue resumes an admitted Job, which the Job watch shows: nothing left to look at"
+    late = dt.datetime(2026, 1, 1, 12, 10, tzinfo=dt.UTC)
+    api.workloads[child["metadata"]["uid"]][0]["status"] = {}
+    assert outcome(late).due is None, "a job waiting in a queue for long costs nothing"
 
 
 def test_kueue_ownership_follows_the_childs_label_not_the_live_spec(api):
