@@ -231,9 +231,10 @@ def operator(control_plane, node, kubectl, admin):
 
 
 class Operator:
-    #: The test install: every namespace (no resync: watches and timers only), plain log lines, pull failures fail jobs at once.
+    #: The test install: every namespace (no resync: watches and timers only), plain log lines, pull failures
+    #: fail jobs at once, the operator's requests in a priority level of their own (API Priority and Fairness).
     VALUES = ("watch.clusterWide=true", "operator.logFormat=text",
-              "jobDefaults.failFastSeconds=5")
+              "jobDefaults.failFastSeconds=5", "flowControl.enabled=true")
 
     #: The chart's default: one leads on the Lease, one follows.
     REPLICAS = 2

@@ -10,6 +10,8 @@ from kubernetes import client
 
 from tests.cluster.conftest import (
     CHART,
+    OPERATOR_NS,
+    RELEASE,
     S3_KEYS,
     Api,
     _ready,
@@ -49,3 +51,28 @@ def test_default_install_watches_its_namespace_with_a_role_only(operator, kubect
     wait_for(lambda: [p for p in operator.pods() if _ready(p)], "the cluster-wide operator back", timeout=90)
     no_forbidden(operator)
     client.CoreV1Api(admin).delete_namespace(ns)
+
+
+def test_the_operators_requests_are_classified_into_its_own_priority_level(operator, kubectl):
+    """Issue 23, item 5: with flowControl.enabled (the test install sets it) the API server puts the
+    operator's requests into the chart's PriorityLevelConfiguration; everyone else's stay where they were.
+    The API server names the FlowSchema and level it chose in every response's X-Kubernetes-PF-* headers."""
+    schema = json.loads(kubectl("get", "flowschema", RELEASE, "-o", "json").stdout)
+    level = json.loads(kubectl("get", "prioritylevelconfiguration", RELEASE, "-o", "json").stdout)
+    assert schema["spec"]["priorityLevelConfiguration"]["name"] == RELEASE
+
+    def classified(*who: str) -> tuple[str, str]:
+        # -v=8 prints the response headers; APF classifies after impersonation, before authorization
+        out = kubectl("get", "evaluationjobs", "-A", "-v=8", *who).stderr
+        headers = dict(re.findall(r"(X-Kubernetes-Pf-[A-Za-z-]+): (\S+)", out, flags=re.IGNORECASE))
+        lower = {k.lower(): v for k, v in headers.items()}
+        return lower.get("x-kubernetes-pf-flowschema-uid", ""), lower.get("x-kubernetes-pf-prioritylevel-uid", "")
+
+    account = f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}"
+    assert classified(f"--as={account}", "--as-group=system:serviceaccounts") == (
+        schema["metadata"]["uid"], level["metadata"]["uid"])
+    other = classified("--as=system:serviceaccount:default:default", "--as-group=system:serviceaccounts")
+    assert other[0] and other[0] != schema["metadata"]["uid"], "another service account is not the operator"
+    # the flow schema's status says the API server resolved its priority level
+    conditions = {c["type"]: c["status"] for c in schema.get("status", {}).get("conditions", [])}
+    assert conditions.get("Dangling") == "False", schema.get("status")

@@ -28,6 +28,7 @@ VARIANTS: dict[str, dict] = {
                "jobDefaults": {"runnerImage": {"repository": "registry.example/ml/assay-runner", "tag": "1.2.3-cu124"},
                                "serviceAccountName": "jobs", "runAsUser": 2000},
                "imagePullSecrets": [{"name": "regcred"}], "operator": {"logFormat": "text"}},
+    "flow-control": {"flowControl": {"enabled": True}, "serviceAccount": {"name": "ops"}},
     "digest-no-metrics-no-crd": {"image": {"digest": "sha256:" + "a" * 64}, "metrics": {"enabled": False},
                                  "crds": {"install": False}, "serviceAccount": {"create": False, "name": "ops"}},
 }
@@ -189,6 +190,7 @@ def test_service_monitor_selects_the_metrics_service():
     {"operator": {"logFormat": "xml"}},
     {"jobDefaults": {"runAsUser": 0}},
     {"image": {"digest": "latest"}},
+    {"flowControl": {"enabled": True, "lendablePercent": 150}},
 ])
 def test_values_schema_refuses_bad_values(bad, tmp_path):
     values = tmp_path / "values.json"
@@ -224,3 +226,19 @@ def test_two_replicas_with_a_disruption_budget_spread_over_nodes_and_one_lease()
     single = render({"operator": {"replicas": 1}})
     assert not by_kind(single, "PodDisruptionBudget")
     assert "affinity" not in by_kind(single, "Deployment")[0]["spec"]["template"]["spec"]
+
+
+def test_flow_control_gives_the_operators_service_account_a_priority_level_of_its_own():
+    """Issue 23, item 5: off by default (cluster-scoped objects an admin usually owns); when on, every
+    request of the operator's service account, and only its, goes to the chart's own level."""
+    assert not by_kind(render(), "FlowSchema") and not by_kind(render(), "PriorityLevelConfiguration")
+    objs = render({"flowControl": {"enabled": True, "matchingPrecedence": 500}, "serviceAccount": {"name": "ops"}})
+    (schema,), (level,) = by_kind(objs, "FlowSchema"), by_kind(objs, "PriorityLevelConfiguration")
+    assert schema["spec"]["priorityLevelConfiguration"]["name"] == level["metadata"]["name"] == "rel-assay"
+    assert schema["spec"]["matchingPrecedence"] == 500
+    (rule,) = schema["spec"]["rules"]
+    assert rule["subjects"] == [{"kind": "ServiceAccount",
+                                 "serviceAccount": {"name": "ops", "namespace": "assay-system"}}]
+    assert rule["resourceRules"] == [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "namespaces": ["*"],
+                                      "clusterScope": True}]
+    assert level["spec"]["type"] == "Limited" and level["spec"]["limited"]["limitResponse"]["type"] == "Queue"
