@@ -117,7 +117,7 @@ class TestS3:
             assert dict(os.environ) == before
         assert not s3.list_objects_v2(Bucket="lease-using").get("Contents"), "released at the job's endpoint"
 
-    def test_dataset_and_job_on_s3(self, s3, pennfudan_dir, test_split, oracle_model, tmp_path):
+    def test_dataset_and_job_on_s3(self, s3, pennfudan_dir, test_split, oracle_model, tmp_path, monkeypatch):
         """The same flow with every object in S3: shards stream down, results go up."""
         import shutil
 
@@ -135,7 +135,7 @@ class TestS3:
                                log=lambda s: None)
         job = EvaluationJob.from_manifest(job_manifest("s3job", "s3://assay/store/models/oracle",
                                                        "s3://assay/store/datasets/pennfudan", "s3://assay/out", 2))
-        os.chdir(tmp_path)
+        monkeypatch.chdir(tmp_path)  # the job folder (.assay/) goes here; undone after the test
         run = run_job(job, progress=False)
         assert run.report.summary["segm/AP"] == 1.0
         names = storage.list_names("s3://assay/out")
