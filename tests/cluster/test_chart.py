@@ -63,7 +63,8 @@ def test_the_operators_requests_are_classified_into_its_own_priority_level(opera
 
     def classified(*who: str) -> tuple[str, str]:
         # -v=8 prints the response headers; APF classifies after impersonation, before authorization
-        out = kubectl("get", "evaluationjobs", "-A", "-v=8", *who).stderr
+        # (so a refused request is classified too)
+        out = kubectl("get", "evaluationjobs", "-A", "-v=8", *who, check=False).stderr
         headers = dict(re.findall(r"(X-Kubernetes-Pf-[A-Za-z-]+): (\S+)", out, flags=re.IGNORECASE))
         lower = {k.lower(): v for k, v in headers.items()}
         return lower.get("x-kubernetes-pf-flowschema-uid", ""), lower.get("x-kubernetes-pf-prioritylevel-uid", "")
