@@ -92,6 +92,11 @@ class CocoEvaluator(Evaluator):
         self._pred_masks = _Presence("prediction 'masks'")
         self._unknown_category_dets = 0
 
+    @classmethod
+    def run_settings(cls) -> dict[str, Any]:
+        # the ppl workers match, cmp merges: tables of other parameters must not meet in one run
+        return {"matching": coco_match.settings()}
+
     def update(self, sample_id: str, label: dict[str, Any], prediction: dict[str, Any]) -> None:
         if sample_id in self._seen:
             raise EvaluationError(f"duplicate sample id '{sample_id}'",

@@ -13,13 +13,16 @@ detections in ``evaluateImg``'s order (stable sort on -score, at most ``MAX_DETS
 scores, for each area range and IoU threshold a matched bit (``dtMatches > 0``, so a ground-truth id 0
 reads as unmatched, as in COCOeval) and an ignore bit, and per area range only the number of
 non-ignored ground-truth objects. The parameters are COCOeval's defaults and are fixed: a change to
-them is a new ``TABLE_VERSION``.
+them is a new ``TABLE_VERSION``, and both are part of the run's settings hash (``settings``), so tables
+made under other parameters are recomputed or refused, never merged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +35,8 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, 
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 MAX_DETS = (1, 10, 100)
 AREA_LABELS = ("all", "small", "medium", "large")
+#: COCOeval's area ranges (px², both bounds inclusive), written as pycocotools writes them.
+AREA_RANGES = ((0 ** 2, 1e5 ** 2), (0 ** 2, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e5 ** 2))
 #: Bits per area range in a detection's matched/ignored word: one per IoU threshold.
 _AREA_BITS = 16
 
@@ -93,6 +98,23 @@ class CocoMatches:
     presence: dict[str, list[str | None]]
 
 
+def settings() -> dict[str, Any]:
+    """What fixes the tables' numbers, for the run's identity (assay.runrecord): the table version and
+    COCOeval's parameters. ``digest`` covers their exact values; the rest says them in short."""
+    exact = {"version": TABLE_VERSION, "iouThrs": IOU_THRESHOLDS.tolist(), "recThrs": RECALL_THRESHOLDS.tolist(),
+             "maxDets": list(MAX_DETS), "areaRng": [list(r) for r in AREA_RANGES]}
+    return {"version": TABLE_VERSION, "iouThrs": [round(t, 2) for t in exact["iouThrs"]],
+            "recThrs": len(exact["recThrs"]), "maxDets": exact["maxDets"], "areaRng": exact["areaRng"],
+            "digest": hashlib.sha256(json.dumps(exact).encode()).hexdigest()[:12]}
+
+
+def _set_params(params: Any) -> None:
+    """COCOeval's parameters from this module's constants, so the tables follow what ``settings`` says."""
+    params.iouThrs, params.recThrs = IOU_THRESHOLDS.copy(), RECALL_THRESHOLDS.copy()
+    params.maxDets, params.areaRng = list(MAX_DETS), [list(r) for r in AREA_RANGES]
+    params.areaRngLbl = list(AREA_LABELS)
+
+
 def empty_table() -> MatchTable:
     return MatchTable(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
                       np.zeros((0, len(AREA_LABELS)), np.int32), np.zeros(0, np.float64),
@@ -109,6 +131,7 @@ def match(gt: Any, results: Any, iou_type: str) -> MatchTable:
 
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, results, iou_type)
+        _set_params(ev.params)
         ev.evaluate()
     p = ev.params
     n_img, n_area, n_thr = len(p.imgIds), len(p.areaRng), len(p.iouThrs)
@@ -213,6 +236,7 @@ def summarize(precision: np.ndarray, recall: np.ndarray, iou_type: str) -> list[
     from pycocotools.cocoeval import COCOeval
 
     ev = COCOeval(iouType=iou_type)
+    _set_params(ev.params)
     ev.eval = {"params": ev.params, "precision": precision, "recall": recall}
     with contextlib.redirect_stdout(io.StringIO()):
         ev.summarize()

@@ -12,6 +12,7 @@ Sections (their ids are stable; tests and links use them):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -54,7 +55,8 @@ def _overview(run: FinishedRun) -> Html:
             ["dataset", m["dataset"]["name"], m["dataset"]["version"], m["dataset"]["uri"]]]
     engine = m.get("full", {}).get("engine")
     # a setting the job left unset is null in metrics.json; the evaluator then came from the model
-    settings = [[k, f"{m['evaluator']} (the model's)" if k == "evaluator" and v is None else v]
+    settings = [[k, f"{m['evaluator']} (the model's)" if k == "evaluator" and v is None
+                 else json.dumps(v, separators=(", ", ": ")) if isinstance(v, dict) else v]  # coco's matching
                 for k, v in m.get("settings", {}).items()]
     conditions = [[k, v] for c in m.get("runConditions") or [] if isinstance(c, dict) for k, v in c.items()]
     return section("overview", "Run",
