@@ -78,15 +78,18 @@ def read(path: str | Path) -> tuple[CocoMatches, dict[str, Any]]:
     return matches, meta
 
 
-def read_ids(path: str | Path) -> list[str]:
-    """The sample ids of a match-table file, from its metadata alone."""
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a match-table file alone (sample ids, image offset, run identity); ValueError when
+    it is not one of this version."""
     import pyarrow.parquet as pq
 
     meta = json.loads((pq.read_schema(str(path)).metadata or {})[META_KEY])
+    if meta.get("format") != FORMAT or meta.get("version") != TABLE_VERSION:
+        raise ValueError(f"not an {FORMAT} file of version {TABLE_VERSION}")
     ids = meta["sample_ids"]
     if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
         raise ValueError("sample_ids is not a list of strings")
-    return ids
+    return meta
 
 
 def _empty():

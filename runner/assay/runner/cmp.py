@@ -13,12 +13,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from assay import layout, packages, runrecord, shards, storage, verified
-from assay.errors import AssayError, EvaluationError, HandlerError, IntegrityError, SpecError
-from assay.metrics import MetricsReport, coco_tables, get_evaluator
+from assay.errors import AssayError, EvaluationError, HandlerError, SpecError
+from assay.metrics import MetricsReport, get_evaluator
 from assay.metrics.coco import report_from_matches
 from assay.runner.inputs import load_pinned
 from assay.spec import RunContext
@@ -54,26 +53,9 @@ def run(ctx: RunContext) -> MetricsReport:
 def _coco_evaluate(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
                    ident: runrecord.RunIdentity, conditions: list[Any]) -> MetricsReport:
     """Merge and accumulate the match tables the ppl workers wrote; the predictions are not read."""
-    tables = []
-    for index, path in verified.iter_matches(dataset, model, ctx.output_uri, lambda p: _readable(ctx, p, ids=True),
-                                             ident.settings_hash, conditions):
-        info = dataset.shards[index]
-        matches, meta = _readable(ctx, path)
-        expected_offset = sum(s.samples for s in dataset.shards[:index])
-        if (meta.get("shard_sha256"), matches.image_offset) != (info.sha256, expected_offset):
-            raise IntegrityError(f"{layout.matches_uri(ctx.output_uri, index)} is not shard {info.name}'s "
-                                 f"match tables", "rerun the job: the shard is recomputed")
-        tables.append(matches)
+    tables = [verified.read_matches(ctx.output_uri, index, path) for index, path in
+              verified.iter_matches(dataset, model, ctx.output_uri, ident.settings_hash, conditions)]
     return report_from_matches(dataset.label_schema, tables)
-
-
-def _readable(ctx: RunContext, path: Path, ids: bool = False) -> Any:
-    """A match-table file (or only its sample ids), any damage the sha256 did not catch refused."""
-    try:
-        return coco_tables.read_ids(path) if ids else coco_tables.read(path)
-    except Exception as exc:  # pyarrow, JSON, shapes: whatever the bytes are, they are not match tables
-        raise IntegrityError(f"match tables under {layout.matches_uri(ctx.output_uri, 0).rsplit('/', 1)[0]} are "
-                             f"not readable ({exc!r})", "rerun the job: the shard is recomputed") from exc
 
 
 def _handler_evaluate(model: packages.ModelManifest,
