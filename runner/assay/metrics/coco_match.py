@@ -166,69 +166,16 @@ def match(gt: Any, results: Any, iou_type: str) -> MatchTable:
 
 
 def accumulate(table: MatchTable, num_categories: int) -> tuple[np.ndarray, np.ndarray]:
-    """COCOeval.accumulate's ``precision`` [T, R, K, A, M] and ``recall`` [T, K, A, M] from a merged table.
+    """COCOeval.accumulate's ``precision`` [T, R, K, A, M] and ``recall`` [T, K, A, M] from a merged table
+    (its cells in any order), by ``coco_merge.Runs`` with the table as one shard."""
+    import tempfile
 
-    Per category the cells are put in global image order and their detections concatenated (each cell's
-    already in rank order), then stable-sorted on -score: COCOeval's own order, whatever the order in
-    which the shards' tables were merged. Each (area, maxDets, threshold) then repeats COCOeval's
-    cumsum, division, precision envelope and ``searchsorted`` on the full array.
-    """
-    t_n, r_n, a_n, m_n = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_LABELS), len(MAX_DETS)
-    precision = -np.ones((t_n, r_n, num_categories, a_n, m_n))
-    recall = -np.ones((t_n, num_categories, a_n, m_n))
-    starts = np.concatenate([[0], np.cumsum(table.num_dets, dtype=np.int64)[:-1]]).astype(np.int64)
-    by_cell = np.lexsort((table.image, table.category))  # category, then global image order
-    cats = table.category[by_cell]
-    bounds = np.searchsorted(cats, np.arange(num_categories + 1), side="left")
-    for k in range(num_categories):
-        cells = by_cell[bounds[k]:bounds[k + 1]]
-        if not cells.size:
-            continue  # no cell of this category anywhere: COCOeval leaves -1
-        counts = table.num_dets[cells].astype(np.int64)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        rank = np.arange(int(counts.sum()), dtype=np.int64) - first
-        det = np.repeat(starts[cells], counts) + rank
-        order = np.argsort(-table.score[det], kind="mergesort")
-        det, rank = det[order], rank[order]
-        npig = table.num_gt[cells].sum(axis=0, dtype=np.int64)
-        for m, max_det in enumerate(MAX_DETS):
-            kept = det[rank < max_det]
-            m_words, i_words = table.matched[kept], table.ignored[kept]
-            for a in range(a_n):
-                if npig[a] == 0:
-                    continue  # no ground truth to find: COCOeval leaves -1
-                # this area range's 16 bits as uint16: a quarter of the memory traffic per threshold
-                shift, low = np.uint64(a * _AREA_BITS), np.uint64((1 << _AREA_BITS) - 1)
-                m_bits = ((m_words >> shift) & low).astype(np.uint16)
-                i_bits = ((i_words >> shift) & low).astype(np.uint16)
-                for t in range(t_n):
-                    bit = np.uint16(1 << t)
-                    dtm = (m_bits & bit) != 0
-                    counted = (i_bits & bit) == 0
-                    precision[t, :, k, a, m], recall[t, k, a, m] = _curve(
-                        dtm & counted, ~dtm & counted, int(npig[a]))
-    return precision, recall
+    from assay.metrics import coco_merge  # built on this module's tables
 
-
-def _curve(tps: np.ndarray, fps: np.ndarray, npig: int) -> tuple[np.ndarray, float]:
-    """One COCOeval.accumulate step: the 101-point precision and the final recall, same float ops."""
-    tp = np.cumsum(tps).astype(dtype=float)
-    fp = np.cumsum(fps).astype(dtype=float)
-    nd = len(tp)
-    rc = tp / npig
-    pr = tp / (fp + tp + np.spacing(1))
-    q = np.zeros(len(RECALL_THRESHOLDS))
-    if not nd:
-        return q, 0.0
-    at = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
-    at = at[at < nd]  # COCOeval stops at the first threshold past the end; the rest stay 0
-    # COCOeval's backwards loop makes pr[i] = max(pr[i:]); only the probed i are needed: the max of each
-    # stretch between probes, then a running max from the end (max picks a value: no rounding).
-    starts = np.unique(at)
-    if starts.size:
-        envelope = np.maximum.accumulate(np.maximum.reduceat(pr, starts)[::-1])[::-1]
-        q[:at.size] = envelope[np.searchsorted(starts, at)]
-    return q, float(rc[-1])
+    with tempfile.TemporaryDirectory(prefix="assay-accumulate-") as folder:
+        runs = coco_merge.Runs(folder, num_categories)
+        runs.add(table)
+        return runs.accumulate()
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray, iou_type: str) -> list[float]:

@@ -2,9 +2,10 @@
 
 cmp refuses to score an incomplete run: every sample id of every shard's labels must appear exactly
 once in that shard's results, and nothing else may. It reads one shard at a time, so memory holds the
-evaluator's state, not all results files at once. For the coco evaluator it reads neither labels nor
-predictions: the ppl workers matched each shard's images already (match tables, assay.metrics.coco_match),
-and cmp merges their tables and accumulates.
+evaluator's state, not all results files at once. For the coco evaluator it reads no predictions: the
+ppl workers matched each shard's images already (match tables, assay.metrics.coco_match), and cmp merges
+their tables and accumulates, from sorted runs on scratch disk (assay.metrics.coco_merge), so its memory
+does not grow with the detections.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from assay import layout, packages, runrecord, shards, storage, verified
 from assay.errors import AssayError, EvaluationError, HandlerError, SpecError
 from assay.metrics import MetricsReport, get_evaluator
-from assay.metrics.coco import report_from_matches
+from assay.metrics.coco import MatchesMerge
 from assay.runner.inputs import load_pinned
 from assay.spec import RunContext
 
@@ -52,10 +54,13 @@ def run(ctx: RunContext) -> MetricsReport:
 
 def _coco_evaluate(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
                    ident: runrecord.RunIdentity, conditions: list[Any]) -> MetricsReport:
-    """Merge and accumulate the match tables the ppl workers wrote; the predictions are not read."""
-    tables = [verified.read_matches(ctx.output_uri, index, path) for index, path in
-              verified.iter_matches(dataset, model, ctx.output_uri, ident.settings_hash, conditions)]
-    return report_from_matches(dataset.label_schema, tables)
+    """Merge and accumulate the match tables the ppl workers wrote; the predictions are not read. One
+    shard's tables at a time are in memory: they are spilled, sorted, to scratch disk and merged from there."""
+    with storage.scratch_dir("cmp") as spill:
+        merge = MatchesMerge(dataset.label_schema, Path(spill))
+        for index, path in verified.iter_matches(dataset, model, ctx.output_uri, ident.settings_hash, conditions):
+            merge.add(verified.read_matches(ctx.output_uri, index, path))
+        return merge.report()
 
 
 def _handler_evaluate(model: packages.ModelManifest,
