@@ -46,6 +46,8 @@ class _Run:
     def __init__(self, path: Path, table: MatchTable, num_categories: int, sparse: int):
         cells = np.lexsort((table.image, table.category))  # category, then image order
         counts = table.num_dets[cells].astype(np.int64)
+        if counts.size and counts.max() > np.iinfo(RECORD["rank"]).max:
+            raise ValueError("a cell keeps more detections than a record's rank holds")
         starts = np.concatenate([[0], np.cumsum(table.num_dets, dtype=np.int64)[:-1]]).astype(np.int64)
         rank = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         det = np.repeat(starts[cells], counts) + rank
@@ -55,7 +57,8 @@ class _Run:
         records = np.empty(len(order), RECORD)
         records["key"], records["rank"] = key[order], rank[order]
         records["matched"], records["ignored"] = table.matched[det[order]], table.ignored[det[order]]
-        records.tofile(path)
+        with open(path, "wb") as f:  # not tofile: a full disk then raises with its errno, which scratch_dir names
+            f.write(records.data)
         self.path, self.sparse = path, sparse
         self.bounds = np.searchsorted(category[order], np.arange(num_categories + 1), side="left")
         self.index = records["key"][::sparse].copy()  # the keys at positions 0, sparse, 2 * sparse, ...
