@@ -7,7 +7,7 @@ positives), scores uniform. Sizes up to ``real_max`` images go the whole way: th
 per shard (``CocoEvaluator.match``, timed per image), the match-table files, and cmp
 (``assay.runner.cmp.run`` over a published run, in a fresh process: wall time and peak RSS). Above that
 the match tables are generated directly (bbox only, the same shape of data) and cmp's merge and
-accumulate (``report_from_matches`` over the table files) is timed in a fresh process.
+accumulate (``MatchesMerge`` over the table files, one at a time, as cmp does) is timed in a fresh process.
 
 Peers, single-process on all images, from COCO dicts built beforehand (the build is not timed):
 pycocotools, faster-coco-eval and hotcoco (when installed), each evaluate + accumulate + summarize for
@@ -137,8 +137,10 @@ _CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 import pycocotools.cocoeval, pyarrow.parquet  # what cmp imports on its way, timed apart
+import tempfile
+from pathlib import Path
 from assay.metrics import coco_tables
-from assay.metrics.coco import report_from_matches
+from assay.metrics.coco import MatchesMerge
 from assay.runner import cmp
 from assay.spec import RunContext
 mode, arg = sys.argv[1], json.loads(sys.argv[2])
@@ -146,9 +148,12 @@ t1 = time.perf_counter()
 if mode == "cmp":
     report = cmp.run(RunContext(job_name="m", model_uri=arg["model"], dataset_uri=arg["dataset"],
                                 output_uri=arg["output"]))
-else:
-    report = report_from_matches({"categories": [{"id": 1, "name": "pedestrian"}]},
-                                 [coco_tables.read(p)[0] for p in arg])
+else:  # as cmp merges: one table file at a time, spilled
+    with tempfile.TemporaryDirectory() as spill:
+        merge = MatchesMerge({"categories": [{"id": 1, "name": "pedestrian"}]}, Path(spill))
+        for p in arg:
+            merge.add(coco_tables.read(p)[0])
+        report = merge.report()
 seconds = time.perf_counter() - t1
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "import_s": t1 - t0, "rss_mb": int(hwm.split()[1]) / 1024,

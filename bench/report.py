@@ -76,8 +76,9 @@ GAPS = {
   pods' watch events, writes more).""",
 }
 NOTES = """- **3, cmp memory.** Flat in the number of shards (the target). cmp reads the ppl workers' match tables
-  (issue 22), not the predictions: its memory is the merged tables, about 180 bytes per detection per
-  IoU type.
+  (issue 22), not the predictions, one shard at a time, and merges them from sorted runs on scratch disk
+  (25 bytes per detection) read back at most 262,144 detections at a time: its memory does not grow
+  with the detections, only with the sample ids metrics.json lists.
 - **22, cmp at scale.** Up to 100,000 images end to end (ppl's matching per shard, then cmp in a fresh
   process); at 1,000,000 from generated match tables. Peers run single-process on all images in the same
   run and are extrapolated linearly where they would take over 200 s; each row says which.

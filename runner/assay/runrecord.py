@@ -70,7 +70,10 @@ class RunIdentity:
 
 
 def identity(ctx: RunContext, model: ModelManifest, dataset: DatasetManifest) -> RunIdentity:
-    settings = ctx.prediction_settings()
+    from assay.metrics import run_settings
+
+    # the evaluator's own settings only where it has some: a classification run keeps its hash
+    settings = {**ctx.prediction_settings(), **run_settings(ctx.evaluator or model.evaluator)}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return RunIdentity(job=ctx.job_name, model_name=model.name, model_version=model.version,
                        dataset_name=dataset.name, dataset_version=dataset.version, settings_hash=digest,
@@ -108,12 +111,35 @@ def claim(output_uri: str, ident: RunIdentity) -> None:
         changed = [f"{k} {getattr(existing, k)} -> {getattr(ident, k)}"
                    for k in ("model_name", "model_version", "dataset_name", "dataset_version", "settings_hash")
                    if getattr(existing, k) != getattr(ident, k)]
+        changed += setting_changes(existing.settings, ident.settings)
         raise SpecError(
             f"output {output_uri} belongs to another run ({existing.describe()}); this one differs: "
             f"{', '.join(changed)}",
             "evaluate into another output: on a cluster, a new EvaluationJob with its own spec.output.uri (an "
             "EvaluationJob's output never changes); with `assay run`, a new spec.output.uri or `--overwrite` "
             "to discard the old results first")
+
+
+def setting_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Each setting that differs, as "name old -> new" (nested ones as "matching.maxDets"); "unset" where
+    a run did not record it (e.g. an output made before the setting was part of the hash)."""
+    out = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key, _UNSET), new.get(key, _UNSET)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += setting_changes(a, b, f"{prefix}{key}.")
+        else:
+            out.append(f"setting {prefix}{key} {_shown(a)} -> {_shown(b)}")
+    return out
+
+
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else json.dumps(value, separators=(",", ":"))
 
 
 #: The entries a run writes into its output; ``clear`` removes only the run's files in them.

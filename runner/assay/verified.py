@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from assay import layout, packages, results, shards, storage
 from assay.errors import EvaluationError, IntegrityError
+from assay.metrics import coco_match, coco_tables
+
+T = TypeVar("T")
 
 #: What a record must say for its shard's results to be this run's (settings only where the run knows them).
 _ORIGIN = ("model_version", "dataset_version", "shard_sha256", "samples", "settings_hash")
@@ -57,26 +60,50 @@ def iter_records(dataset: shards.DatasetManifest, model: packages.ModelManifest,
 
 
 def iter_matches(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,
-                 read_ids: Callable[[Path], list[str]], settings_hash: str | None = None,
-                 conditions: list[Any] | None = None) -> Iterator[tuple[int, Path]]:
+                 settings_hash: str | None = None, conditions: list[Any] | None = None) -> Iterator[tuple[int, Path]]:
     """Yield (shard index, local path) of every shard's match tables (the coco evaluator's), checked as
-    ``iter_records`` checks results files: this run's record, the sha256 recorded beside it, and the
-    sample ids (``read_ids`` reads them from the file) against the shard's labels, in their order. The
-    path is valid until the next item."""
+    ``iter_records`` checks results files: this run's record, the sha256 recorded beside it, the file's own
+    metadata (this shard, starting at its first image) and its sample ids against the shard's labels, in
+    their order. The path is valid until the next item; ``read_matches`` reads it."""
     # the results files too: a shard without predictions is not finished, whatever else it has
     records = _records(dataset, model, output_uri, settings_hash, layout.results_uri, layout.matches_uri)
+    offset = 0
     with storage.scratch_dir("cmp") as tmp:
         for index, record in enumerate(records):
+            uri, info = layout.matches_uri(output_uri, index), dataset.shards[index]
             path = Path(tmp) / "m.parquet"
             results.fetch_verified(output_uri, index, record, path, matches=True)
             if conditions is not None and record.get("conditions") not in conditions:
                 conditions.append(record.get("conditions"))
-            expected, got = [r["id"] for r in shards.read_labels(dataset, index)], read_ids(path)
+            meta = _readable(uri, coco_tables.read_meta, path)
+            if (meta.get("shard_sha256"), meta.get("image_offset")) != (info.sha256, offset):
+                raise IntegrityError(f"{uri} is not shard {info.name}'s match tables",
+                                     "rerun the job: the shard is recomputed")
+            expected, got = [r["id"] for r in shards.read_labels(dataset, index)], meta["sample_ids"]
             _check_ids(index, expected, got)
             if got != expected:  # the order is the run's image order, which COCOeval's ties follow
                 raise EvaluationError(f"shard {index}: match tables list the samples in another order than the "
                                       f"dataset", "delete that shard's results record and rerun its ppl worker")
+            offset += info.samples
             yield index, path
+
+
+def read_matches(output_uri: str, index: int, path: Path) -> coco_match.CocoMatches:
+    """The match tables at ``path`` (from ``iter_matches``), any damage the sha256 did not catch refused."""
+    return _readable(layout.matches_uri(output_uri, index), lambda p: coco_tables.read(p)[0], path)
+
+
+def has_matches(dataset: shards.DatasetManifest, output_uri: str) -> bool:
+    """Whether the run's results records name match tables (runs before assay wrote them have none)."""
+    return any((results.read_record(output_uri, i) or {}).get("matches") for i in range(len(dataset.shards)))
+
+
+def _readable(uri: str, read: Callable[[Path], T], path: Path) -> T:
+    try:
+        return read(path)
+    except Exception as exc:  # pyarrow, JSON, shapes: whatever the bytes are, they are not match tables
+        raise IntegrityError(f"{uri} is not readable as match tables ({exc!r})",
+                             "rerun the job: the shard is recomputed") from exc
 
 
 def _records(dataset: shards.DatasetManifest, model: packages.ModelManifest, output_uri: str,

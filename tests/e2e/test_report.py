@@ -12,6 +12,7 @@ Set ASSAY_REPORT_SCREENSHOTS=docs/images to keep the headless-Chromium screensho
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -27,8 +28,10 @@ import numpy as np
 import pytest
 import yaml
 
-from assay import datasets, packages, shards
+from assay import datasets, layout, packages, results, shards
 from assay.cli.main import main
+from assay.metrics import coco_tables
+from assay.report.finished import open_run
 from assay.runner.local import run_job
 from assay.spec import load_job, with_local_uris_relative_to
 from tests.conftest import FIXTURES, job_manifest, write_dataset_yaml
@@ -310,6 +313,79 @@ def test_report_refuses_unfinished_and_damaged_runs(coco, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
     assert main(["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "r.html")]) == 3
     assert "no such job manifest or output folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ per-sample scores, from the tables
+
+
+def _output_copy(job: str, dest: Path) -> Path:
+    shutil.copytree(Path(job).parent / "out", dest)
+    return dest
+
+
+def _republish_matches(out: Path, index: int, change) -> None:
+    """Rewrite shard ``index``'s match tables as ``change(matches)`` says, with a record that vouches for them."""
+    matches, meta = coco_tables.read(layout.matches_uri(str(out), index))
+    local = out.parent / f"{out.name}-{index}.matches.parquet"
+    coco_tables.write(local, change(matches), {k: v for k, v in meta.items() if k in ("shard", "shard_sha256",
+                                                                                       "settings_hash")})
+    record = results.read_record(str(out), index)
+    results.publish(layout.results_uri(str(out), index), str(out), index,
+                    {k: v for k, v in record.items() if k not in ("sha256", "bytes", "matches")},
+                    (local, {"version": record["matches"]["version"]}))
+
+
+def test_per_sample_scores_from_the_tables_equal_those_from_the_predictions(coco):
+    for key in ("a", "b"):
+        with open_run(coco[key]) as run:
+            assert run.per_sample() == run.evaluate().per_sample()
+
+
+def test_report_and_compare_take_per_sample_scores_from_the_match_tables(coco, tmp_path, capsys):
+    """A table saying the first image's detections matched nothing: both show its score as 0, which the
+    predictions (all correct there) could not give."""
+    out = _output_copy(coco["b"], tmp_path / "unmatched")
+    first = shards.read_labels(coco["dataset"], 0)[0]["id"]
+
+    def unmatch_first_image(m):
+        t = m.tables["bbox"]
+        owner = np.repeat(t.image, t.num_dets)
+        matched = np.where(owner == m.image_offset, np.uint64(0), t.matched)
+        return dataclasses.replace(m, tables={**m.tables, "bbox": dataclasses.replace(t, matched=matched)})
+
+    _republish_matches(out, 0, unmatch_first_image)
+    code, text, _ = _compare(capsys, coco["a"], str(out), "--format", "json")
+    assert code == 0
+    regressions = {r["id"]: r for r in json.loads(text)["regressions"]}
+    assert first not in _expected_drops(coco["dataset"]) and regressions[first]["b"] == 0.0
+    _, page = _report(str(out), tmp_path / "r.html")
+    assert page.captions[0].startswith(f"{first}: score 0.000")
+
+
+def test_damaged_or_missing_match_tables_stop_report_and_compare(coco, tmp_path, capsys):
+    out = _output_copy(coco["b"], tmp_path / "damaged")
+    tables = Path(layout.matches_uri(str(out), 1))
+    data = bytearray(tables.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    tables.write_bytes(bytes(data))
+    assert _compare(capsys, coco["a"], str(out))[0] == 3
+    assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 3
+    assert f"{tables} is damaged" in capsys.readouterr().err
+    tables.unlink()
+    code, _, err = _compare(capsys, coco["a"], str(out))
+    assert code == 3 and "1 of 3 shards have no results" in err
+
+
+def test_a_run_from_before_match_tables_is_scored_from_its_predictions(coco, tmp_path, capsys):
+    out = _output_copy(coco["b"], tmp_path / "old")
+    for index in range(len(coco["dataset"].shards)):
+        Path(layout.matches_uri(str(out), index)).unlink()
+        record_path = Path(layout.results_record_uri(str(out), index))
+        record_path.write_text(json.dumps({k: v for k, v in json.loads(record_path.read_text()).items()
+                                           if k != "matches"}))
+    new, old = (json.loads(_compare(capsys, coco["a"], b, "--format", "json")[1]) for b in (coco["b"], str(out)))
+    assert old["regressions"] and (old["samples"], old["regressions"]) == (new["samples"], new["regressions"])
+    assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
 
 
 # ------------------------------------------------------------------------------------------------ compare

@@ -391,3 +391,54 @@ def test_spec_storage_applies_without_changing_the_environment(s3, pennfudan_dir
     assert doc["phase"] == "Succeeded" and doc["results"]["bbox/AP"] == 1.0, "the workers used the job's endpoint"
     assert during == [before] and dict(os.environ) == before
     assert storage.current_access() is None
+
+
+class TestMatchingSettings:
+    """The settings hash left out COCOeval's parameters, so match tables made under other maxDets, area
+    ranges, thresholds or table version would have been merged into one run's metrics."""
+
+    @staticmethod
+    def _hash(evaluator: str) -> str:
+        from types import SimpleNamespace
+
+        from assay import runrecord
+
+        ctx = RunContext(job_name="j", model_uri="m", dataset_uri="d", output_uri="o")
+        model = SimpleNamespace(name="m", version="1", evaluator=evaluator)
+        return runrecord.identity(ctx, model, SimpleNamespace(name="d", version="2")).settings_hash
+
+    def test_coco_hash_covers_matching_and_classification_hash_is_unchanged(self, monkeypatch):
+        import hashlib
+
+        from assay.metrics import coco_match
+
+        settings = RunContext(job_name="j", model_uri="m", dataset_uri="d", output_uri="o").prediction_settings()
+        before = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        assert self._hash("classification") == before, "classification runs keep the hash of their outputs"
+        default = self._hash("coco")
+        assert default != before
+        seen = {default}
+        for name, value in (("MAX_DETS", (1, 10, 50)), ("AREA_RANGES", ((0, 1e10),) * 4),
+                            ("IOU_THRESHOLDS", coco_match.IOU_THRESHOLDS + 0.01),
+                            ("RECALL_THRESHOLDS", coco_match.RECALL_THRESHOLDS[::2]), ("TABLE_VERSION", 99)):
+            with monkeypatch.context() as m:
+                m.setattr(coco_match, name, value)
+                seen.add(self._hash("coco"))
+        assert len(seen) == 6, "each matching setting changes the hash"
+
+    def test_results_of_other_matching_settings_are_refused_by_cmp_and_recomputed_by_ppl(
+            self, test_split, store, tmp_path, monkeypatch):
+        from assay import runrecord
+        from assay.errors import SpecError
+        from assay.metrics import coco_match
+
+        model = build_model(tmp_path, store)
+        ctx = RunContext(job_name="integrity", model_uri=model.uri, dataset_uri=test_split.uri,
+                         output_uri=str(tmp_path / "out"), device="cpu")
+        ppl.run(ctx)
+        assert ppl.results_match(ctx, test_split, model, runrecord.identity(ctx, model, test_split).settings_hash, 0)
+        monkeypatch.setattr(coco_match, "MAX_DETS", (1, 10, 50))
+        with pytest.raises(SpecError, match=r"setting matching\.maxDets \[1,10,100\] -> \[1,10,50\]"):
+            cmp.run(ctx)
+        assert not ppl.results_match(ctx, test_split, model,
+                                     runrecord.identity(ctx, model, test_split).settings_hash, 0)

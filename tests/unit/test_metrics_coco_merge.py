@@ -215,3 +215,50 @@ def test_damaged_table_is_refused():
     bad = MatchTable(*(getattr(table, c) if c != "score" else table.score[:-1] for c in MatchTable.COLUMNS))
     with pytest.raises(ValueError, match="detection columns"):
         bad.check()
+
+
+def _check_bounded(seed: int, n_images: int, cuts: list[int], order_seed: int, budget: int, sparse: int) -> None:
+    """As ``_check``, with each shard a run of ``coco_merge.Runs`` read back ``budget`` detections at a time."""
+    import tempfile
+
+    from assay.metrics import coco_merge
+
+    images, gts, box_dets, mask_dets = _dataset(seed, n_images)
+    bounds = sorted({0, n_images, *[c % (n_images + 1) for c in cuts]})
+    for iou_type, dets in (("bbox", box_dets), ("segm", mask_dets)):
+        ref = _reference(images, gts, dets, iou_type)
+        tables = _shard_tables(images, gts, dets, iou_type, bounds)
+        np.random.default_rng(order_seed).shuffle(tables)
+        with tempfile.TemporaryDirectory() as folder:
+            runs = coco_merge.Runs(folder, len(CATEGORIES), budget=budget, sparse=sparse)
+            for table in tables:
+                runs.add(table)
+            precision, recall = runs.accumulate()
+        _assert_exact((coco_match.summarize(precision, recall, iou_type), precision, recall), ref)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), n_images=st.integers(1, 24),
+       cuts=st.lists(st.integers(0, 100), max_size=6), order_seed=st.integers(0, 1000),
+       budget=st.integers(1, 40), sparse=st.integers(1, 9))
+def test_bounded_merge_equals_pycocotools_exactly(seed, n_images, cuts, order_seed, budget, sparse):
+    """Score ranges split down to one detection, ranges of one tied score streamed run by run, index
+    windows of every size: still COCOeval's arrays to the bit."""
+    _check_bounded(seed, n_images, cuts, order_seed, budget, sparse)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bounded_merge_of_one_run_per_image_with_ties(seed):
+    _check_bounded(seed, 30, list(range(30)), seed, budget=3, sparse=2)
+
+
+def test_bounded_merge_refuses_shards_that_overlap():
+    from assay.metrics import coco_merge
+
+    images, gts, box_dets, _ = _dataset(1, 6)
+    table = _shard_tables(images, gts, box_dets, "bbox", [0, 6])[0]
+    runs = coco_merge.Runs(__import__("tempfile").mkdtemp(), len(CATEGORIES))
+    runs.add(table)
+    runs.add(table)
+    with pytest.raises(ValueError, match="same images"):
+        runs.accumulate()

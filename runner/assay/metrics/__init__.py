@@ -16,6 +16,6 @@ Example::
 
 from assay.metrics import classification as classification
 from assay.metrics import coco as coco
-from assay.metrics.registry import Evaluator, MetricsReport, available, get_evaluator, register
+from assay.metrics.registry import Evaluator, MetricsReport, available, get_evaluator, register, run_settings
 
-__all__ = ["Evaluator", "MetricsReport", "available", "get_evaluator", "register"]
+__all__ = ["Evaluator", "MetricsReport", "available", "get_evaluator", "register", "run_settings"]

@@ -24,16 +24,19 @@ Prediction of one sample (numpy arrays, N may be 0)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
+import tempfile
 from collections import Counter
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from assay.errors import EvaluationError, SpecError
-from assay.metrics import coco_match
+from assay.metrics import coco_match, coco_merge
 from assay.metrics.registry import Evaluator, MetricsReport, register
 
 #: Names of COCOeval's 12 summary stats, in ``COCOeval.stats`` order.
@@ -91,6 +94,11 @@ class CocoEvaluator(Evaluator):
         self._gt_segm = _Presence("ground-truth segmentation")
         self._pred_masks = _Presence("prediction 'masks'")
         self._unknown_category_dets = 0
+
+    @classmethod
+    def run_settings(cls) -> dict[str, Any]:
+        # the ppl workers match, cmp merges: tables of other parameters must not meet in one run
+        return {"matching": coco_match.settings()}
 
     def update(self, sample_id: str, label: dict[str, Any], prediction: dict[str, Any]) -> None:
         if sample_id in self._seen:
@@ -229,31 +237,59 @@ class CocoEvaluator(Evaluator):
 def report_from_matches(label_schema: dict[str, Any], shards: list[coco_match.CocoMatches]) -> MetricsReport:
     """The coco evaluator's report from every shard's match tables (cmp): the same numbers and layout as
     ``CocoEvaluator.compute`` with pycocotools, without the predictions. Shards may come in any order."""
-    categories = _parse_categories(label_schema)
-    shards, sample_ids = _in_image_order(shards)
-    gt_segm, pred_masks = _Presence("ground-truth segmentation"), _Presence("prediction 'masks'")
-    for m in shards:
-        for presence, (first_with, first_without) in ((gt_segm, m.presence["gt_segmentation"]),
-                                                      (pred_masks, m.presence["pred_masks"])):
-            for sid, present in ((first_with, True), (first_without, False)):
-                if sid is not None:
-                    presence.note(sid, present)
-    iou_types = ["bbox", "segm"] if gt_segm.everywhere and pred_masks.everywhere else ["bbox"]
-    num_gt: Counter[int] = Counter()
-    for m in shards:
-        num_gt.update(m.num_ground_truth)
-    full = _full_header(f"assay match tables (pycocotools {metadata.version('pycocotools')} evaluateImg)",
-                        iou_types, sample_ids, sum(num_gt.values()), sum(m.num_detections for m in shards),
-                        sum(m.unknown_category_dets for m in shards), categories)
-    summary: dict[str, float] = {}
-    cat_ids = sorted(c["id"] for c in categories)  # COCOeval's catIds: the schema's, sorted
-    for iou_type in iou_types:
-        table = coco_match.MatchTable.concat([m.tables[iou_type] for m in shards])
-        precision, recall = coco_match.accumulate(table, len(cat_ids))
-        stats = coco_match.summarize(precision, recall, iou_type)
-        _add_iou_type(summary, full, iou_type, stats, *_per_category(precision, recall, cat_ids, categories, num_gt))
-    return MetricsReport(evaluator=CocoEvaluator.name, summary=summary, headline=("bbox/AP", summary["bbox/AP"]),
-                         full=full)
+    with tempfile.TemporaryDirectory(prefix="assay-matches-") as folder:
+        merge = MatchesMerge(label_schema, Path(folder))
+        for m in shards:
+            merge.add(m)
+        return merge.report()
+
+
+class MatchesMerge:
+    """``report_from_matches`` one shard at a time, in bounded memory: ``add`` keeps a shard's counts and
+    ids and spills its tables into ``folder`` (``coco_merge.Runs``), ``report`` merges and accumulates."""
+
+    def __init__(self, label_schema: dict[str, Any], folder: Path):
+        self.categories = _parse_categories(label_schema)
+        self.cat_ids = sorted(c["id"] for c in self.categories)  # COCOeval's catIds: the schema's, sorted
+        self.folder = folder
+        self.shards: list[coco_match.CocoMatches] = []  # without their tables
+        self.runs: dict[str, coco_merge.Runs] = {}
+
+    def add(self, matches: coco_match.CocoMatches) -> None:
+        for iou_type, table in matches.tables.items():
+            if iou_type not in self.runs:
+                (self.folder / iou_type).mkdir(parents=True, exist_ok=True)
+                self.runs[iou_type] = coco_merge.Runs(self.folder / iou_type, len(self.cat_ids))
+            self.runs[iou_type].add(table)
+        self.shards.append(dataclasses.replace(matches, tables={t: coco_match.empty_table() for t in matches.tables}))
+
+    def report(self) -> MetricsReport:
+        shards, sample_ids = _in_image_order(self.shards)
+        gt_segm, pred_masks = _Presence("ground-truth segmentation"), _Presence("prediction 'masks'")
+        for m in shards:
+            for presence, (first_with, first_without) in ((gt_segm, m.presence["gt_segmentation"]),
+                                                          (pred_masks, m.presence["pred_masks"])):
+                for sid, present in ((first_with, True), (first_without, False)):
+                    if sid is not None:
+                        presence.note(sid, present)
+        iou_types = ["bbox", "segm"] if gt_segm.everywhere and pred_masks.everywhere else ["bbox"]
+        if any(t not in m.tables for m in shards for t in iou_types):
+            raise EvaluationError(f"a shard's match tables lack {'/'.join(iou_types)}",
+                                  hint="rerun the job: the shard is recomputed")
+        num_gt: Counter[int] = Counter()
+        for m in shards:
+            num_gt.update(m.num_ground_truth)
+        full = _full_header(f"assay match tables (pycocotools {metadata.version('pycocotools')} evaluateImg)",
+                            iou_types, sample_ids, sum(num_gt.values()), sum(m.num_detections for m in shards),
+                            sum(m.unknown_category_dets for m in shards), self.categories)
+        summary: dict[str, float] = {}
+        for iou_type in iou_types:
+            precision, recall = self.runs[iou_type].accumulate()
+            stats = coco_match.summarize(precision, recall, iou_type)
+            _add_iou_type(summary, full, iou_type, stats,
+                          *_per_category(precision, recall, self.cat_ids, self.categories, num_gt))
+        return MetricsReport(evaluator=CocoEvaluator.name, summary=summary, headline=("bbox/AP", summary["bbox/AP"]),
+                             full=full)
 
 
 def per_sample_from_matches(shards: list[coco_match.CocoMatches]) -> dict[str, float]:

@@ -13,13 +13,16 @@ detections in ``evaluateImg``'s order (stable sort on -score, at most ``MAX_DETS
 scores, for each area range and IoU threshold a matched bit (``dtMatches > 0``, so a ground-truth id 0
 reads as unmatched, as in COCOeval) and an ignore bit, and per area range only the number of
 non-ignored ground-truth objects. The parameters are COCOeval's defaults and are fixed: a change to
-them is a new ``TABLE_VERSION``.
+them is a new ``TABLE_VERSION``, and both are part of the run's settings hash (``settings``), so tables
+made under other parameters are recomputed or refused, never merged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +35,8 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, 
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 MAX_DETS = (1, 10, 100)
 AREA_LABELS = ("all", "small", "medium", "large")
+#: COCOeval's area ranges (px², both bounds inclusive), written as pycocotools writes them.
+AREA_RANGES = ((0 ** 2, 1e5 ** 2), (0 ** 2, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e5 ** 2))
 #: Bits per area range in a detection's matched/ignored word: one per IoU threshold.
 _AREA_BITS = 16
 
@@ -93,6 +98,23 @@ class CocoMatches:
     presence: dict[str, list[str | None]]
 
 
+def settings() -> dict[str, Any]:
+    """What fixes the tables' numbers, for the run's identity (assay.runrecord): the table version and
+    COCOeval's parameters. ``digest`` covers their exact values; the rest says them in short."""
+    exact = {"version": TABLE_VERSION, "iouThrs": IOU_THRESHOLDS.tolist(), "recThrs": RECALL_THRESHOLDS.tolist(),
+             "maxDets": list(MAX_DETS), "areaRng": [list(r) for r in AREA_RANGES]}
+    return {"version": TABLE_VERSION, "iouThrs": [round(t, 2) for t in exact["iouThrs"]],
+            "recThrs": len(exact["recThrs"]), "maxDets": exact["maxDets"], "areaRng": exact["areaRng"],
+            "digest": hashlib.sha256(json.dumps(exact).encode()).hexdigest()[:12]}
+
+
+def _set_params(params: Any) -> None:
+    """COCOeval's parameters from this module's constants, so the tables follow what ``settings`` says."""
+    params.iouThrs, params.recThrs = IOU_THRESHOLDS.copy(), RECALL_THRESHOLDS.copy()
+    params.maxDets, params.areaRng = list(MAX_DETS), [list(r) for r in AREA_RANGES]
+    params.areaRngLbl = list(AREA_LABELS)
+
+
 def empty_table() -> MatchTable:
     return MatchTable(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
                       np.zeros((0, len(AREA_LABELS)), np.int32), np.zeros(0, np.float64),
@@ -109,6 +131,7 @@ def match(gt: Any, results: Any, iou_type: str) -> MatchTable:
 
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, results, iou_type)
+        _set_params(ev.params)
         ev.evaluate()
     p = ev.params
     n_img, n_area, n_thr = len(p.imgIds), len(p.areaRng), len(p.iouThrs)
@@ -143,69 +166,16 @@ def match(gt: Any, results: Any, iou_type: str) -> MatchTable:
 
 
 def accumulate(table: MatchTable, num_categories: int) -> tuple[np.ndarray, np.ndarray]:
-    """COCOeval.accumulate's ``precision`` [T, R, K, A, M] and ``recall`` [T, K, A, M] from a merged table.
+    """COCOeval.accumulate's ``precision`` [T, R, K, A, M] and ``recall`` [T, K, A, M] from a merged table
+    (its cells in any order), by ``coco_merge.Runs`` with the table as one shard."""
+    import tempfile
 
-    Per category the cells are put in global image order and their detections concatenated (each cell's
-    already in rank order), then stable-sorted on -score: COCOeval's own order, whatever the order in
-    which the shards' tables were merged. Each (area, maxDets, threshold) then repeats COCOeval's
-    cumsum, division, precision envelope and ``searchsorted`` on the full array.
-    """
-    t_n, r_n, a_n, m_n = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_LABELS), len(MAX_DETS)
-    precision = -np.ones((t_n, r_n, num_categories, a_n, m_n))
-    recall = -np.ones((t_n, num_categories, a_n, m_n))
-    starts = np.concatenate([[0], np.cumsum(table.num_dets, dtype=np.int64)[:-1]]).astype(np.int64)
-    by_cell = np.lexsort((table.image, table.category))  # category, then global image order
-    cats = table.category[by_cell]
-    bounds = np.searchsorted(cats, np.arange(num_categories + 1), side="left")
-    for k in range(num_categories):
-        cells = by_cell[bounds[k]:bounds[k + 1]]
-        if not cells.size:
-            continue  # no cell of this category anywhere: COCOeval leaves -1
-        counts = table.num_dets[cells].astype(np.int64)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        rank = np.arange(int(counts.sum()), dtype=np.int64) - first
-        det = np.repeat(starts[cells], counts) + rank
-        order = np.argsort(-table.score[det], kind="mergesort")
-        det, rank = det[order], rank[order]
-        npig = table.num_gt[cells].sum(axis=0, dtype=np.int64)
-        for m, max_det in enumerate(MAX_DETS):
-            kept = det[rank < max_det]
-            m_words, i_words = table.matched[kept], table.ignored[kept]
-            for a in range(a_n):
-                if npig[a] == 0:
-                    continue  # no ground truth to find: COCOeval leaves -1
-                # this area range's 16 bits as uint16: a quarter of the memory traffic per threshold
-                shift, low = np.uint64(a * _AREA_BITS), np.uint64((1 << _AREA_BITS) - 1)
-                m_bits = ((m_words >> shift) & low).astype(np.uint16)
-                i_bits = ((i_words >> shift) & low).astype(np.uint16)
-                for t in range(t_n):
-                    bit = np.uint16(1 << t)
-                    dtm = (m_bits & bit) != 0
-                    counted = (i_bits & bit) == 0
-                    precision[t, :, k, a, m], recall[t, k, a, m] = _curve(
-                        dtm & counted, ~dtm & counted, int(npig[a]))
-    return precision, recall
+    from assay.metrics import coco_merge  # built on this module's tables
 
-
-def _curve(tps: np.ndarray, fps: np.ndarray, npig: int) -> tuple[np.ndarray, float]:
-    """One COCOeval.accumulate step: the 101-point precision and the final recall, same float ops."""
-    tp = np.cumsum(tps).astype(dtype=float)
-    fp = np.cumsum(fps).astype(dtype=float)
-    nd = len(tp)
-    rc = tp / npig
-    pr = tp / (fp + tp + np.spacing(1))
-    q = np.zeros(len(RECALL_THRESHOLDS))
-    if not nd:
-        return q, 0.0
-    at = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
-    at = at[at < nd]  # COCOeval stops at the first threshold past the end; the rest stay 0
-    # COCOeval's backwards loop makes pr[i] = max(pr[i:]); only the probed i are needed: the max of each
-    # stretch between probes, then a running max from the end (max picks a value: no rounding).
-    starts = np.unique(at)
-    if starts.size:
-        envelope = np.maximum.accumulate(np.maximum.reduceat(pr, starts)[::-1])[::-1]
-        q[:at.size] = envelope[np.searchsorted(starts, at)]
-    return q, float(rc[-1])
+    with tempfile.TemporaryDirectory(prefix="assay-accumulate-") as folder:
+        runs = coco_merge.Runs(folder, num_categories)
+        runs.add(table)
+        return runs.accumulate()
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray, iou_type: str) -> list[float]:
@@ -213,6 +183,7 @@ def summarize(precision: np.ndarray, recall: np.ndarray, iou_type: str) -> list[
     from pycocotools.cocoeval import COCOeval
 
     ev = COCOeval(iouType=iou_type)
+    _set_params(ev.params)
     ev.eval = {"params": ev.params, "precision": precision, "recall": recall}
     with contextlib.redirect_stdout(io.StringIO()):
         ev.summarize()

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 from assay.errors import SpecError
 
-__all__ = ["Evaluator", "MetricsReport", "available", "get_evaluator", "register"]
+__all__ = ["Evaluator", "MetricsReport", "available", "get_evaluator", "register", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,12 @@ class Evaluator(abc.ABC):
     def compute(self) -> MetricsReport:
         """Score everything added so far."""
 
+    @classmethod
+    def run_settings(cls) -> dict[str, Any]:
+        """Settings of the family's own that change its numbers (the coco evaluator's matching parameters):
+        part of the run's settings hash, so results made under other ones are never scored together."""
+        return {}
+
     def per_sample(self) -> dict[str, float]:
         """A score of each sample added so far, higher is better (``assay report``'s worst samples and
         ``assay compare``'s regressions); families without one raise."""
@@ -105,3 +111,9 @@ def get_evaluator(name: str, label_schema: dict[str, Any]) -> Evaluator:
     if cls is None:
         raise SpecError(f"unknown evaluator '{name}'", hint=f"available: {', '.join(available())}")
     return cls(label_schema)
+
+
+def run_settings(name: str | None) -> dict[str, Any]:
+    """The ``run_settings`` of the evaluator of that name; {} for a name assay does not know (a handler's)."""
+    cls = _REGISTRY.get(name or "")
+    return cls.run_settings() if cls is not None else {}

@@ -58,7 +58,7 @@ def _per_sample(run: FinishedRun, side: Side) -> dict[str, float] | None:
     if not side.per_sample_score:
         run.verify()  # no score to compare, but the results must still be sound
         return None
-    return run.evaluate().per_sample()
+    return run.per_sample()
 
 
 def check_comparable(a: Side, b: Side, allow_different_datasets: bool) -> None:

@@ -4,7 +4,8 @@ A run is finished when its output holds metrics.json and, where the run left a s
 that status says Succeeded: a run being resumed or overwritten still has the old metrics.json, and its
 results are changing under it. Records are read through ``verified.iter_records``, so every results file is
 checked against its sha256 record and the pinned model and dataset versions, and its ids against the
-dataset's labels, exactly as when the metrics were computed.
+dataset's labels, exactly as when the metrics were computed; the coco evaluator's per-sample scores come
+from the match tables (``verified.iter_matches``), checked the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ class FinishedRun:
         from assay.verified import iter_records
 
         return iter_records(self.dataset, self.model, self.output_uri, self.metrics.get("settings", {}).get("hash"))
+
+    def per_sample(self) -> dict[str, float]:
+        """The evaluator's score of each sample. coco's come from the verified match tables, as cmp's
+        metrics do (the predictions are not read); a run made before assay kept match tables is scored
+        from its predictions, as then."""
+        from assay import verified
+
+        if self.evaluator_name == "coco" and verified.has_matches(self.dataset, self.output_uri):
+            from assay.metrics.coco import per_sample_from_matches
+
+            settings_hash = self.metrics.get("settings", {}).get("hash")
+            return per_sample_from_matches([verified.read_matches(self.output_uri, i, path) for i, path in
+                                            verified.iter_matches(self.dataset, self.model, self.output_uri,
+                                                                  settings_hash)])
+        return self.evaluate().per_sample()
 
     def verify(self) -> int:
         """Read every record (which verifies it, see ``records``); the number of samples."""

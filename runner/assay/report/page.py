@@ -12,12 +12,14 @@ Sections (their ids are stable; tests and links use them):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
 from assay.metrics import Evaluator
+from assay.metrics.coco import PER_SAMPLE_SCORE
 from assay.report import html, overlay, plots
 from assay.report.finished import FinishedRun
 from assay.report.html import Html, section, table, tag
@@ -34,8 +36,12 @@ def build(run: FinishedRun, gallery: int = GALLERY) -> str:
     sections = [_overview(run), _metrics(metrics)]
     kept: dict[str, tuple[dict, dict]] = {}
     if metrics["evaluator"] == "coco":
-        evaluator = run.evaluate(kept)
-        sections += _coco(run, evaluator, kept, gallery)
+        scores = run.per_sample()
+        worst = sorted(scores, key=lambda i: (scores[i], i))[:gallery]
+        for sample_id, label, prediction in run.records():  # verifies every results file; keeps the drawn
+            if sample_id in worst:
+                kept[sample_id] = label, prediction
+        sections += _coco(run, {i: scores[i] for i in worst}, kept)
     elif metrics["evaluator"] == "classification":
         evaluator = run.evaluate(kept)
         sections += _classification(run, evaluator, kept, gallery)
@@ -54,7 +60,8 @@ def _overview(run: FinishedRun) -> Html:
             ["dataset", m["dataset"]["name"], m["dataset"]["version"], m["dataset"]["uri"]]]
     engine = m.get("full", {}).get("engine")
     # a setting the job left unset is null in metrics.json; the evaluator then came from the model
-    settings = [[k, f"{m['evaluator']} (the model's)" if k == "evaluator" and v is None else v]
+    settings = [[k, f"{m['evaluator']} (the model's)" if k == "evaluator" and v is None
+                 else json.dumps(v, separators=(", ", ": ")) if isinstance(v, dict) else v]  # coco's matching
                 for k, v in m.get("settings", {}).items()]
     conditions = [[k, v] for c in m.get("runConditions") or [] if isinstance(c, dict) for k, v in c.items()]
     return section("overview", "Run",
@@ -82,7 +89,8 @@ def _metrics(metrics: dict[str, Any]) -> Html:
 # ------------------------------------------------------------------------------------------------ coco
 
 
-def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> list[Html]:
+def _coco(run: FinishedRun, worst: dict[str, float], kept: dict) -> list[Html]:
+    """``worst``: the gallery's samples and their per-sample scores, lowest first."""
     full = run.metrics["full"]
     per_category, curves = [], []
     for iou_type in full.get("iou_types", []):
@@ -92,14 +100,12 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
                          table(["category", "AP", "AP50", "AP75", "AR100", "ground truth"], rows)]
         png = plots.pr_curves(full[f"{iou_type}/precision_curves"], full["recall_thresholds"], iou_type)
         curves.append(html.image(png, "image/png", f"{iou_type} precision-recall curves", class_="plot"))
-    scores = evaluator.per_sample()
-    worst = sorted(scores, key=lambda i: (scores[i], i))[:gallery]
     images = run.images(set(worst))
     figures = []
     for sample_id in worst:
         label, prediction = kept[sample_id]
         objects, detections = len(label.get("objects", [])), len(prediction.get("boxes", []))
-        caption = (f"{sample_id}: score {scores[sample_id]:.3f}; {_count(objects, 'object')}, "
+        caption = (f"{sample_id}: score {worst[sample_id]:.3f}; {_count(objects, 'object')}, "
                    f"{_count(detections, 'detection')}")
         drawn, note = _drawn(images, sample_id,
                              lambda data, label=label, prediction=prediction: overlay.detections(data, label, prediction))
@@ -107,7 +113,7 @@ def _coco(run: FinishedRun, evaluator: Evaluator, kept: dict, gallery: int) -> l
             drawn, hidden = drawn
             caption += f" ({hidden} below score 0.5 not drawn)" if hidden else ""
         figures.append(_figure(drawn, sample_id, caption, note))
-    legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {evaluator.per_sample_score}. "
+    legend = tag("p", f"The {len(worst)} samples with the lowest per-sample score: {PER_SAMPLE_SCORE}. "
                  "Drawn over each image: ", tag("span", "ground truth", class_="legend-gt"), " and ",
                  tag("span", "predictions (score at least 0.5)", class_="legend-pred"), ".")
     return [section("per-category", "Per category", *per_category),

@@ -2,9 +2,10 @@
 
 cmp refuses to score an incomplete run: every sample id of every shard's labels must appear exactly
 once in that shard's results, and nothing else may. It reads one shard at a time, so memory holds the
-evaluator's state, not all results files at once. For the coco evaluator it reads neither labels nor
-predictions: the ppl workers matched each shard's images already (match tables, assay.metrics.coco_match),
-and cmp merges their tables and accumulates.
+evaluator's state, not all results files at once. For the coco evaluator it reads no predictions: the
+ppl workers matched each shard's images already (match tables, assay.metrics.coco_match), and cmp merges
+their tables and accumulates, from sorted runs on scratch disk (assay.metrics.coco_merge), so its memory
+does not grow with the detections.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from assay import layout, packages, runrecord, shards, storage, verified
-from assay.errors import AssayError, EvaluationError, HandlerError, IntegrityError, SpecError
-from assay.metrics import MetricsReport, coco_tables, get_evaluator
-from assay.metrics.coco import report_from_matches
+from assay.errors import AssayError, EvaluationError, HandlerError, SpecError
+from assay.metrics import MetricsReport, get_evaluator
+from assay.metrics.coco import MatchesMerge
 from assay.runner.inputs import load_pinned
 from assay.spec import RunContext
 
@@ -53,27 +54,13 @@ def run(ctx: RunContext) -> MetricsReport:
 
 def _coco_evaluate(ctx: RunContext, dataset: shards.DatasetManifest, model: packages.ModelManifest,
                    ident: runrecord.RunIdentity, conditions: list[Any]) -> MetricsReport:
-    """Merge and accumulate the match tables the ppl workers wrote; the predictions are not read."""
-    tables = []
-    for index, path in verified.iter_matches(dataset, model, ctx.output_uri, lambda p: _readable(ctx, p, ids=True),
-                                             ident.settings_hash, conditions):
-        info = dataset.shards[index]
-        matches, meta = _readable(ctx, path)
-        expected_offset = sum(s.samples for s in dataset.shards[:index])
-        if (meta.get("shard_sha256"), matches.image_offset) != (info.sha256, expected_offset):
-            raise IntegrityError(f"{layout.matches_uri(ctx.output_uri, index)} is not shard {info.name}'s "
-                                 f"match tables", "rerun the job: the shard is recomputed")
-        tables.append(matches)
-    return report_from_matches(dataset.label_schema, tables)
-
-
-def _readable(ctx: RunContext, path: Path, ids: bool = False) -> Any:
-    """A match-table file (or only its sample ids), any damage the sha256 did not catch refused."""
-    try:
-        return coco_tables.read_ids(path) if ids else coco_tables.read(path)
-    except Exception as exc:  # pyarrow, JSON, shapes: whatever the bytes are, they are not match tables
-        raise IntegrityError(f"match tables under {layout.matches_uri(ctx.output_uri, 0).rsplit('/', 1)[0]} are "
-                             f"not readable ({exc!r})", "rerun the job: the shard is recomputed") from exc
+    """Merge and accumulate the match tables the ppl workers wrote; the predictions are not read. One
+    shard's tables at a time are in memory: they are spilled, sorted, to scratch disk and merged from there."""
+    with storage.scratch_dir("cmp") as spill:
+        merge = MatchesMerge(dataset.label_schema, Path(spill))
+        for index, path in verified.iter_matches(dataset, model, ctx.output_uri, ident.settings_hash, conditions):
+            merge.add(verified.read_matches(ctx.output_uri, index, path))
+        return merge.report()
 
 
 def _handler_evaluate(model: packages.ModelManifest,

@@ -13,8 +13,10 @@ S3 settings come from the usual AWS sources (environment, ``~/.aws/config``, ins
 - ``hygiene``: temp names that carry their writer, so a killed writer's leftovers can be removed.
 """
 
+import importlib
+from typing import Any
+
 from assay.storage.access import S3Access, current_access, using, using_spec
-from assay.storage.config import StorageSettings, settings
 from assay.storage.hygiene import STALE_AFTER, clean_stale_scratch, is_temp_name, scratch_dir, staging_dir
 from assay.storage.local import atomic_local_file, local_lock, writable_target
 from assay.storage.objects import (
@@ -37,8 +39,17 @@ from assay.storage.objects import (
     write_bytes,
     write_text,
 )
-from assay.storage.s3client import endpoint, reset_clients
 from assay.storage.uri import Location, is_local, join, parse, redact
+
+#: Names of the S3 side, loaded on first use: pydantic-settings and the client's modules cost a process
+#: about 0.1-0.2 s to import, which a run on local files (cmp, report, the CLI) need not pay.
+_S3_SIDE = {"StorageSettings": "config", "settings": "config", "endpoint": "s3client", "reset_clients": "s3client"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _S3_SIDE:
+        return getattr(importlib.import_module(f"assay.storage.{_S3_SIDE[name]}"), name)
+    raise AttributeError(f"module 'assay.storage' has no attribute {name!r}")
 
 __all__ = [
     "STALE_AFTER", "Location", "S3Access", "StorageSettings", "atomic_local_file", "clean_leftovers", "clean_stale",

@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from assay.storage import hygiene, local, s3
+from assay.storage import hygiene, local
 from assay.storage.uri import Location, is_local, join, parse
-
-_BACKENDS: dict[str, ModuleType] = {"file": local, "s3": s3}
 
 
 def _backend(uri: str) -> tuple[ModuleType, Location]:
     loc = parse(uri)
-    return _BACKENDS[loc.scheme], loc
+    if loc.scheme == "s3":
+        from assay.storage import s3  # on first use: its settings and client cost local runs import time
+
+        return s3, loc
+    return local, loc
 
 
 def exists(uri: str) -> bool:
