@@ -30,7 +30,7 @@ def scaling(facts: dict) -> str:
                 f"{ppl['load_s']:.1f}s per worker.")
     op_line = ""
     if op:
-        big = op[max(op)]
+        big = op[max(k for k in op if isinstance(k, int))]  # beside the sizes: failover, loadavg
         op_line = (f"- Operator: {big['requests_per_job']:.1f} API requests per job to start it and "
                    f"{big['idle_requests_per_job_s']:.2f} requests/job/s while it waits (measured at "
                    f"{big['jobs']} jobs on a real API server, from its audit log).\n")
