@@ -2,8 +2,9 @@
 
 A create the API server refuses stops the rest (the caller decides whether the job waits or fails); a
 Job of the child's name with another owner counts as refused (409, ``plan.name_conflict``). Every action
-is safe to repeat: creates are create-if-absent, deletes carry the uid they mean. A Job as a create or patch left it
-goes into ``cache`` at once (its watch event comes later), so the next reconcile does not act again.
+is safe to repeat: creates are create-if-absent, deletes carry the uid they mean. A Job as a create or
+patch left it goes into ``cache`` at once (its watch event comes later), so the next reconcile does not
+act again.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import kopf
 
 from assay import protocol
 from assay.protocol import GROUP, PLURAL, VERSION
-from assay_operator import cache, kube, leader, metrics, reconcile, status, workqueue
+from assay_operator import cache, kube, leader, manifests, metrics, reconcile, status, workqueue
 from assay_operator import settings as operator_settings
 
 #: Read once when kopf loads this module; a bad variable stops the operator here, naming it.
@@ -171,14 +171,6 @@ def _stored(kind: str, event: kopf.RawEvent) -> dict[str, Any]:
     return obj
 
 
-def _owner(obj: dict[str, Any]) -> str | None:
-    """The name of the EvaluationJob that controls ``obj`` (a child Job), if any."""
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == protocol.KIND and ref.get("apiVersion") == protocol.API_VERSION:
-            return ref.get("name")
-    return None
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def evaluationjob_changed(event: kopf.RawEvent, **_: Any) -> None:
     """A job appeared (or was listed at start), changed, or was deleted."""
@@ -198,7 +190,7 @@ async def evaluationjob_changed(event: kopf.RawEvent, **_: Any) -> None:
 async def child_job_changed(event: kopf.RawEvent, **_: Any) -> None:
     """A child Job's status moved (a shard group finished, the Job failed or completed), or it went."""
     obj = _stored(cache.JOBS, event)
-    owner = _owner(obj)
+    owner = manifests.controlling_evaluationjob(obj)
     if owner:
         _enqueue((cache.key_of(obj)[0], owner))
 
@@ -222,7 +214,7 @@ async def job_event(event: kopf.RawEvent, **_: Any) -> None:
         return
     namespace = (obj.get("metadata") or {}).get("namespace") or "default"
     child = cache.get(cache.JOBS, namespace, (obj.get("involvedObject") or {}).get("name") or "")
-    owner = _owner(child) if child is not None else None
+    owner = manifests.controlling_evaluationjob(child) if child is not None else None
     if owner is None:
         return
     cache.put(cache.EVENTS, obj)

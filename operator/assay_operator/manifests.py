@@ -80,11 +80,18 @@ def kueue_managed(child: dict[str, Any]) -> bool:
     return KUEUE_QUEUE_LABEL in ((child.get("metadata") or {}).get("labels") or {})
 
 
+def controlling_evaluationjob(child: dict[str, Any]) -> str | None:
+    """The name of the EvaluationJob that is the Job's controller, if one is."""
+    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
+            return ref.get("name")
+    return None
+
+
 def is_predecessor(child: dict[str, Any], name: str) -> bool:
     """A Job whose controller is an EvaluationJob of this name with another uid: the child of a deleted
-    namesake, which the garbage collector is about to delete."""
-    return any(ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
-               and ref.get("name") == name for ref in (child.get("metadata") or {}).get("ownerReferences") or [])
+    namesake, which the garbage collector is about to delete (the caller has compared the uid)."""
+    return controlling_evaluationjob(child) == name
 
 
 def run_settings_of(child: dict[str, Any] | None) -> dict[str, str]:

@@ -3,8 +3,9 @@
 decides the actions from that and the spec (pure); ``act`` performs them; ``status.derive`` makes the
 status (pure), written here in one merge patch that carries the resourceVersion of the job it was derived
 from: a conflict (the cache was behind, or a second operator wrote) reads the job again and derives anew.
-``due`` says when time alone changes the decision: the caller's timer for the job. The operator reads Kubernetes objects only: what the pods learn from
-the store (pinned inputs, metrics) reaches it through their termination messages.
+``due`` says when time alone changes the decision: the caller's timer for the job. The operator reads
+Kubernetes objects only: what the pods learn from the store (pinned inputs, metrics) reaches it through
+their termination messages.
 
 A finished job is never rerun unless its retryToken changes; every step is idempotent (``plan``).
 """
